@@ -1,0 +1,53 @@
+"""transferkit: transfer learning on images with any torchvision or timm backbone."""
+
+from __future__ import annotations
+
+from .backbones import BACKBONES, Backbone
+from .features import FeatureInfo
+from .heads import HEADS
+from .model import TransferModel, build_model, load_model
+from .necks import NECKS
+from .weights import PretrainedUnavailableError, WeightsMismatchError
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Backbone",
+    "FeatureInfo",
+    "PretrainedUnavailableError",
+    "TransferModel",
+    "WeightsMismatchError",
+    "__version__",
+    "build_model",
+    "list_backbones",
+    "list_heads",
+    "list_necks",
+    "load_model",
+    "register_backbone",
+    "register_head",
+    "register_neck",
+]
+
+register_backbone = BACKBONES.register
+register_neck = NECKS.register
+register_head = HEADS.register
+
+
+def list_backbones(pattern: str = "*") -> list[str]:
+    """Sorted backbone names matching an fnmatch ``pattern``: ``torchvision/*``, ``timm/*`` and registered ones.
+
+    Examples:
+        >>> list_backbones("torchvision/resnet1*")
+        ['torchvision/resnet101', 'torchvision/resnet152', 'torchvision/resnet18']
+    """
+    return BACKBONES.list(pattern)
+
+
+def list_necks(pattern: str = "*") -> list[str]:
+    """Sorted neck names matching ``pattern``."""
+    return NECKS.list(pattern)
+
+
+def list_heads(pattern: str = "*") -> list[str]:
+    """Sorted head names matching ``pattern``."""
+    return HEADS.list(pattern)

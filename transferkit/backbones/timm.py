@@ -1,0 +1,179 @@
+"""Every timm model that supports ``features_only`` as a backbone."""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from typing import Any
+
+import timm
+import torch
+from timm.models import get_pretrained_cfg
+from timm.models._manipulate import group_with_matcher
+from torch import nn
+
+from ..features import FeatureInfo
+from ..weights import fetch_hf, fetch_url, is_weights_path, load_matching, read_state_dict
+from .base import Backbone, check_blocks, check_out_indices, structural_blocks
+
+__all__ = ["TimmBackbone", "timm_names"]
+
+# timm model families (modules) whose models cannot be built with features_only=True.
+_NO_FEATURES = frozenset()
+
+
+@lru_cache(maxsize=1)
+def timm_names() -> tuple[str, ...]:
+    """Every timm architecture that supports ``features_only``."""
+    from timm.models._registry import get_arch_name, _model_to_module
+
+    return tuple(n for n in timm.list_models() if _model_to_module.get(get_arch_name(n)) not in _NO_FEATURES)
+
+
+def _full_model(arch: str, in_chans: int, kwargs: dict[str, Any]) -> nn.Module:
+    """The whole timm model on the meta device: its names, group matcher, levels and config."""
+    try:
+        with torch.device("meta"):
+            return timm.create_model(arch, pretrained=False, in_chans=in_chans, **kwargs)
+    except (NotImplementedError, RuntimeError):  # builders that need real tensors
+        return timm.create_model(arch, pretrained=False, in_chans=in_chans, **kwargs).to("meta")
+
+
+def _norm(name: str) -> str:
+    return name.replace("_", ".")
+
+
+def _name_map(full: nn.Module, body: nn.Module) -> dict[str, str] | None:
+    """Original parameter/buffer name -> name in the feature wrapper (which flattens and prefixes)."""
+    originals = {_norm(k): k for k in full.state_dict()}
+    mapping = {}
+    for key in body.state_dict():
+        parts = key.split(".")
+        for i in range(len(parts)):  # wrappers may add a prefix ("model.")
+            original = originals.get(_norm(".".join(parts[i:])))
+            if original is not None:
+                mapping[original] = key
+                break
+        else:
+            return None
+    return mapping
+
+
+def _group_name(params: list[str]) -> str:
+    common = params[0].split(".")[:-1]
+    for p in params[1:]:
+        parts = p.split(".")
+        while common and parts[: len(common)] != common:
+            common.pop()
+    return ".".join(common) or params[0].rsplit(".", 1)[0]
+
+
+def _blocks(full: nn.Module, body: nn.Module, mapping: dict[str, str] | None) -> dict[str, list[str]]:
+    body_params = [n for n, _ in body.named_parameters()]
+    if mapping is not None and hasattr(full, "group_matcher"):
+        inverse = {v: k for k, v in mapping.items()}
+        originals = [inverse[n] for n in body_params]
+        groups = group_with_matcher(((n, None) for n in originals), full.group_matcher(coarse=False))
+        blocks: dict[str, list[str]] = {}
+        for i, names in enumerate(groups.values()):
+            blocks["stem" if i == 0 else _group_name(names)] = [f"body.{mapping[n]}" for n in names]
+        return blocks
+    return {b: [f"body.{p}" for p in ps] for b, ps in structural_blocks(body).items()}
+
+
+class TimmBackbone(Backbone):
+    """A timm model built with ``features_only=True``: feature maps, fine to coarse.
+
+    Args:
+        name: A timm architecture (``"convnext_atto"``), optionally with a weights tag
+            (``"resnet18.a1_in1k"``).
+        pretrained: ``True`` (the default tag's weights), ``False``, a tag (``"a1_in1k"``) or a path
+            to a file holding the timm model's state_dict.
+        in_chans: Input channels.
+        out_indices: Which of the model's feature levels to return (default: timm's choice).
+        **kwargs: Passed to ``timm.create_model`` (``img_size``, ``drop_path_rate``, ...).
+
+    Examples:
+        >>> bb = TimmBackbone("resnet18", pretrained=False)
+        >>> [f.shape[1] for f in bb(torch.randn(2, 3, 64, 64))]
+        [64, 64, 128, 256, 512]
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        pretrained: bool | str = True,
+        in_chans: int = 3,
+        out_indices: tuple[int, ...] | list[int] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__()
+        arch, _, tag = name.partition(".")
+        if pretrained not in (True, False) and not is_weights_path(pretrained):
+            tag = str(pretrained)
+        full_name = f"{arch}.{tag}" if tag else arch
+        if tag and get_pretrained_cfg(full_name) is None:
+            valid = [n.partition(".")[2] for n in timm.list_pretrained(f"{arch}.*")]
+            raise ValueError(f"unknown weights tag {tag!r} for timm/{arch}; valid tags: {', '.join(valid) or 'none'}")
+        self.name = arch
+        full = _full_model(full_name, in_chans, kwargs)
+        levels = len(full.feature_info)
+        indices = check_out_indices(out_indices, levels) if out_indices is not None else None
+        extra = {"out_indices": indices} if indices is not None else {}
+        self.body = timm.create_model(
+            full_name, pretrained=False, features_only=True, in_chans=in_chans, **extra, **kwargs
+        )
+        info = self.body.feature_info
+        self.feature_info = FeatureInfo(channels=info.channels(), reductions=info.reduction())
+        cfg = timm.data.resolve_model_data_config(full)
+        size = kwargs.get("img_size", cfg["input_size"][-1])
+        size = size[-1] if isinstance(size, (tuple, list)) else size
+        self.data_config = {
+            "input_size": (in_chans, size, size),
+            "mean": tuple(cfg["mean"]),
+            "std": tuple(cfg["std"]),
+            "interpolation": cfg["interpolation"],
+            "crop_pct": cfg["crop_pct"],
+        }
+        pcfg = full.pretrained_cfg
+        self.min_input_size = int((pcfg.get("min_input_size") or (in_chans, 1, 1))[-1])
+        self.fixed_input_size = size if pcfg.get("fixed_input_size") and not kwargs.get("dynamic_img_size") else None
+        self.config = {"pretrained": pretrained, "in_chans": in_chans, "out_indices": indices, **kwargs}
+
+        mapping = _name_map(full, self.body)
+        if pretrained is not False:
+            self._load(full, full_name, pretrained, mapping)
+        self.blocks = {b: ps for b, ps in _blocks(full, self.body, mapping).items() if ps}
+        check_blocks(self.blocks, self)
+
+    def _load(self, full: nn.Module, full_name: str, pretrained: Any, mapping: dict[str, str] | None) -> None:
+        if mapping is None:
+            raise ValueError(f"cannot map timm/{full_name}'s weights onto its feature extractor; use pretrained=False")
+        model = f"timm/{full_name}"
+        if is_weights_path(pretrained):
+            path = pretrained
+        else:
+            cfg = full.pretrained_cfg
+            if cfg.get("hf_hub_id"):
+                files = (cfg["hf_hub_filename"],) if cfg.get("hf_hub_filename") else ("model.safetensors", "pytorch_model.bin")
+                path = fetch_hf(cfg["hf_hub_id"], model=model, filenames=files)
+            elif cfg.get("url"):
+                path = fetch_url(cfg["url"], model=model)
+            else:
+                raise ValueError(f"timm has no pretrained weights for {model}; use pretrained=False or a weights file")
+        classifier = full.pretrained_cfg.get("classifier") or ()
+        classifier = (classifier,) if isinstance(classifier, str) else tuple(classifier)
+        known = set(full.state_dict())
+        load_matching(
+            self.body,
+            read_state_dict(path),
+            source=f"weights for {model} ({path})",
+            rename=lambda k: mapping.get(k) if k in known else k,
+            ignore=tuple(f"{c}." for c in classifier),
+        )
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Feature maps ``[N, C_i, H / r_i, W / r_i]``, fine to coarse."""
+        self.check_input(x)
+        return list(self.body(x))

@@ -1,0 +1,232 @@
+"""Every torchvision classification model as a multi-scale feature extractor.
+
+The levels are found by building the model on the meta device and watching which modules end each
+stride; torchvision's FX feature extraction then returns exactly those outputs, so the classifier
+is never run and holds no parameters.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from functools import lru_cache
+from typing import Any
+
+import torch
+import torchvision.models as tvm
+from torch import nn
+from torchvision.models.feature_extraction import create_feature_extractor
+
+from ..features import FeatureInfo
+from ..weights import fetch_url, is_weights_path, load_matching, read_state_dict
+from .base import Backbone, check_blocks, check_out_indices, structural_blocks, walk_units
+
+__all__ = ["TorchvisionBackbone", "torchvision_names"]
+
+# Top-level attributes that belong to the classifier side of torchvision models, never to features.
+_CLASSIFIER = frozenset(
+    {"fc", "classifier", "head", "heads", "avgpool", "dropout", "flatten", "permute", "AuxLogits", "aux1", "aux2"}
+)
+# Models trained with their own input transform (torchvision sets it whenever it loads weights).
+_TRANSFORM_INPUT = ("googlenet", "inception_v3")
+
+
+@lru_cache(maxsize=1)
+def torchvision_names() -> tuple[str, ...]:
+    """Every torchvision classification model name."""
+    return tuple(tvm.list_models(module=tvm))
+
+
+def _layout(name: str) -> str:
+    if name.startswith("vit_"):
+        return "tokens"
+    if name.startswith("swin"):
+        return "nhwc"
+    return "nchw"
+
+
+def _weights_enum(name: str) -> Any:
+    return tvm.get_model_weights(name)
+
+
+def _resolve_tag(name: str, tag: str) -> Any:
+    enum = _weights_enum(name)
+    key = tag.split(".")[-1]
+    if key == "DEFAULT":
+        return enum.DEFAULT
+    try:
+        return enum[key]
+    except KeyError:
+        valid = ", ".join(["DEFAULT", *(w.name for w in enum)])
+        raise ValueError(f"unknown weights tag {tag!r} for torchvision/{name}; valid tags: {valid}") from None
+
+
+def _data_config(weights: Any, in_chans: int) -> dict[str, Any]:
+    tf = weights.transforms()
+    crop, resize = tf.crop_size[0], tf.resize_size[0]
+    return {
+        "input_size": (in_chans, crop, crop),
+        "mean": tuple(tf.mean),
+        "std": tuple(tf.std),
+        "interpolation": tf.interpolation.value,
+        "crop_pct": round(crop / resize, 4),
+    }
+
+
+@lru_cache(maxsize=None)
+def _plan(name: str, kwargs_key: tuple[tuple[str, Any], ...]) -> tuple[tuple[str, int, int], ...]:
+    """``(module path, channels, reduction)`` of every level, found by a forward on the meta device."""
+    size = _weights_enum(name).DEFAULT.transforms().crop_size[0]
+    try:
+        with torch.device("meta"):
+            model = tvm.get_model(name, weights=None, **dict(kwargs_key)).eval()
+    except NotImplementedError:  # builders that compute widths with tensor ops (regnet) need real tensors
+        model = tvm.get_model(name, weights=None, **dict(kwargs_key)).eval().to("meta")
+    calls: dict[str, int] = {}
+    outputs: list[tuple[str, tuple[int, ...]]] = []
+
+    def record(path: str):
+        def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
+            calls[path] = calls.get(path, 0) + 1
+            if isinstance(output, torch.Tensor):
+                outputs.append((path, tuple(output.shape)))
+
+        return hook
+
+    handles = [
+        m.register_forward_hook(record(p))
+        for p, m in model.named_modules()
+        if p and p.split(".")[0] not in _CLASSIFIER
+    ]
+    with torch.no_grad():
+        model(torch.empty(1, 3, size, size, device="meta"))
+    for h in handles:
+        h.remove()
+
+    layout = _layout(name)
+    if layout == "tokens":
+        layers = [p for p, _ in outputs if p.startswith("encoder.layers.") and p.count(".") == 2]
+        depth, patch = len(layers), model.patch_size
+        picks = [layers[depth * k // 4 - 1] for k in (1, 2, 3)] + ["encoder.ln"]
+        return tuple((p, model.hidden_dim, patch) for p in picks)
+
+    expanded = {p for p, _, kind in walk_units(model, _CLASSIFIER) if kind == "expanded"}
+    reduction: dict[str, int | None] = {}
+    for path, shape in outputs:
+        reduction[path] = None
+        if calls[path] != 1 or len(shape) != 4:
+            continue
+        c, h, w = (shape[3], shape[1], shape[2]) if layout == "nhwc" else shape[1:]
+        log2 = math.log2(size / h) if h == w and h >= 2 else -1.0
+        if round(log2) >= 0 and abs(log2 - round(log2)) <= 0.35:
+            reduction[path] = 2 ** round(log2)
+    # A level ends where a module directly inside the network's opened-up structure (stem layers,
+    # stages, blocks) last produces that stride; modules inside a block never end a level.
+    last: dict[int, tuple[str, int]] = {}
+    for path, shape in outputs:
+        r = reduction[path]
+        if r is not None and (path in expanded or path.rpartition(".")[0] in expanded):
+            last[r] = (path, shape[3] if layout == "nhwc" else shape[1])
+    return tuple((path, c, r) for r, (path, c) in sorted(last.items()))
+
+
+def _first_conv(model: nn.Module) -> tuple[nn.Module, str, nn.Conv2d]:
+    for path, module in model.named_modules():
+        if isinstance(module, nn.Conv2d):
+            parent_path, _, attr = path.rpartition(".")
+            return model.get_submodule(parent_path), attr, module
+    raise ValueError("no Conv2d found to adapt in_chans")
+
+
+class TorchvisionBackbone(Backbone):
+    """A torchvision classification model returning its feature maps, fine to coarse.
+
+    Args:
+        name: A torchvision classification model name, e.g. ``"resnet18"``.
+        pretrained: ``True`` (the default weights), ``False``, a weights tag (``"IMAGENET1K_V2"``) or a
+            path to a file holding the torchvision model's state_dict.
+        in_chans: Input channels; other than 3 replaces the first convolution.
+        out_indices: Which levels to return (default: all).
+        **kwargs: Passed to the torchvision model builder.
+
+    Examples:
+        >>> bb = TorchvisionBackbone("resnet18", pretrained=False)
+        >>> [f.shape for f in bb(torch.randn(2, 3, 64, 64))][-1]
+        torch.Size([2, 512, 2, 2])
+        >>> bb.feature_info.reductions
+        (2, 4, 8, 16, 32)
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        pretrained: bool | str = True,
+        in_chans: int = 3,
+        out_indices: tuple[int, ...] | list[int] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__()
+        if name not in torchvision_names():
+            raise ValueError(f"{name!r} is not a torchvision classification model")
+        self.name = name
+        if name in _TRANSFORM_INPUT:
+            kwargs.setdefault("transform_input", pretrained is not False)
+            kwargs.setdefault("aux_logits", False)
+            kwargs.setdefault("init_weights", False)
+        levels = _plan(name, tuple(sorted(kwargs.items())))
+        indices = check_out_indices(out_indices, len(levels))
+        levels = tuple(levels[i] for i in indices)
+        weights = None if (pretrained is False or is_weights_path(pretrained)) else pretrained
+        if weights is not None:
+            weights = _resolve_tag(name, "DEFAULT" if weights is True else weights)
+        meta = weights or _weights_enum(name).DEFAULT
+        self.data_config = _data_config(meta, in_chans)
+        self.min_input_size = int(meta.meta.get("min_size", (1, 1))[0])
+        self.layout = _layout(name)
+        self.fixed_input_size = self.data_config["input_size"][-1] if self.layout == "tokens" else None
+        self.feature_info = FeatureInfo(channels=[c for _, c, _ in levels], reductions=[r for _, _, r in levels])
+        self.config = {"pretrained": pretrained, "in_chans": in_chans, "out_indices": indices, **kwargs}
+
+        model = tvm.get_model(name, weights=None, **kwargs)
+        if in_chans != 3:
+            parent, attr, conv = _first_conv(model)
+            setattr(parent, attr, _with_in_chans(conv, in_chans))
+        ignore = tuple(sorted(_CLASSIFIER))
+        if pretrained is not False:
+            path = pretrained if weights is None else fetch_url(weights.url, model=f"torchvision/{name}")
+            load_matching(
+                model, read_state_dict(path), source=f"weights for torchvision/{name} ({path})", ignore=ignore
+            )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # train/eval graphs differ for dropout-free models: expected
+            self.body = create_feature_extractor(model, return_nodes={p: str(i) for i, (p, _, _) in enumerate(levels)})
+        blocks = structural_blocks(model, skip=_CLASSIFIER)
+        kept = {n for n, _ in self.body.named_parameters()}
+        self.blocks = {b: [f"body.{p}" for p in ps if p in kept] for b, ps in blocks.items()}
+        self.blocks = {b: ps for b, ps in self.blocks.items() if ps}
+        check_blocks(self.blocks, self)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Feature maps ``[N, C_i, H / r_i, W / r_i]``, fine to coarse."""
+        self.check_input(x)
+        feats = list(self.body(x).values())
+        if self.layout == "nhwc":
+            return [f.permute(0, 3, 1, 2) for f in feats]
+        if self.layout == "tokens":
+            h, w = (s // self.feature_info.reductions[0] for s in x.shape[-2:])
+            return [f[:, 1:].transpose(1, 2).reshape(f.shape[0], -1, h, w) for f in feats]
+        return feats
+
+
+def _with_in_chans(conv: nn.Conv2d, in_chans: int) -> nn.Conv2d:
+    return nn.Conv2d(
+        in_chans,
+        conv.out_channels,
+        conv.kernel_size,
+        conv.stride,
+        conv.padding,
+        conv.dilation,
+        conv.groups,
+        conv.bias is not None,
+    )

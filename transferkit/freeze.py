@@ -1,0 +1,140 @@
+"""Freeze policies, the norm-layer guard, and per-block optimizer parameter groups."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from torch import nn
+
+__all__ = ["FreezeState", "POLICIES", "block_modules", "is_norm", "param_groups", "summary_table"]
+
+# The arguments each policy takes, with their defaults.
+POLICIES: dict[str, dict[str, int]] = {
+    "none": {},
+    "all": {},
+    "last_n": {"n": -1},
+    "gradual": {"n": 0, "step": 1, "every": 1},
+}
+BN_MODES = ("frozen", "train")
+
+
+@dataclass
+class FreezeState:
+    """What is frozen: the policy, its arguments and the epoch the schedule is at (JSON-able)."""
+
+    policy: str = "none"
+    n: int | None = None
+    step: int | None = None
+    every: int | None = None
+    bn: str = "frozen"
+    epoch: int = 0
+
+    @classmethod
+    def make(cls, policy: str, num_blocks: int, bn: str, **args: int | None) -> FreezeState:
+        """Validate a policy and its arguments against a backbone of ``num_blocks`` blocks."""
+        if policy not in POLICIES:
+            raise ValueError(f"unknown freeze policy {policy!r}; valid policies: {', '.join(POLICIES)}")
+        if bn not in BN_MODES:
+            raise ValueError(f"bn must be one of {', '.join(BN_MODES)}, got {bn!r}")
+        allowed = POLICIES[policy]
+        given = {k: v for k, v in args.items() if v is not None}
+        extra = sorted(set(given) - set(allowed))
+        if extra:
+            takes = ", ".join(allowed) if allowed else "no arguments"
+            raise ValueError(f"freeze policy {policy!r} takes {takes}; got unexpected {', '.join(extra)}")
+        values = {**allowed, **given}
+        if policy == "last_n" and "n" not in given:
+            raise ValueError(f"freeze policy 'last_n' needs n, the number of blocks to train (0..{num_blocks})")
+        for key, value in values.items():
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ValueError(f"{key} must be an int, got {value!r}")
+        if "n" in values and not 0 <= values["n"] <= num_blocks:
+            raise ValueError(f"n={values['n']} is out of range: this backbone has {num_blocks} blocks, n must be in [0, {num_blocks}]")
+        for key in ("step", "every"):
+            if key in values and values[key] < 1:
+                raise ValueError(f"{key} must be >= 1, got {values[key]}")
+        return cls(policy=policy, bn=bn, **values)
+
+    def num_trainable(self, num_blocks: int) -> int:
+        """How many of the last blocks train at ``self.epoch``."""
+        if self.policy == "none":
+            return num_blocks
+        if self.policy == "all":
+            return 0
+        if self.policy == "last_n":
+            return int(self.n)
+        return min(num_blocks, int(self.n) + int(self.step) * (self.epoch // int(self.every)))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def is_norm(module: nn.Module) -> bool:
+    """Normalisation layers with running statistics (every BatchNorm, SyncBatchNorm, timm's norm-act)."""
+    return isinstance(module, nn.modules.batchnorm._NormBase) and module.track_running_stats
+
+
+def block_modules(backbone: nn.Module, blocks: dict[str, list[str]]) -> dict[str, list[nn.Module]]:
+    """The modules of each block: those whose parameters all lie in it, and parameter-free modules
+    (dropout, drop-path, activations) directly inside such a module."""
+    owner = {p: b for b, ps in blocks.items() for p in ps}
+    assigned: dict[str, str] = {}
+    result: dict[str, list[nn.Module]] = {b: [] for b in blocks}
+    for path, module in backbone.named_modules():
+        names = [f"{path}.{n}" if path else n for n, _ in module.named_parameters()]
+        if names:
+            owners = {owner.get(n) for n in names}
+            block = owners.pop() if len(owners) == 1 else None
+        else:
+            block = assigned.get(path.rpartition(".")[0]) if path else None
+        if block is not None:
+            assigned[path] = block
+            result[block].append(module)
+    return result
+
+
+def param_groups(
+    model: Any,
+    lr: float,
+    *,
+    layer_decay: float | None = None,
+    backbone_lr_mult: float = 1.0,
+    weight_decay: float = 0.0,
+) -> list[dict[str, Any]]:
+    """Optimizer groups for a TransferModel: per block (frozen ones too), neck, head; norm and bias
+    parameters without weight decay. See `TransferModel.param_groups`."""
+    if layer_decay is not None and not 0.0 < layer_decay <= 1.0:
+        raise ValueError(f"layer_decay must be in (0, 1], got {layer_decay}")
+    if lr <= 0 or backbone_lr_mult < 0:
+        raise ValueError(f"lr must be > 0 and backbone_lr_mult >= 0, got lr={lr}, backbone_lr_mult={backbone_lr_mult}")
+    named = dict(model.backbone.named_parameters())
+    blocks = model.backbone.blocks
+    units = [(f"backbone.{b}", [named[p] for p in ps], i) for i, (b, ps) in enumerate(blocks.items())]
+    units += [("neck", list(model.neck.parameters()), None), ("head", list(model.head.parameters()), None)]
+    groups = []
+    for name, params, index in units:
+        scale = 1.0
+        if index is not None:
+            scale = backbone_lr_mult * (layer_decay ** (len(blocks) - index) if layer_decay else 1.0)
+        decay = [p for p in params if p.ndim > 1]
+        no_decay = [p for p in params if p.ndim <= 1]
+        for suffix, ps, wd in (("", decay, weight_decay), ("/no_decay", no_decay, 0.0)):
+            if ps:
+                groups.append({"name": name + suffix, "params": ps, "lr": lr * scale, "weight_decay": wd})
+    counted = [id(p) for g in groups for p in g["params"]]
+    assert len(counted) == len(set(counted)) == len(list(model.parameters())), "each parameter in exactly one group"
+    return groups
+
+
+def summary_table(rows: list[tuple[str, int, bool, str]]) -> str:
+    """A plain-text table of ``(block, params, trainable, norm mode)`` rows with a total line."""
+    header = ("block", "params", "trainable", "norm mode")
+    body = [(b, f"{n:,}", "yes" if t else "no", m) for b, n, t, m in rows]
+    trainable = sum(n for _, n, t, _ in rows if t)
+    total = sum(n for _, n, _, _ in rows)
+    body.append(("total", f"{total:,}", f"{trainable:,}", ""))
+    widths = [max(len(r[i]) for r in [header, *body]) for i in range(4)]
+    line = "  ".join("-" * w for w in widths)
+    fmt = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))  # noqa: E731
+    return "\n".join([fmt(header), line, *map(fmt, body[:-1]), line, fmt(body[-1])])

@@ -1,0 +1,79 @@
+"""Name -> factory registries for backbones, necks and heads."""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+from collections.abc import Callable, Iterable
+from typing import Any
+
+__all__ = ["Registry", "UnknownNameError"]
+
+
+class UnknownNameError(ValueError, KeyError):
+    """Raised for a name that is not registered; the message names the closest matches."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+class Registry:
+    """A plain dict of named factories plus a decorator to fill it.
+
+    Args:
+        kind: What the registry holds ("backbone", "neck", "head"), used in messages.
+        extra_names: Optional callable returning further names that are resolved lazily
+            (the torchvision and timm backbones), so listing them costs nothing up front.
+
+    Examples:
+        >>> necks = Registry("neck")
+        >>> @necks.register("mine")
+        ... class Mine: ...
+        >>> necks.list("m*")
+        ['mine']
+    """
+
+    def __init__(self, kind: str, extra_names: Callable[[], Iterable[str]] | None = None) -> None:
+        self.kind = kind
+        self._entries: dict[str, Callable[..., Any]] = {}
+        self._extra_names = extra_names
+
+    def register(self, name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """Decorator registering a class or factory under ``name``; a second registration raises."""
+
+        def decorator(factory: Callable[..., Any]) -> Callable[..., Any]:
+            if name in self._entries:
+                raise ValueError(f"{self.kind} {name!r} is already registered; pick another name")
+            self._entries[name] = factory
+            return factory
+
+        return decorator
+
+    def names(self) -> list[str]:
+        """Every name, registered and lazily known, sorted."""
+        names = set(self._entries)
+        if self._extra_names is not None:
+            names.update(self._extra_names())
+        return sorted(names)
+
+    def list(self, pattern: str = "*") -> list[str]:
+        """Sorted names matching an fnmatch ``pattern``."""
+        return [n for n in self.names() if fnmatch.fnmatchcase(n, pattern)]
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._entries
+
+    def get(self, name: str) -> Callable[..., Any]:
+        """The factory registered under ``name``; unknown names raise `UnknownNameError`."""
+        try:
+            return self._entries[name]
+        except KeyError:
+            raise self.unknown(name) from None
+
+    def unknown(self, name: str) -> UnknownNameError:
+        """The error for an unknown ``name``, naming the closest known names."""
+        close = difflib.get_close_matches(name, self.names(), n=5, cutoff=0.6)
+        hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        return UnknownNameError(
+            f"Unknown {self.kind} {name!r}.{hint} See transferkit.list_{self.kind}s() for every name."
+        )
