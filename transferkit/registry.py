@@ -72,7 +72,15 @@ class Registry:
 
     def unknown(self, name: str) -> UnknownNameError:
         """The error for an unknown ``name``, naming the closest known names."""
-        close = difflib.get_close_matches(name, self.names(), n=5, cutoff=0.6)
+        names = self.names()
+        # "resnet181" should find "torchvision/resnet18": compare with the part after the source too
+        tails: dict[str, str] = {}
+        for n in reversed(names):  # "torchvision/x" before "timm/x", as a bare name resolves
+            tails.setdefault(n.rpartition("/")[2], n)
+        close = difflib.get_close_matches(name, names, n=5, cutoff=0.6)
+        close += [tails[t] for t in difflib.get_close_matches(name.rpartition("/")[2], list(tails), n=5, cutoff=0.6)]
+        close += [n for n in names if name in n]
+        close = list(dict.fromkeys(close))[:5]
         hint = f" Did you mean: {', '.join(close)}?" if close else ""
         return UnknownNameError(
             f"Unknown {self.kind} {name!r}.{hint} See transferkit.list_{self.kind}s() for every name."
