@@ -34,7 +34,9 @@ register_head = HEADS.register
 
 
 def list_backbones(pattern: str = "*") -> list[str]:
-    """Sorted backbone names matching an fnmatch ``pattern``: ``torchvision/*``, ``timm/*`` and registered ones.
+    """Sorted backbone names matching an fnmatch ``pattern``.
+
+    Covers ``torchvision/*`` (every classification model), ``timm/*`` and registered backbones.
 
     Examples:
         >>> list_backbones("torchvision/resnet1*")

@@ -45,12 +45,17 @@ class FreezeState:
             raise ValueError(f"freeze policy {policy!r} takes {takes}; got unexpected {', '.join(extra)}")
         values = {**allowed, **given}
         if policy == "last_n" and "n" not in given:
-            raise ValueError(f"freeze policy 'last_n' needs n, the number of blocks to train (0..{num_blocks})")
+            raise ValueError(
+                f"freeze policy 'last_n' needs n, the number of blocks to train (0..{num_blocks})"
+            )
         for key, value in values.items():
             if not isinstance(value, int) or isinstance(value, bool):
                 raise ValueError(f"{key} must be an int, got {value!r}")
         if "n" in values and not 0 <= values["n"] <= num_blocks:
-            raise ValueError(f"n={values['n']} is out of range: this backbone has {num_blocks} blocks, n must be in [0, {num_blocks}]")
+            raise ValueError(
+                f"n={values['n']} is out of range: this backbone has {num_blocks} blocks, "
+                f"n must be in [0, {num_blocks}]"
+            )
         for key in ("step", "every"):
             if key in values and values[key] < 1:
                 raise ValueError(f"{key} must be >= 1, got {values[key]}")
@@ -77,17 +82,33 @@ def is_norm(module: nn.Module) -> bool:
 
 def block_modules(backbone: nn.Module, blocks: dict[str, list[str]]) -> dict[str, list[nn.Module]]:
     """The modules of each block: those whose parameters all lie in it, and parameter-free modules
-    (dropout, drop-path, activations) directly inside such a module."""
+    (dropout, drop-path, activations, affine-free norms) inside such a module.
+
+    A parameter-free module that sits in no block's module (a ViT's ``pos_drop`` / ``patch_drop``
+    between the stem and the first block) goes with the block registered just before it (the first
+    block when none is), so it is off whenever the computation that feeds it is frozen."""
     owner = {p: b for b, ps in blocks.items() for p in ps}
     assigned: dict[str, str] = {}
     result: dict[str, list[nn.Module]] = {b: [] for b in blocks}
+    last: str | None = None  # block of the latest module whose parameters all lie in one block
+    pending: list[tuple[str, nn.Module]] = []  # loose parameter-free modules before any block
     for path, module in backbone.named_modules():
         names = [f"{path}.{n}" if path else n for n, _ in module.named_parameters()]
         if names:
             owners = {owner.get(n) for n in names}
             block = owners.pop() if len(owners) == 1 else None
+            if block is not None:
+                last = block
+                for loose_path, loose in pending:
+                    assigned[loose_path] = block
+                    result[block].append(loose)
+                pending = []
         else:
             block = assigned.get(path.rpartition(".")[0]) if path else None
+            if block is None and path:
+                block = last
+                if block is None:
+                    pending.append((path, module))
         if block is not None:
             assigned[path] = block
             result[block].append(module)
@@ -107,7 +128,9 @@ def param_groups(
     if layer_decay is not None and not 0.0 < layer_decay <= 1.0:
         raise ValueError(f"layer_decay must be in (0, 1], got {layer_decay}")
     if lr <= 0 or backbone_lr_mult < 0:
-        raise ValueError(f"lr must be > 0 and backbone_lr_mult >= 0, got lr={lr}, backbone_lr_mult={backbone_lr_mult}")
+        raise ValueError(
+            f"lr must be > 0 and backbone_lr_mult >= 0, got lr={lr}, backbone_lr_mult={backbone_lr_mult}"
+        )
     named = dict(model.backbone.named_parameters())
     blocks = model.backbone.blocks
     units = [(f"backbone.{b}", [named[p] for p in ps], i) for i, (b, ps) in enumerate(blocks.items())]
@@ -123,7 +146,9 @@ def param_groups(
             if ps:
                 groups.append({"name": name + suffix, "params": ps, "lr": lr * scale, "weight_decay": wd})
     counted = [id(p) for g in groups for p in g["params"]]
-    assert len(counted) == len(set(counted)) == len(list(model.parameters())), "each parameter in exactly one group"
+    assert len(counted) == len(set(counted)) == len(list(model.parameters())), (
+        "each parameter in exactly one group"
+    )
     return groups
 
 
@@ -136,5 +161,10 @@ def summary_table(rows: list[tuple[str, int, bool, str]]) -> str:
     body.append(("total", f"{total:,}", f"{trainable:,}", ""))
     widths = [max(len(r[i]) for r in [header, *body]) for i in range(4)]
     line = "  ".join("-" * w for w in widths)
-    fmt = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))  # noqa: E731
+
+    def fmt(row: tuple[str, ...]) -> str:
+        return "  ".join(
+            c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        )
+
     return "\n".join([fmt(header), line, *map(fmt, body[:-1]), line, fmt(body[-1])])

@@ -122,6 +122,8 @@ class TransferModel(nn.Module):
 
     def apply_schedule(self, epoch: int) -> None:
         """Set the trainable blocks for ``epoch`` (from 0); only ``gradual`` changes with it."""
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+            raise ValueError(f"epoch must be an int >= 0 (epochs count from 0), got {epoch!r}")
         self._freeze.epoch = int(epoch)
         self._apply_freeze()
 
@@ -130,8 +132,32 @@ class TransferModel(nn.Module):
         return self._freeze.to_dict()
 
     def load_freeze_state(self, state: dict[str, Any]) -> None:
-        """Restore what `freeze_state` returned."""
-        self._freeze = FreezeState(**state)
+        """Restore what `freeze_state` returned (validated against this model's blocks).
+
+        Raises:
+            ValueError: the state does not come from `freeze_state`, or does not fit this backbone
+                (for example ``n`` larger than ``len(model.blocks)``).
+        """
+        state = dict(state)
+        unknown = sorted(set(state) - {"policy", "n", "step", "every", "bn", "epoch"})
+        if unknown:
+            raise ValueError(
+                f"not a freeze state: unexpected keys {', '.join(unknown)}; "
+                "pass what model.freeze_state() returned"
+            )
+        epoch = state.get("epoch", 0)
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+            raise ValueError(f"freeze state epoch must be an int >= 0, got {epoch!r}")
+        freeze = FreezeState.make(
+            state.get("policy", "none"),
+            len(self.blocks),
+            state.get("bn", "frozen"),
+            n=state.get("n"),
+            step=state.get("step"),
+            every=state.get("every"),
+        )
+        freeze.epoch = epoch
+        self._freeze = freeze
         self._apply_freeze()
 
     def _apply_freeze(self) -> None:
@@ -292,8 +318,13 @@ def build_model(
         built = create_backbone(
             name, pretrained=pretrained, in_chans=in_chans, out_indices=out_indices, **backbone_kwargs
         )
-        backbone_kwargs = {k: v for k, v in built.config.items() if k not in ("pretrained", "in_chans", "out_indices")}
-        out_indices = built.config.get("out_indices", out_indices)
+        _check_backbone(built)
+        # library backbones report the arguments they resolved (torchvision's transform_input, timm's levels)
+        resolved = getattr(built, "config", {})
+        backbone_kwargs.update(
+            {k: v for k, v in resolved.items() if k not in ("pretrained", "in_chans", "out_indices")}
+        )
+        out_indices = resolved.get("out_indices", out_indices)
     neck_module = neck_cls(built.feature_info, **(neck_kwargs or {}))
     head_module = head_cls(neck_module.feature_info, num_classes, **(head_kwargs or {}))
     config = {
@@ -325,10 +356,14 @@ def load_model(directory: str | os.PathLike[str], map_location: str | torch.devi
     config_path, weights_path = directory / "config.json", directory / "model.safetensors"
     for path in (config_path, weights_path):
         if not path.is_file():
-            raise FileNotFoundError(f"{path} not found: load_model expects a directory written by model.save()")
+            raise FileNotFoundError(
+                f"{path} not found: load_model expects a directory written by model.save()"
+            )
     config = json.loads(config_path.read_text())
     if str(config.get("backbone", "")).startswith("<module"):
-        raise ValueError(f"{directory} holds a model with a custom backbone module; rebuild it and load the weights")
+        raise ValueError(
+            f"{directory} holds a model with a custom backbone module; rebuild it and load the weights"
+        )
     model = build_model(**{**config, "pretrained": False})
     model.config["pretrained"] = config["pretrained"]
     load_weights(model, str(weights_path), strict=True, device=str(map_location))

@@ -77,7 +77,9 @@ class Registry:
         tails: dict[str, str] = {}
         for n in reversed(names):  # "torchvision/x" before "timm/x", as a bare name resolves
             tails.setdefault(n.rpartition("/")[2], n)
-        close = [tails[t] for t in difflib.get_close_matches(name.rpartition("/")[2], list(tails), n=5, cutoff=0.6)]
+        close = [
+            tails[t] for t in difflib.get_close_matches(name.rpartition("/")[2], list(tails), n=5, cutoff=0.6)
+        ]
         close += difflib.get_close_matches(name, names, n=5, cutoff=0.6)
         close += [n for n in names if name in n]
         close = list(dict.fromkeys(close))[:5]

@@ -157,9 +157,6 @@ class Trainer:
         groups = model.param_groups(
             lr, layer_decay=layer_decay, backbone_lr_mult=backbone_lr_mult, weight_decay=weight_decay
         )
-        listed = [id(p) for g in groups for p in g["params"]]
-        if len(listed) != len(set(listed)) or set(listed) != {id(p) for p in model.parameters()}:
-            raise RuntimeError("model.param_groups() must list every model parameter exactly once")
         self.optimizer = _build_optimizer(optimizer, groups)
         self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
         self.scheduler: Any = None
@@ -197,7 +194,7 @@ class Trainer:
                 f"monitor={monitor!r} needs a validation loader; pass {{'train': ..., 'val': ...}}"
             )
         mode_min = monitor.endswith("loss")
-        for group, lr in zip(self.optimizer.param_groups, self.base_lrs):
+        for group, lr in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
             group["lr"] = lr
         self.scheduler = _build_scheduler(
             self.scheduler_spec,
@@ -310,8 +307,8 @@ class Trainer:
             total = loss_sum
         if int(bad_step) != _NO_STEP:
             raise FloatingPointError(
-                f"non-finite loss at epoch {self.epoch}, step {int(bad_step)}; the model keeps the weights of "
-                "the last good epoch. Lower lr, set clip_grad_norm, or check the inputs for NaN/inf."
+                f"non-finite loss at epoch {self.epoch}, step {int(bad_step)}; the model keeps the weights "
+                "of the last good epoch. Lower lr, set clip_grad_norm, or check the inputs for NaN/inf."
             )
         return loss_sum, total.item() / (steps_done * self.world_size)
 
@@ -636,12 +633,12 @@ def _set_rng_state(state: dict[str, Any], loader: Any) -> None:
     random.setstate(state["python"])
     kind, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
-    for generator, saved in zip(_loader_generators(loader), state["loader"]):
+    for generator, saved in zip(_loader_generators(loader), state["loader"], strict=False):
         generator.set_state(saved)
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
-    """Writes ``obj`` to a temp file, fsyncs, then renames over ``path``: a reader sees old or new, never half."""
+    """Writes ``obj`` to a temp file, fsyncs, renames it over ``path``: readers see old or new, never half."""
     tmp = path.with_name(path.name + ".tmp")
     try:
         with open(tmp, "wb") as f:

@@ -62,7 +62,8 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
         return load_file(str(path), device="cpu")
     if path.suffix not in WEIGHT_SUFFIXES:
         raise ValueError(
-            f"weights file {str(path)!r} has suffix {path.suffix!r}; expected one of {', '.join(WEIGHT_SUFFIXES)}"
+            f"weights file {str(path)!r} has suffix {path.suffix!r}; "
+            f"expected one of {', '.join(WEIGHT_SUFFIXES)}"
         )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -121,11 +122,14 @@ def load_matching(
             f"{len(unexpected)} unexpected keys {_preview(unexpected)}. The file must hold the state_dict of "
             f"the same architecture (classifier keys are ignored)."
         )
-    wrong = [(k, tuple(v.shape), tuple(target[k].shape)) for k, v in mapped.items() if v.shape != target[k].shape]
+    wrong = [
+        (k, tuple(v.shape), tuple(target[k].shape)) for k, v in mapped.items() if v.shape != target[k].shape
+    ]
     if wrong:
         k, got, want = wrong[0]
         raise WeightsMismatchError(
-            f"{source} does not fit this model: {len(wrong)} tensors have other shapes, e.g. {k!r} is {got} in "
+            f"{source} does not fit this model: {len(wrong)} tensors have other shapes, "
+            f"e.g. {k!r} is {got} in "
             f"the file but {want} in the model. A different in_chans or model variant? Build the model the "
             f"weights were made for (in_chans=3 for ImageNet weights), or use pretrained=False."
         )
@@ -163,7 +167,8 @@ def fetch_url(url: str, *, model: str, progress: bool = True) -> Path:
         return cache
     if not _reachable(url):
         raise PretrainedUnavailableError(
-            f"Cannot download pretrained weights for {model} from {url}: no network. " + _ways_out(model, str(cache))
+            f"Cannot download pretrained weights for {model} from {url}: no network. "
+            + _ways_out(model, str(cache))
         )
     cache.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -171,12 +176,15 @@ def fetch_url(url: str, *, model: str, progress: bool = True) -> Path:
             torch.hub.download_url_to_file(url, str(cache), progress=progress)
     except Exception as err:
         raise PretrainedUnavailableError(
-            f"Downloading pretrained weights for {model} from {url} failed ({err}). " + _ways_out(model, str(cache))
+            f"Downloading pretrained weights for {model} from {url} failed ({err}). "
+            + _ways_out(model, str(cache))
         ) from err
     return cache
 
 
-def fetch_hf(repo_id: str, *, model: str, filenames: tuple[str, ...] = ("model.safetensors", "pytorch_model.bin")) -> Path:
+def fetch_hf(
+    repo_id: str, *, model: str, filenames: tuple[str, ...] = ("model.safetensors", "pytorch_model.bin")
+) -> Path:
     """Path of a Hugging Face Hub weights file in the local cache, downloading it when absent."""
     from huggingface_hub import constants, hf_hub_download, try_to_load_from_cache
 
@@ -187,8 +195,8 @@ def fetch_hf(repo_id: str, *, model: str, filenames: tuple[str, ...] = ("model.s
     where = f"the Hugging Face cache ({constants.HF_HUB_CACHE}) as repo {repo_id!r}"
     if constants.HF_HUB_OFFLINE or not _reachable(constants.ENDPOINT):
         raise PretrainedUnavailableError(
-            f"Cannot download pretrained weights for {model} from the Hugging Face Hub ({repo_id}): no network. "
-            + _ways_out(model, where)
+            f"Cannot download pretrained weights for {model} from the Hugging Face Hub ({repo_id}): "
+            "no network. " + _ways_out(model, where)
         )
     errors = []
     for filename in filenames:

@@ -44,7 +44,7 @@ class Backbone(nn.Module):
         if x.ndim != 4 or x.shape[1] != in_chans:
             raise ValueError(
                 f"expected an input of shape [N, {in_chans}, H, W], got {list(x.shape)}; "
-                f"pass in_chans={x.shape[1] if x.ndim == 4 else '...'} to build_model for other channel counts"
+                "pass in_chans to build_model for other channel counts"
             )
         h, w = x.shape[-2:]
         if self.fixed_input_size is not None and (h, w) != (self.fixed_input_size,) * 2:
@@ -190,4 +190,6 @@ def check_blocks(blocks: dict[str, list[str]], module: nn.Module) -> None:
     missing = [n for n in names if n not in seen]
     unknown = [p for p in seen if p not in set(names)]
     if missing or unknown:
-        raise ValueError(f"blocks do not partition the backbone: missing {missing[:5]}, unknown {unknown[:5]}")
+        raise ValueError(
+            f"blocks do not partition the backbone: missing {missing[:5]}, unknown {unknown[:5]}"
+        )

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import re
 from functools import lru_cache
 from typing import Any
 
 import timm
 import torch
-from timm.models import get_pretrained_cfg
 from timm.models._manipulate import group_with_matcher
 from torch import nn
 
@@ -17,6 +15,7 @@ from ..weights import fetch_hf, fetch_url, is_weights_path, load_matching, read_
 from .base import Backbone, check_blocks, check_out_indices, structural_blocks
 
 __all__ = ["TimmBackbone", "timm_names"]
+
 
 @lru_cache(maxsize=1)
 def timm_names() -> tuple[str, ...]:
@@ -71,7 +70,12 @@ def _blocks(full: nn.Module, body: nn.Module, mapping: dict[str, str] | None) ->
         groups = group_with_matcher(((n, None) for n in originals), full.group_matcher(coarse=False))
         blocks: dict[str, list[str]] = {}
         for i, names in enumerate(groups.values()):
-            blocks["stem" if i == 0 else _group_name(names)] = [f"body.{mapping[n]}" for n in names]
+            name = "stem" if i == 0 else _group_name(names)
+            if name in blocks:  # a group spanning parts of two modules (dla's roots, densenet's norm5)
+                name = f"{names[0].rsplit('.', 1)[0]}"
+            while name in blocks:
+                name += "+"
+            blocks[name] = [f"body.{mapping[n]}" for n in names]
         return blocks
     return {b: [f"body.{p}" for p in ps] for b, ps in structural_blocks(body).items()}
 
@@ -108,9 +112,11 @@ class TimmBackbone(Backbone):
         if pretrained not in (True, False) and not is_weights_path(pretrained):
             tag = str(pretrained)
         full_name = f"{arch}.{tag}" if tag else arch
-        if tag and get_pretrained_cfg(full_name) is None:
-            valid = [n.partition(".")[2] for n in timm.list_pretrained(f"{arch}.*")]
-            raise ValueError(f"unknown weights tag {tag!r} for timm/{arch}; valid tags: {', '.join(valid) or 'none'}")
+        valid = [n.partition(".")[2] for n in timm.list_pretrained(f"{arch}.*")]
+        if tag and tag not in valid:
+            raise ValueError(
+                f"unknown weights tag {tag!r} for timm/{arch}; valid tags: {', '.join(valid) or 'none'}"
+            )
         self.name = arch
         full = _full_model(full_name, in_chans, kwargs)
         levels = len(full.feature_info)
@@ -133,7 +139,9 @@ class TimmBackbone(Backbone):
         }
         pcfg = full.pretrained_cfg
         self.min_input_size = int((pcfg.get("min_input_size") or (in_chans, 1, 1))[-1])
-        self.fixed_input_size = size if pcfg.get("fixed_input_size") and not kwargs.get("dynamic_img_size") else None
+        self.fixed_input_size = (
+            size if pcfg.get("fixed_input_size") and not kwargs.get("dynamic_img_size") else None
+        )
         self.config = {"pretrained": pretrained, "in_chans": in_chans, "out_indices": indices, **kwargs}
 
         mapping = _name_map(full, self.body)
@@ -144,19 +152,27 @@ class TimmBackbone(Backbone):
 
     def _load(self, full: nn.Module, full_name: str, pretrained: Any, mapping: dict[str, str] | None) -> None:
         if mapping is None:
-            raise ValueError(f"cannot map timm/{full_name}'s weights onto its feature extractor; use pretrained=False")
+            raise ValueError(
+                f"cannot map timm/{full_name}'s weights onto its feature extractor; use pretrained=False"
+            )
         model = f"timm/{full_name}"
         if is_weights_path(pretrained):
             path = pretrained
         else:
             cfg = full.pretrained_cfg
             if cfg.get("hf_hub_id"):
-                files = (cfg["hf_hub_filename"],) if cfg.get("hf_hub_filename") else ("model.safetensors", "pytorch_model.bin")
+                files = (
+                    (cfg["hf_hub_filename"],)
+                    if cfg.get("hf_hub_filename")
+                    else ("model.safetensors", "pytorch_model.bin")
+                )
                 path = fetch_hf(cfg["hf_hub_id"], model=model, filenames=files)
             elif cfg.get("url"):
                 path = fetch_url(cfg["url"], model=model)
             else:
-                raise ValueError(f"timm has no pretrained weights for {model}; use pretrained=False or a weights file")
+                raise ValueError(
+                    f"timm has no pretrained weights for {model}; use pretrained=False or a weights file"
+                )
         classifier = full.pretrained_cfg.get("classifier") or ()
         classifier = (classifier,) if isinstance(classifier, str) else tuple(classifier)
         known = set(full.state_dict())

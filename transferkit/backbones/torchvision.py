@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from functools import lru_cache
+from functools import cache, lru_cache
 from typing import Any
 
 import torch
@@ -25,7 +25,19 @@ __all__ = ["TorchvisionBackbone", "torchvision_names"]
 
 # Top-level attributes that belong to the classifier side of torchvision models, never to features.
 _CLASSIFIER = frozenset(
-    {"fc", "classifier", "head", "heads", "avgpool", "dropout", "flatten", "permute", "AuxLogits", "aux1", "aux2"}
+    {
+        "fc",
+        "classifier",
+        "head",
+        "heads",
+        "avgpool",
+        "dropout",
+        "flatten",
+        "permute",
+        "AuxLogits",
+        "aux1",
+        "aux2",
+    }
 )
 # Models trained with their own input transform (torchvision sets it whenever it loads weights).
 _TRANSFORM_INPUT = ("googlenet", "inception_v3")
@@ -73,7 +85,7 @@ def _data_config(weights: Any, in_chans: int) -> dict[str, Any]:
     }
 
 
-@lru_cache(maxsize=None)
+@cache
 def _plan(name: str, kwargs_key: tuple[tuple[str, Any], ...]) -> tuple[tuple[str, int, int], ...]:
     """``(module path, channels, reduction)`` of every level, found by a forward on the meta device."""
     size = _weights_enum(name).DEFAULT.transforms().crop_size[0]
@@ -185,7 +197,9 @@ class TorchvisionBackbone(Backbone):
         self.min_input_size = int(meta.meta.get("min_size", (1, 1))[0])
         self.layout = _layout(name)
         self.fixed_input_size = self.data_config["input_size"][-1] if self.layout == "tokens" else None
-        self.feature_info = FeatureInfo(channels=[c for _, c, _ in levels], reductions=[r for _, _, r in levels])
+        self.feature_info = FeatureInfo(
+            channels=[c for _, c, _ in levels], reductions=[r for _, _, r in levels]
+        )
         self.config = {"pretrained": pretrained, "in_chans": in_chans, "out_indices": indices, **kwargs}
 
         model = tvm.get_model(name, weights=None, **kwargs)
@@ -200,7 +214,9 @@ class TorchvisionBackbone(Backbone):
             )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # train/eval graphs differ for dropout-free models: expected
-            self.body = create_feature_extractor(model, return_nodes={p: str(i) for i, (p, _, _) in enumerate(levels)})
+            self.body = create_feature_extractor(
+                model, return_nodes={p: str(i) for i, (p, _, _) in enumerate(levels)}
+            )
         blocks = structural_blocks(model, skip=_CLASSIFIER)
         kept = {n for n, _ in self.body.named_parameters()}
         self.blocks = {b: [f"body.{p}" for p in ps if p in kept] for b, ps in blocks.items()}

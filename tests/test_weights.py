@@ -1,0 +1,123 @@
+"""pretrained=: local files (safetensors / pth), mismatches, malicious pickles, the offline error."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import time
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+import torchvision
+from safetensors.torch import save_file
+
+import transferkit as tk
+from transferkit import PretrainedUnavailableError, WeightsMismatchError
+
+
+def _torchvision_file(tmp_path: Path, suffix: str, name: str = "resnet18") -> tuple[Path, dict]:
+    torch.manual_seed(123)
+    state = torchvision.models.get_model(name, weights=None).state_dict()
+    path = tmp_path / f"{name}{suffix}"
+    if suffix == ".safetensors":
+        save_file(state, str(path))
+    else:
+        torch.save(state, path)
+    return path, state
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pth", ".pt"])
+def test_torchvision_weights_file_loads(tmp_path: Path, suffix: str) -> None:
+    path, state = _torchvision_file(tmp_path, suffix)
+    model = tk.build_model("resnet18", num_classes=3, pretrained=path)
+    loaded = model.backbone.state_dict()
+    for key in ("conv1.weight", "layer3.1.bn2.running_var", "layer4.1.conv2.weight"):
+        assert torch.equal(loaded[f"body.{key}"], state[key])
+    assert model.head.fc.out_features == 3  # the file's 1000-class fc was ignored
+
+
+def test_timm_weights_file_loads(tmp_path: Path) -> None:
+    torch.manual_seed(7)
+    state = timm.create_model("efficientnet_b0").state_dict()
+    path = tmp_path / "effnet.safetensors"
+    save_file(state, str(path))
+    model = tk.build_model("timm/efficientnet_b0", num_classes=2, pretrained=str(path))
+    loaded = dict(model.backbone.named_parameters())
+    assert torch.equal(loaded["body.conv_stem.weight"], state["conv_stem.weight"])
+    assert torch.equal(loaded["body.blocks.6.0.conv_pwl.weight"], state["blocks.6.0.conv_pwl.weight"])
+
+
+def test_mismatched_file_names_missing_and_unexpected_keys(tmp_path: Path) -> None:
+    path, _ = _torchvision_file(tmp_path, ".pth", name="resnet50")
+    with pytest.raises(WeightsMismatchError, match="missing keys") as info:
+        tk.build_model("resnet18", num_classes=2, pretrained=path)
+    assert "unexpected keys" in str(info.value) and "layer1.0.conv3.weight" in str(info.value)
+
+
+def test_wrong_in_chans_for_weights_file(tmp_path: Path) -> None:
+    path, _ = _torchvision_file(tmp_path, ".safetensors")
+    with pytest.raises(WeightsMismatchError, match="in_chans"):
+        tk.build_model("resnet18", num_classes=2, pretrained=path, in_chans=1)
+
+
+class _Exploit:
+    def __reduce__(self):
+        return (os.system, ("touch pwned",))
+
+
+def test_malicious_pickle_is_refused_and_not_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "evil.pth"
+    with open(path, "wb") as f:
+        pickle.dump({"conv1.weight": _Exploit()}, f)
+    with pytest.raises(ValueError, match="refusing to load"):
+        tk.build_model("resnet18", num_classes=2, pretrained=path)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_missing_file_and_bad_suffix(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        tk.build_model("resnet18", num_classes=2, pretrained=str(tmp_path / "nope.pth"))
+    bad = tmp_path / "weights.npz"
+    bad.write_bytes(b"x")
+    with pytest.raises(ValueError, match="suffix"):
+        tk.build_model("resnet18", num_classes=2, pretrained=str(bad))
+
+
+def test_unknown_weights_tag_lists_valid_tags() -> None:
+    with pytest.raises(ValueError, match="IMAGENET1K_V1"):
+        tk.build_model("resnet18", num_classes=2, pretrained="IMAGENET9K")
+    with pytest.raises(ValueError, match="a1_in1k"):
+        tk.build_model("timm/resnet18", num_classes=2, pretrained="nope_in1k")
+
+
+@pytest.mark.parametrize("name", ["resnet18", "timm/resnet18"])
+def test_offline_pretrained_fails_fast_with_ways_out(
+    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # nothing cached
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setattr("transferkit.weights._reachable", lambda url: False)  # no network, even on a dev box
+    start = time.monotonic()
+    with pytest.raises(PretrainedUnavailableError) as info:
+        tk.build_model(name, num_classes=2, pretrained=True)
+    assert time.monotonic() - start < 15
+    message = str(info.value)
+    assert "resnet18" in message and "pretrained=False" in message and "pretrained='/path/to" in message
+    assert str(tmp_path) in message  # the cache location to put the file in
+
+
+def test_offline_check_really_fails_here_without_network(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from transferkit.weights import _reachable
+
+    if _reachable("https://download.pytorch.org"):
+        pytest.skip("this machine has network")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    start = time.monotonic()
+    with pytest.raises(PretrainedUnavailableError, match="no network"):
+        tk.build_model("resnet18", num_classes=2, pretrained=True)
+    assert time.monotonic() - start < 15
