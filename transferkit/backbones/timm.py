@@ -125,6 +125,8 @@ class TimmBackbone(Backbone):
         self.body = timm.create_model(
             full_name, pretrained=False, features_only=True, in_chans=in_chans, **extra, **kwargs
         )
+        fmt = getattr(self.body, "output_fmt", "NCHW")
+        self.channels_last_output = getattr(fmt, "value", fmt) == "NHWC"  # swin, mambaout, sequencer
         info = self.body.feature_info
         self.feature_info = FeatureInfo(channels=info.channels(), reductions=info.reduction())
         cfg = timm.data.resolve_model_data_config(full)
@@ -187,4 +189,7 @@ class TimmBackbone(Backbone):
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Feature maps ``[N, C_i, H / r_i, W / r_i]``, fine to coarse."""
         self.check_input(x)
-        return list(self.body(x))
+        features = list(self.body(x))
+        if self.channels_last_output:
+            return [f.permute(0, 3, 1, 2) for f in features]
+        return features
