@@ -145,7 +145,22 @@ def _family(name: str) -> str:
     return re.match(r"[a-z]+", name).group()
 
 
-_SMALL = ("atto", "femto", "pico", "nano", "tiny", "xxs", "xs", "mini", "small", "s", "b0", "18", "_100", "400mf")
+_SMALL = (
+    "atto",
+    "femto",
+    "pico",
+    "nano",
+    "tiny",
+    "xxs",
+    "xs",
+    "mini",
+    "small",
+    "s",
+    "b0",
+    "18",
+    "_100",
+    "400mf",
+)
 
 
 def _smallest(names: list[str]) -> str:
