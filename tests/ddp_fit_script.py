@@ -18,8 +18,9 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, TensorDataset
 
-from transferkit import Trainer, build_model
+from transferkit import build_model
 from transferkit.data import SyntheticShapes
+from transferkit.trainer import Trainer
 
 POLICIES = {"last_n": {"policy": "last_n", "n": 2}, "gradual": {"policy": "gradual", "n": 0, "step": 1}}
 
@@ -43,7 +44,7 @@ def main(out: Path) -> None:
         model = build_model("resnet18", num_classes=3, pretrained=False)
         model.freeze(**freeze)
         initial = {k: v.clone() for k, v in model.state_dict().items()}
-        trainer = Trainer(model, epochs=3, lr=3e-3, checkpoint_dir=out / f"ckpt_{name}_rank{rank}", seed=0)
+        trainer = Trainer(model, epochs=2, lr=3e-3, checkpoint_dir=out / f"ckpt_{name}_rank{rank}", seed=0)
         history = trainer.fit({"train": train, "val": val})
         result = {"initial": initial, "final": model.state_dict(), "history": history}
         result["world_size"] = trainer.world_size

@@ -12,8 +12,10 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from transferkit import Trainer, build_model
+from transferkit import build_model
+from transferkit.trainer import Trainer
 
+pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="needs torch.distributed")
 SCRIPT = Path(__file__).with_name("ddp_fit_script.py")
 sys.path.insert(0, str(SCRIPT.parent))
 from ddp_fit_script import POLICIES, shapes  # noqa: E402
@@ -34,6 +36,7 @@ def ddp_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     env["OMP_NUM_THREADS"] = "1"
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SCRIPT.parent.parent), env.get("PYTHONPATH")]))
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
     logs = "\n".join(f"--- {p.name}\n{p.read_text()}" for p in sorted(out.glob("log_rank*.txt")))
     assert done.returncode == 0, f"{done.stdout}\n{done.stderr}\n{logs}"
@@ -55,7 +58,9 @@ def test_ranks_end_with_identical_weights(ddp_run: Path, policy: str) -> None:
     assert any(not torch.equal(rank0["initial"][k], rank1["initial"][k]) for k in rank0["initial"])
     changed = [k for k in rank0["final"] if not torch.equal(rank0["final"][k], rank0["initial"][k])]
     assert any(k.startswith("head.") for k in changed) and any(k.startswith("backbone.") for k in changed)
-    strip = [[{k: v for k, v in row.items() if k != "seconds"} for row in r["history"]] for r in (rank0, rank1)]
+    strip = [
+        [{k: v for k, v in row.items() if k != "seconds"} for row in r["history"]] for r in (rank0, rank1)
+    ]
     assert strip[0] == strip[1]
 
 
@@ -69,7 +74,7 @@ def test_last_n_keeps_frozen_blocks_and_gradual_unfreezes(ddp_run: Path) -> None
     assert all(torch.equal(rank0["final"][n], rank0["initial"][n]) for n in frozen)
     assert any(not torch.equal(rank0["final"][n], rank0["initial"][n]) for n in trainable)
     gradual, _ = _results(ddp_run, "gradual")
-    assert [row["trainable_blocks"] for row in gradual["history"]] == [0, 1, 2]
+    assert [row["trainable_blocks"] for row in gradual["history"]] == [0, 1]
 
 
 def test_validation_metrics_are_reduced_over_all_samples(ddp_run: Path) -> None:
@@ -87,5 +92,5 @@ def test_only_rank_0_writes_and_prints(ddp_run: Path) -> None:
         assert (ddp_run / f"ckpt_{policy}_rank0" / "last.pt").exists()
         assert not (ddp_run / f"ckpt_{policy}_rank1").exists()
     log0, log1 = [(ddp_run / f"log_rank{r}.txt").read_text() for r in (0, 1)]
-    assert "epoch 3/3" in log0
+    assert "epoch 2/2" in log0
     assert log1 == ""

@@ -7,6 +7,7 @@ from .features import FeatureInfo
 from .heads import HEADS
 from .model import TransferModel, build_model, load_model
 from .necks import NECKS
+from .trainer import Trainer
 from .weights import PretrainedUnavailableError, WeightsMismatchError
 
 __version__ = "0.1.0"
@@ -15,6 +16,7 @@ __all__ = [
     "Backbone",
     "FeatureInfo",
     "PretrainedUnavailableError",
+    "Trainer",
     "TransferModel",
     "WeightsMismatchError",
     "__version__",

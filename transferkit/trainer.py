@@ -25,22 +25,23 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, IterableDataset, RandomSampler
 from tqdm.auto import tqdm
 
-from transferkit.metrics import ClassificationMeter, SegmentationMeter
+from .metrics import ClassificationMeter, SegmentationMeter
 
 if TYPE_CHECKING:
-    from transferkit.model import TransferModel
+    from .model import TransferModel
 
 __all__ = ["Trainer"]
 
 IGNORE_INDEX = 255
+_LOADER_ARGS = ("batch_size", "num_workers", "collate_fn", "pin_memory", "drop_last", "timeout")
+_LOADER_ARGS += ("worker_init_fn", "generator", "prefetch_factor", "persistent_workers")
 EVENTS = ("on_fit_start", "on_epoch_start", "on_batch_end", "on_epoch_end", "on_fit_end")
 SCHEDULERS = ("cosine", "step", "onecycle", "none")
 PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 _SYNC_EVERY = 50  # training steps between host syncs (running loss, non-finite check)
-_NO_STEP = 2**62
 
 
-def segmentation_loss(logits: Tensor, masks: Tensor) -> Tensor:
+def _segmentation_loss(logits: Tensor, masks: Tensor) -> Tensor:
     """Cross-entropy averaged over labelled pixels (``255`` = ignore); 0, not NaN, when none is labelled."""
     total = F.cross_entropy(logits, masks, ignore_index=IGNORE_INDEX, reduction="sum")
     return total / (masks != IGNORE_INDEX).sum().clamp(min=1)
@@ -84,7 +85,7 @@ class Trainer:
         >>> model.freeze(policy="gradual", n=0, step=1)
         >>> history = Trainer(model, epochs=3, progress=False).fit({"train": train, "val": val})
         >>> [row["trainable_blocks"] for row in history], sorted(history[-1])
-        ([0, 1, 2], ['epoch', 'lr', 'seconds', 'trainable_blocks', 'train_loss', 'val_acc', 'val_loss'])
+        ([0, 1, 2], ['epoch', 'lr', 'seconds', 'train_loss', 'trainable_blocks', 'val_acc', 'val_loss'])
     """
 
     def __init__(
@@ -132,17 +133,13 @@ class Trainer:
         for cb in callbacks or ():
             if not any(hasattr(cb, event) for event in EVENTS):
                 raise TypeError(f"callback {cb!r} has none of the methods {EVENTS}")
-        self.model, self.epochs, self.grad_accum, self.clip_grad_norm = (
-            model,
-            epochs,
-            grad_accum,
-            clip_grad_norm,
-        )
+        self.model, self.epochs, self.grad_accum = model, epochs, grad_accum
+        self.clip_grad_norm, self.scheduler_spec = clip_grad_norm, scheduler
         self.cache_features, self.resume, self.early_stopping = cache_features, resume, early_stopping
         self.monitor, self.restore_best, self.callbacks = monitor, restore_best, list(callbacks or ())
-        self.seed, self.compile, self.scheduler_spec = seed, compile, scheduler
+        self.seed, self.compile = seed, compile
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
-        self.loss_fn = loss or (segmentation_loss if model.task == "segmentation" else F.cross_entropy)
+        self.loss_fn = loss or (_segmentation_loss if model.task == "segmentation" else F.cross_entropy)
 
         self.device = _resolve_device(device, int(os.environ.get("LOCAL_RANK", "0")))
         self.rank, self.world_size = _init_distributed(self.device)
@@ -177,8 +174,14 @@ class Trainer:
             loaders: ``{"train": loader, "val": loader}``, a ``(train, val)`` tuple or a train loader;
                 batches are ``(inputs [N, C, H, W], targets)`` with targets ``[N]`` or masks ``[N, H, W]``.
 
+        Returns:
+            The history: per epoch ``epoch``, ``train_loss`` (mean batch loss), ``lr`` (the head's, at the
+            epoch's start), ``trainable_blocks`` (count), ``seconds``, and with validation ``val_loss``
+            plus ``val_acc`` (and ``val_top5`` above 5 classes) or ``val_miou`` and ``val_acc``.
+
         Raises:
-            ValueError: An empty loader, targets outside ``[0, num_classes)``, or an unknown ``monitor``.
+            ValueError: An empty loader, targets outside ``[0, num_classes)`` (the model keeps the weights
+                of the last complete epoch), or an unknown ``monitor``.
             FloatingPointError: A non-finite loss; the model keeps the weights of the last good epoch.
         """
         train, val = _split_loaders(loaders)
@@ -207,6 +210,8 @@ class Trainer:
         start = self._load_checkpoint(train) if self.resume else 0
         self._emit("on_fit_start")
         for epoch in range(start, self.epochs):
+            if self.should_stop or self._out_of_patience(epoch):
+                break
             self.epoch, started = epoch, time.perf_counter()
             self.model.apply_schedule(epoch)
             net = self._network()
@@ -235,11 +240,6 @@ class Trainer:
             if self.checkpoint_dir is not None and self.is_main:
                 self._save_checkpoint(train)
             self._emit("on_epoch_end")
-            patience_over = (
-                self.early_stopping is not None and epoch - self._best["epoch"] >= self.early_stopping
-            )
-            if patience_over or self.should_stop:
-                break
         self._emit("on_fit_end")
         if self._best.get("state") is not None:
             self.model.load_state_dict(self._best["state"])
@@ -248,8 +248,7 @@ class Trainer:
     def _train_epoch(self, net: nn.Module, loader: Iterable[Any], bar: Any) -> float:
         """One pass over ``loader``; returns the mean batch loss (over all ranks)."""
         self.model.train()
-        n, pending, mean = len(loader), [], math.nan  # type: ignore[arg-type]
-        loss_sum = torch.zeros((), device=self.device)
+        n, pending, loss_total = len(loader), [], 0.0  # type: ignore[arg-type]
         for step, (inputs, targets) in enumerate(loader):
             self.step = step
             self._check_targets(targets, f"epoch {self.epoch}, step {step}")
@@ -268,11 +267,16 @@ class Trainer:
             pending.append(self.loss)
             bar.update()
             if len(pending) == _SYNC_EVERY or step + 1 == n:
-                loss_sum, mean = self._sync_losses(loss_sum, pending, step + 1)
-                bar.set_postfix(loss=f"{mean:.4f}")
+                loss_total += self._sync_losses(pending, first_step=step + 1 - len(pending))
+                bar.set_postfix(loss=f"{loss_total / (step + 1):.4f}")
                 pending = []
             self._emit("on_batch_end")
-        return mean
+        if self.world_size > 1:
+            # DDP broadcasts rank 0's buffers before each forward, so after the last step every rank holds
+            # its own batch statistics; share rank 0's so that validation and the final weights agree.
+            for buffer in self.model.buffers():
+                dist.broadcast(buffer, src=0)
+        return loss_total / n
 
     def _forward(self, net: nn.Module, inputs: Tensor) -> Tensor:
         """Logits for a batch. The one place the frozen prefix runs, so cached features can replace it.
@@ -292,25 +296,19 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)  # frozen params keep grad None: AdamW skips them
         self.scheduler.step()
 
-    def _sync_losses(self, loss_sum: Tensor, pending: list[Tensor], steps_done: int) -> tuple[Tensor, float]:
-        """The bounded-rate host sync: running mean loss over ranks, and the non-finite check."""
+    def _sync_losses(self, pending: list[Tensor], first_step: int) -> float:
+        """The bounded-rate host sync: the sum of the pending losses (mean over ranks), checked finite."""
         losses = torch.stack(pending).float()
-        first = steps_done - len(losses)
-        steps = torch.arange(first, steps_done, device=losses.device)
-        bad_step = torch.where(losses.isfinite(), _NO_STEP, steps).min()
-        loss_sum = loss_sum + losses.sum()
         if self.world_size > 1:
-            total = loss_sum.clone()
-            dist.all_reduce(total)
-            dist.all_reduce(bad_step, op=dist.ReduceOp.MIN)
-        else:
-            total = loss_sum
-        if int(bad_step) != _NO_STEP:
+            dist.all_reduce(losses)  # a NaN on any rank shows on every rank: all raise together
+            losses /= self.world_size
+        bad = (~losses.isfinite()).nonzero()
+        if len(bad):
             raise FloatingPointError(
-                f"non-finite loss at epoch {self.epoch}, step {int(bad_step)}; the model keeps the weights "
-                "of the last good epoch. Lower lr, set clip_grad_norm, or check the inputs for NaN/inf."
+                f"non-finite loss at epoch {self.epoch}, step {first_step + int(bad[0])}; the model keeps "
+                "the weights of the last good epoch. Lower lr, set clip_grad_norm, or check the inputs."
             )
-        return loss_sum, total.item() / (steps_done * self.world_size)
+        return losses.sum().item()
 
     # ------------------------------------------------------------------------------ evaluate, predict
     def evaluate(self, loader: Iterable[Any]) -> dict[str, float]:
@@ -332,7 +330,9 @@ class Trainer:
         meter = (SegmentationMeter if seg else ClassificationMeter)(
             self.model.num_classes, device=self.device
         )
-        sums = torch.zeros(2, device=self.device, dtype=torch.float64)  # [loss * samples, samples]
+        dtype = torch.float32 if self.device.type == "mps" else torch.float64  # MPS has no float64
+        sums = torch.zeros(2, device=self.device, dtype=dtype)  # [loss * samples, samples]
+        ones = torch.ones((), device=self.device, dtype=dtype)
         was_training = self.model.training
         self.model.eval()
         for step, (inputs, targets) in enumerate(
@@ -343,7 +343,7 @@ class Trainer:
             with self._autocast():
                 logits = self._forward(self.model, inputs)
                 loss = self.loss_fn(logits, targets)
-            sums += torch.stack([loss.double() * len(targets), sums.new_tensor(len(targets))])
+            sums += torch.stack([loss.to(dtype), ones]) * len(targets)
             meter.update(logits.float(), targets)
         self.model.train(was_training)
         counts = meter.confmat if seg else meter.counts
@@ -452,19 +452,7 @@ class Trainer:
             )
         else:
             sampler = range(self.rank, len(dataset), self.world_size)  # type: ignore[arg-type]
-        return DataLoader(
-            dataset,
-            batch_size=loader.batch_size,
-            sampler=sampler,
-            num_workers=loader.num_workers,
-            collate_fn=loader.collate_fn,
-            pin_memory=loader.pin_memory,
-            drop_last=loader.drop_last,
-            worker_init_fn=loader.worker_init_fn,
-            generator=loader.generator,
-            prefetch_factor=loader.prefetch_factor,
-            persistent_workers=loader.persistent_workers,
-        )
+        return DataLoader(dataset, sampler=sampler, **{k: getattr(loader, k) for k in _LOADER_ARGS})
 
     def _track_best(self, row: dict[str, Any], monitor: str, mode_min: bool) -> None:
         if monitor not in row:
@@ -473,6 +461,11 @@ class Trainer:
         if best is None or (score < best if mode_min else score > best):
             state = _cpu_copy(self.model.state_dict()) if self._keep_best else None
             self._best = {"score": score, "epoch": row["epoch"], "state": state}
+
+    def _out_of_patience(self, epoch: int) -> bool:
+        """Whether ``early_stopping`` epochs have passed without improvement before ``epoch``."""
+        patience = self.early_stopping
+        return patience is not None and bool(self._best) and epoch - 1 - self._best["epoch"] >= patience
 
     def _emit(self, event: str) -> None:
         for cb in self.callbacks:
@@ -511,7 +504,9 @@ class Trainer:
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.scaler.load_state_dict(ckpt["scaler"])
         self.history, self._best = ckpt["history"], ckpt["best"]
-        if self._best.get("epoch") == ckpt["epoch"] and self._keep_best:
+        if not self._keep_best:
+            self._best["state"] = None
+        elif self._best["epoch"] == ckpt["epoch"]:  # saved without a copy: the best are the model's weights
             self._best["state"] = _cpu_copy(self.model.state_dict())
         _set_rng_state(ckpt["rng"], train_loader)
         return ckpt["epoch"] + 1

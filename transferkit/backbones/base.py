@@ -10,7 +10,7 @@ from torch import nn
 
 from ..features import FeatureInfo
 
-__all__ = ["Backbone", "check_out_indices", "structural_blocks", "check_blocks", "walk_units"]
+__all__ = ["Backbone", "check_blocks", "check_out_indices", "split_error", "structural_blocks", "walk_units"]
 
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 _CONV_LIKE = (nn.modules.conv._ConvNd, nn.Linear)
@@ -29,6 +29,9 @@ class Backbone(nn.Module):
     - ``min_input_size``: the smallest input side the network accepts; ``fixed_input_size`` when only
       one size works (torchvision's ViTs).
     - ``config``: the keyword arguments that rebuild it through its registry factory.
+
+    Library backbones can also ``split(k)`` at a block boundary (see `TorchvisionBackbone.split`), which
+    lets a trainer run a frozen prefix once and cache its outputs.
     """
 
     feature_info: FeatureInfo
@@ -57,6 +60,14 @@ class Backbone(nn.Module):
                 f"input {h}x{w} is too small for this backbone: it needs at least "
                 f"{self.min_input_size}x{self.min_input_size}"
             )
+
+
+def split_error(name: str, why: str) -> NotImplementedError:
+    """The error for a backbone that cannot be split at a block boundary."""
+    return NotImplementedError(
+        f"{name} cannot be split at a block boundary ({why}); cache its features only with "
+        f"freeze(policy='all'), or train with cache_features=False"
+    )
 
 
 def check_out_indices(out_indices: Any, num_levels: int) -> tuple[int, ...]:

@@ -12,7 +12,7 @@ from torch import nn
 
 from ..features import FeatureInfo
 from ..weights import fetch_hf, fetch_url, is_weights_path, load_matching, read_state_dict
-from .base import Backbone, check_blocks, check_out_indices, structural_blocks
+from .base import Backbone, check_blocks, check_out_indices, split_error, structural_blocks
 
 __all__ = ["TimmBackbone", "timm_names"]
 
@@ -189,7 +189,52 @@ class TimmBackbone(Backbone):
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Feature maps ``[N, C_i, H / r_i, W / r_i]``, fine to coarse."""
         self.check_input(x)
-        features = list(self.body(x))
+        return self._to_maps(list(self.body(x)))
+
+    def _to_maps(self, features: list[torch.Tensor | None]) -> list[torch.Tensor | None]:
         if self.channels_last_output:
-            return [f.permute(0, 3, 1, 2) for f in features]
+            return [f if f is None else f.permute(0, 3, 1, 2) for f in features]
         return features
+
+    def split(self, k: int, levels: set[int] | None = None) -> tuple[nn.Module, nn.Module]:
+        """Split before block ``k`` (or earlier, at the last module boundary before it).
+
+        Works for timm's sequential feature wrappers (``FeatureListNet``: ResNets, ConvNeXts, RegNets,
+        ...); see `TorchvisionBackbone.split` for the contract.
+        """
+        from timm.models._features import FeatureDictNet
+
+        if not isinstance(self.body, FeatureDictNet) or self.body.concat or self.body.grad_checkpointing:
+            raise split_error(
+                f"timm/{self.name}", f"{type(self.body).__name__} is not a plain module sequence"
+            )
+        owner = {p: i for i, ps in enumerate(self.blocks.values()) for p in ps}
+        modules = list(self.body.items())
+        cut = len(modules)
+        for i, (name, module) in enumerate(modules):
+            if any(owner[f"body.{name}.{n}"] >= k for n, _ in module.named_parameters()):
+                cut = i
+                break
+        keep = set(range(len(self.feature_info))) if levels is None else set(levels)
+        return _Part(self, modules[:cut], keep, last=False), _Part(self, modules[cut:], keep, last=True)
+
+
+class _Part(nn.Module):
+    """A run of a timm feature wrapper's modules; carries ``(x, *levels so far)`` between parts."""
+
+    def __init__(
+        self, backbone: TimmBackbone, modules: list[tuple[str, nn.Module]], keep: set[int], last: bool
+    ):
+        super().__init__()
+        self.names = [n for n, _ in modules]
+        self.layers = nn.ModuleList(m for _, m in modules)
+        self.return_layers = {n: int(i) for n, i in backbone.body.return_layers.items()}
+        self.keep, self.last, self.to_maps = keep, last, backbone._to_maps
+
+    def forward(self, x: torch.Tensor, *levels: torch.Tensor | None) -> tuple | list:
+        out = list(levels)
+        for name, layer in zip(self.names, self.layers):
+            x = layer(x)
+            if name in self.return_layers:
+                out.append(x if self.return_layers[name] in self.keep else None)
+        return self.to_maps(out) if self.last else (x, *out)

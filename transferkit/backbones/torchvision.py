@@ -9,17 +9,18 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 from functools import cache, lru_cache
 from typing import Any
 
 import torch
 import torchvision.models as tvm
-from torch import nn
+from torch import fx, nn
 from torchvision.models.feature_extraction import create_feature_extractor
 
 from ..features import FeatureInfo
 from ..weights import fetch_url, is_weights_path, load_matching, read_state_dict
-from .base import Backbone, check_blocks, check_out_indices, structural_blocks, walk_units
+from .base import Backbone, check_blocks, check_out_indices, split_error, structural_blocks, walk_units
 
 __all__ = ["TorchvisionBackbone", "torchvision_names"]
 
@@ -226,13 +227,107 @@ class TorchvisionBackbone(Backbone):
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Feature maps ``[N, C_i, H / r_i, W / r_i]``, fine to coarse."""
         self.check_input(x)
-        feats = list(self.body(x).values())
-        if self.layout == "nhwc":
-            return [f.permute(0, 3, 1, 2) for f in feats]
-        if self.layout == "tokens":
-            h, w = (s // self.feature_info.reductions[0] for s in x.shape[-2:])
-            return [f[:, 1:].transpose(1, 2).reshape(f.shape[0], -1, h, w) for f in feats]
-        return feats
+        return _to_maps(self.body(x), self.layout)
+
+    def split(self, k: int, levels: set[int] | None = None) -> tuple[nn.Module, nn.Module]:
+        """Split where block ``k`` starts: ``prefix(x) -> state``, ``suffix(*state) -> features``.
+
+        The prefix holds no parameter of blocks ``k`` and later; ``suffix(*prefix(x))`` equals
+        ``self(x)``. The state is every value the rest of the network reads from the prefix (the
+        boundary activation and the finer levels already computed).
+
+        Args:
+            k: The first block of the suffix (``len(blocks)``: everything in the prefix).
+            levels: The feature levels the caller reads; the others come back as None, so the
+                state need not carry them.
+
+        Examples:
+            >>> bb = TorchvisionBackbone("resnet18", pretrained=False)
+            >>> prefix, suffix = bb.split(7)  # blocks 7, 8 (layer4) on one side
+            >>> [s.shape[1] for s in prefix(torch.randn(1, 3, 64, 64))]
+            [64, 64, 128, 256]
+        """
+        if str(self.body.train_graph) != str(self.body.eval_graph):
+            raise split_error(f"torchvision/{self.name}", "its graph differs between train and eval")
+        owner = {p: i for i, ps in enumerate(self.blocks.values()) for p in ps}
+        body = self.body
+
+        def block_of(node: fx.Node) -> int | None:
+            if node.op == "call_module":
+                names = [
+                    f"body.{node.target}.{n}" for n, _ in body.get_submodule(node.target).named_parameters()
+                ]
+            elif node.op == "get_attr":
+                names = [f"body.{node.target}"]
+            else:
+                return None
+            found = [owner[n] for n in names if n in owner]
+            return max(found) if found else None
+
+        def trainable(node: fx.Node) -> bool:
+            block = block_of(node)
+            return block is not None and block >= k
+
+        keep = {str(i) for i in range(len(self.feature_info))} if levels is None else {str(i) for i in levels}
+        prefix, suffix = _split_graph(body, body.train_graph, trainable, keep)
+        return prefix, _Suffix(suffix, self.layout)
+
+
+def _to_map(f: torch.Tensor | None, layout: str) -> torch.Tensor | None:
+    if f is None or layout == "nchw":
+        return f
+    if layout == "nhwc":
+        return f.permute(0, 3, 1, 2)
+    side = math.isqrt(f.shape[1] - 1)  # [N, 1 + h * w, C] with a class token; torchvision's ViTs are square
+    return f[:, 1:].transpose(1, 2).reshape(f.shape[0], -1, side, side)
+
+
+def _to_maps(outputs: dict[str, torch.Tensor | None], layout: str) -> list[torch.Tensor]:
+    return [_to_map(f, layout) for f in outputs.values()]
+
+
+def _split_graph(
+    root: nn.Module, graph: fx.Graph, trainable: Callable[[fx.Node], bool], keep: set[str]
+) -> tuple[fx.GraphModule, fx.GraphModule]:
+    """Cut ``graph`` before its first trainable node into two graph modules sharing ``root``'s weights.
+
+    Outputs whose key is not in ``keep`` become None.
+    """
+    nodes = list(graph.nodes)
+    output = nodes[-1]
+    returned = {k: v for k, v in output.args[0].items() if k in keep}
+    cut = next((i for i, n in enumerate(nodes) if trainable(n) or n.op == "output"), len(nodes) - 1)
+    head, tail = nodes[:cut], nodes[cut:-1]
+    inside = set(head)
+
+    def read_later(node: fx.Node) -> bool:
+        users = [u for u in node.users if u is not output] + [output] * (node in returned.values())
+        return any(u not in inside for u in users)
+
+    state = [n for n in head if read_later(n)]
+
+    first, env = fx.Graph(), {}
+    for n in head:
+        env[n] = first.node_copy(n, lambda a: env[a])
+    first.output(tuple(env[n] for n in state))
+
+    second, env = fx.Graph(), {}
+    for n in state:
+        env[n] = second.placeholder(n.name)
+    for n in tail:
+        env[n] = second.node_copy(n, lambda a: env[a])
+    second.output({k: env[returned[k]] if k in returned else None for k in output.args[0]})
+    return fx.GraphModule(root, first), fx.GraphModule(root, second)
+
+
+class _Suffix(nn.Module):
+    def __init__(self, graph: fx.GraphModule, layout: str) -> None:
+        super().__init__()
+        self.graph_module = graph
+        self.layout = layout
+
+    def forward(self, *state: torch.Tensor) -> list[torch.Tensor]:
+        return _to_maps(self.graph_module(*state), self.layout)
 
 
 def _with_in_chans(conv: nn.Conv2d, in_chans: int) -> nn.Conv2d:
