@@ -40,6 +40,7 @@ class LinearHead(nn.Module):
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(feature_info.channels[-1], num_classes)
+        self.levels = [len(feature_info) - 1]  # the levels forward reads
 
     def forward(self, features: list[torch.Tensor], input_size: tuple[int, int]) -> torch.Tensor:
         pooled = features[-1].mean(dim=(-2, -1))

@@ -78,6 +78,14 @@ class TransferModel(nn.Module):
         return dict(getattr(self.backbone, "data_config", _IMAGENET))
 
     @property
+    def levels_read(self) -> set[int]:
+        """Indices of the backbone levels the neck and head actually read (the others need no cache)."""
+        every = set(range(len(self.backbone.feature_info)))
+        head_levels = set(getattr(self.head, "levels", every))
+        read = getattr(self.neck, "levels_read", None)
+        return read(head_levels) if read is not None else every
+
+    @property
     def blocks(self) -> list[str]:
         """Backbone block names, input to output (the stem first)."""
         return list(self.backbone.blocks)

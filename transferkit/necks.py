@@ -31,6 +31,10 @@ class IdentityNeck(nn.Module):
         super().__init__()
         self.feature_info = feature_info
 
+    def levels_read(self, head_levels: set[int]) -> set[int]:
+        """The input levels needed for the head to read ``head_levels``: the same ones."""
+        return set(head_levels)
+
     def forward(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
         return features
 
@@ -62,6 +66,10 @@ class FPNLite(nn.Module):
         self.feature_info = FeatureInfo(
             channels=(out_channels,) * len(feature_info), reductions=feature_info.reductions
         )
+
+    def levels_read(self, head_levels: set[int]) -> set[int]:
+        """Every input level feeds every output level through the top-down path."""
+        return set(range(len(self.lateral)))
 
     def forward(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
         laterals = [conv(f) for conv, f in zip(self.lateral, features)]
