@@ -150,6 +150,11 @@ def test_registry_lists_with_patterns() -> None:
     registry.register("a_two")(object)
     assert registry.list() == ["a_two", "b_one"] and registry.list("b*") == ["b_one"]
     assert tk.list_necks() == ["fpn_lite", "identity"] and tk.list_heads() == ["fcn", "linear"]
+    assert tk.list_backbones("convnext_at*") == [
+        "timm/convnext_atto",
+        "timm/convnext_atto_ols",
+        "timm/convnext_atto_rms",
+    ]
 
 
 def test_feature_info_validation() -> None:

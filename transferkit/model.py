@@ -70,6 +70,7 @@ class TransferModel(nn.Module):
 
     @property
     def num_classes(self) -> int:
+        """Output classes of the head."""
         return int(self.config["num_classes"])
 
     @property

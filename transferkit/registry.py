@@ -57,8 +57,13 @@ class Registry:
         return sorted(names)
 
     def list(self, pattern: str = "*") -> list[str]:
-        """Sorted names matching an fnmatch ``pattern``."""
-        return [n for n in self.names() if fnmatch.fnmatchcase(n, pattern)]
+        """Sorted names matching an fnmatch ``pattern``, whole or after the source (``convnext*``
+        matches ``timm/convnext_atto``)."""
+        return [
+            n
+            for n in self.names()
+            if fnmatch.fnmatchcase(n, pattern) or fnmatch.fnmatchcase(n.rpartition("/")[2], pattern)
+        ]
 
     def __contains__(self, name: str) -> bool:
         return name in self._entries
