@@ -407,8 +407,8 @@ def test_empty_loader_raises(which: str) -> None:
 
 def test_bad_arguments_raise() -> None:
     model = _classifier(frozen=True)
-    with pytest.raises(NotImplementedError, match="cache_features"):
-        Trainer(model, cache_features=True)
+    with pytest.raises(ValueError, match="cache_budget"):
+        Trainer(model, cache_features=True, cache_budget=-1)
     with pytest.raises(ValueError, match="scheduler"):
         Trainer(model, scheduler="linear")
     with pytest.raises(ValueError, match="optimizer"):
