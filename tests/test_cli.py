@@ -13,9 +13,11 @@ from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
 import pytest
+from PIL import Image
 
-from transferkit import load_model
+from transferkit import cli, load_model
 from transferkit.cli import main, parse_freeze, parse_pretrained
 from transferkit.data import make_shapes_folder, make_shapes_segmentation_folder
 
@@ -95,6 +97,8 @@ def test_train_without_val_split_or_matplotlib(
     shutil.copytree(shapes / "train", data / "train")
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if the plots extra were not installed
     out = tmp_path / "run"
+    out.mkdir()
+    (out / "history.png").write_bytes(PNG)  # from an earlier run into the same folder
     result = run(
         "train", "--data", data, "--backbone", "resnet18", "--pretrained", "false", "--freeze", "all",
         "--epochs", 1, "--batch-size", 8, "--image-size", 32, "--out", out,
@@ -135,6 +139,14 @@ def test_train_segmentation_then_eval_and_predict(tmp_path: Path) -> None:
     assert len(lines) == 2 and all(line.endswith("of pixels") for line in lines)
     shares = [float(v) for v in re.findall(r" (\d\.\d{3})", lines[0])]
     assert len(shares) == 3 and sum(shares) == pytest.approx(1.0, abs=2e-3)  # every class listed: all pixels
+
+
+def test_segmentation_classes_without_classes_txt_come_from_the_masks(tmp_path: Path) -> None:
+    data = make_shapes_segmentation_folder(tmp_path, num_classes=3, per_split={"train": 6}, image_size=32)
+    (data / "classes.txt").unlink()
+    args = argparse.Namespace(batch_size=2, image_size=32, seed=0)
+    largest = max(int(np.asarray(Image.open(m)).max()) for m in (data / "train" / "masks").iterdir())
+    assert cli._data_classes(data, "segmentation", args) == [str(i) for i in range(largest + 1)]
 
 
 # --------------------------------------------------------------------------------- eval and predict

@@ -10,7 +10,7 @@ import pytest
 import torch
 from matplotlib.colors import to_hex
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Subset, TensorDataset
 
 from transferkit.plots import plot_history, show_predictions
 
@@ -69,6 +69,13 @@ def test_plot_history_static_freeze_and_no_validation() -> None:
     assert "1 epoch," in fig._suptitle.get_text()
 
 
+def test_plot_history_uses_a_log_scale_only_for_a_loss_spike() -> None:
+    spike = [{"epoch": 0, "train_loss": 5000.0}, *({"epoch": e, "train_loss": 1.0} for e in range(1, 5))]
+    assert plot_history(spike).axes[0].get_yscale() == "log"
+    falling = [{"epoch": e, "train_loss": 1.0 / 10**e} for e in range(4)]  # no outlier: stays linear
+    assert plot_history(falling).axes[0].get_yscale() == "linear"
+
+
 @pytest.mark.parametrize("history", [[], [{"train_loss": 1.0}], ["epoch 0"]])
 def test_plot_history_rejects_bad_input(history: list) -> None:
     with pytest.raises(ValueError, match="history"):
@@ -121,11 +128,15 @@ def test_show_predictions_without_targets_uses_dataset_classes() -> None:
     assert [ax.title.get_text() for ax in fig.axes if ax.get_images()] == ["pred: 1 73%"] * 2
     fig = show_predictions(Constant([0.0, 1.0]), [(torch.zeros(1, 3, 8, 8),)], classes=["cat", "dog"])
     assert [ax.title.get_text() for ax in fig.axes if ax.get_images()] == ["pred: dog 73%"]
+    subset = DataLoader(Subset(dataset, [1]), batch_size=1)  # names are found through a Subset too
+    fig = show_predictions(Constant([0.0, 1.0]), subset)
+    assert [ax.title.get_text() for ax in fig.axes if ax.get_images()] == ["pred: dog 73%"]
 
 
 def test_show_predictions_overlays_true_and_predicted_masks(tmp_path: Path) -> None:
     model = Constant([5.0, 0.0, 0.0], task="segmentation")  # predicts background everywhere
     images = torch.zeros(2, 3, 8, 8)
+    images[:, 0] = 0.6  # reddish: shown as the grey 0.299 * 0.8 + 0.701 * 0.5 under the overlay
     masks = torch.zeros(2, 8, 8, dtype=torch.long)
     masks[:, :4, :4] = 2  # a quarter of each image is class 2
     masks[1, 7, 7] = 255  # ignored: never tinted, not counted
@@ -139,9 +150,9 @@ def test_show_predictions_overlays_true_and_predicted_masks(tmp_path: Path) -> N
         "#0 true", "#0 predicted (75% px)", "#1 true", "#1 predicted (75% px)",
     ]  # fmt: skip
     true0, pred0 = (ax.get_images()[0].get_array() for ax in shown[:2])
-    grey = np.full(3, 0.5)
+    grey = np.full(3, 0.299 * 0.8 + 0.701 * 0.5)
     assert not np.allclose(true0[0, 0], grey) and np.allclose(true0[6, 6], grey)  # only class 2 is tinted
-    np.testing.assert_allclose(pred0, 0.5)  # predicted background: the image stays clear
+    np.testing.assert_allclose(pred0, np.broadcast_to(grey, pred0.shape))  # background: not tinted
     np.testing.assert_allclose(shown[2].get_images()[0].get_array()[7, 7], grey)  # 255 stays clear
     legend = [text.get_text() for text in fig.legends[0].get_texts()]
     assert legend == ["circle", "square"]

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.utils.data import Subset
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -34,7 +35,8 @@ _GOOD, _BAD = "#1a7f37", "#cf222e"  # title colours of right and wrong predictio
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
 _IGNORE = 255
-_OVERLAY_ALPHA = 0.55
+_OVERLAY_ALPHA = 0.65
+_LUMA = np.array([0.299, 0.587, 0.114])
 
 
 def require_matplotlib() -> None:
@@ -98,13 +100,14 @@ def _mark_unfreezing(ax: Axes, marks: list[tuple[int, int, int]], label: bool) -
             linewidth=1,
             label="blocks unfrozen" if label and i == 0 else None,
         )
+        # At the bottom: curves start high on the loss panel and low-ish on the metric panel's left.
         ax.text(
             x,
-            0.98,
-            f" {before}\u2192{after} blocks",
+            0.02,
+            f"{before}\u2192{after} blocks ",
             transform=ax.get_xaxis_transform(),
             rotation=90,
-            va="top",
+            va="bottom",
             ha="right",
             fontsize=8,
             color="0.3",
@@ -164,6 +167,9 @@ def plot_history(history: Sequence[Mapping[str, Any]], path: str | os.PathLike[s
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         _mark_unfreezing(ax, marks, label=True)
+    values = [v for name in losses for v in _series(history, name)[1]]
+    if values and min(values) > 0 and max(values) > 20 * float(np.median(values)):
+        loss_ax.set_yscale("log")  # an early spike would flatten the rest of the curves
     if metrics:
         metric_ax.set_ylim(0, 1.02)
     else:
@@ -235,7 +241,10 @@ def _display_images(model: nn.Module, inputs: Tensor) -> np.ndarray:
 
 
 def _class_names(classes: Sequence[str] | None, loader: Any, num_classes: int) -> list[str]:
-    names = classes if classes is not None else getattr(getattr(loader, "dataset", None), "classes", None)
+    dataset = getattr(loader, "dataset", None)
+    while isinstance(dataset, Subset):
+        dataset = dataset.dataset
+    names = classes if classes is not None else getattr(dataset, "classes", None)
     if names is None or len(names) != num_classes:
         return [str(i) for i in range(num_classes)]
     return [str(name) for name in names]
@@ -257,13 +266,17 @@ def _palette(num_classes: int) -> np.ndarray:
 
 
 def _overlay(image: np.ndarray, mask: np.ndarray, colours: np.ndarray, skip: set[int]) -> np.ndarray:
-    """``image`` with labelled pixels tinted by their class colour; classes in ``skip`` and 255 stay clear."""
-    out = image.copy()
+    """``image`` in grey, labelled pixels tinted with their class colour (``skip`` classes and 255 stay grey).
+
+    The grey base keeps the image's own colours from mixing with the class colours of the legend.
+    """
+    grey = np.repeat((image @ _LUMA)[..., None], 3, axis=-1)
+    out = grey.copy()
     for k in np.unique(mask):
         if int(k) in skip or int(k) == _IGNORE or k >= len(colours):
             continue
         where = mask == k
-        out[where] = (1 - _OVERLAY_ALPHA) * image[where] + _OVERLAY_ALPHA * colours[int(k)]
+        out[where] = (1 - _OVERLAY_ALPHA) * grey[where] + _OVERLAY_ALPHA * colours[int(k)]
     return out
 
 
