@@ -430,14 +430,14 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         for i, job in enumerate(jobs):
             result = run_job(job) if args.inline else _run_child(job)
             results.append(result)
+            if args.json:  # after every run, so an interrupted benchmark keeps what it measured
+                args.json.write_text(json.dumps(results, indent=1))
             print(
                 f"[{i + 1}/{len(jobs)}] rep {job['rep']} {job['workload']}@{job['epochs']} {job['trainer']}: "
                 f"{result['seconds']:.2f} s, peak {result['rss_peak_mb']:.0f} MB",
                 file=sys.stderr,
                 flush=True,
             )
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=1))
     rows = summarize(results)
     for r in rows:  # the extract rows double as the scaling curve
         if r["workload"] == "scaling" and r["epochs"] == args.extract_epochs:

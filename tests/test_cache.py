@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset, TensorDataset
 from torchvision import transforms as v1
+from torchvision.datasets import VisionDataset
 from torchvision.transforms import v2
 
 from transferkit import FeatureInfo, build_model
@@ -186,6 +187,22 @@ def test_deterministic_transforms_are_accepted() -> None:
         torch.utils.data.ConcatDataset([_shapes(4), SyntheticShapes(4, transform=v2.RandomHorizontalFlip())])
     )
     assert found == ["dataset.datasets[1].transform: RandomHorizontalFlip"]
+
+
+class Folder(VisionDataset):
+    """A torchvision dataset: it keeps a StandardTransform copy of ``transform`` from construction."""
+
+    def __len__(self) -> int:
+        return 2
+
+
+def test_vision_dataset_transform_replaced_after_construction_is_read() -> None:
+    ds = Folder("unused", transform=v2.RandomHorizontalFlip())
+    assert find_random_transforms(ds) == ["dataset.transform: RandomHorizontalFlip"]
+    ds.transform = build_transforms(
+        DEFAULT_DATA_CONFIG, train=False, image_size=SIZE
+    )  # what __getitem__ uses
+    assert find_random_transforms(ds) == []
 
 
 def test_unusable_setups_fail_before_training() -> None:

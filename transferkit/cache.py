@@ -120,6 +120,8 @@ def find_random_transforms(dataset: object) -> list[str]:
                 child = getattr(obj, attr, None)
             except Exception:  # a dataset property that fails on access is not a transform
                 continue
+            if type(child).__name__ == "StandardTransform":
+                continue  # VisionDataset's copy of transform/target_transform, made once at construction
             if child is not None and not isinstance(child, Tensor) and not _is_bound_method(child):
                 visit(child, f"{path}.{attr}", depth + 1)
         if isinstance(obj, nn.Module):

@@ -11,6 +11,7 @@ import contextlib
 import math
 import os
 import random
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -254,15 +255,18 @@ class Trainer:
                 "lr": max(g["lr"] for g in self.optimizer.param_groups),
                 "trainable_blocks": len(self.model.trainable_blocks),
             }
-            last_good = self._mutable_state()
             batches = self._cached_epoch(train, "train")
             desc = f"epoch {epoch + 1}/{self.epochs}"
-            with tqdm(total=len(train), desc=desc, disable=not self.show_progress) as bar:
+            with (
+                self._rollback_point() as last_good,
+                tqdm(total=len(train), desc=desc, disable=not self.show_progress) as bar,
+            ):
                 try:
                     row["train_loss"] = self._train_epoch(net, batches, bar)
                 except (ValueError, FloatingPointError):
-                    # bad data or divergence: keep the last good epoch
-                    self.model.load_state_dict(last_good, strict=False)
+                    last_good.seek(0)  # bad data or divergence: keep the last good epoch
+                    state = torch.load(last_good, map_location=self.device, weights_only=True)
+                    self.model.load_state_dict(state, strict=False)
                     raise
                 if val is not None:
                     metrics = self._evaluate(self._cached_epoch(val, "val"))
@@ -400,11 +404,23 @@ class Trainer:
             cache.close()
         self._caches, self._splits, self._cached_net = {}, {}, None
 
+    @contextlib.contextmanager
+    def _rollback_point(self) -> Iterator[Any]:
+        """An anonymous temporary file holding the state this epoch can change (`_mutable_state`).
+
+        A failed epoch rolls back to it. It lives in a file, not in memory, so training holds no second
+        copy of the trainable weights (for a resnet18 that is 45 MB of peak memory, more than all the
+        activations of a frozen backbone's forward); writing it costs a few milliseconds per epoch.
+        """
+        with tempfile.TemporaryFile(prefix="transferkit-rollback-", dir=self.cache_dir) as f:
+            torch.save(self._mutable_state(), f)
+            yield f
+
     def _mutable_state(self) -> dict[str, Tensor]:
-        """CPU copies of the state an epoch can change: trainable parameters, buffers of training modules.
+        """The state an epoch can change: trainable parameters and the buffers of modules in training mode.
 
         Frozen blocks never change (their norm layers stay in eval mode), so under ``freeze("all")`` this
-        is the neck and head only, not a copy of the whole model every epoch.
+        is the neck and head only, not the whole model. The tensors are the model's own (not copies).
         """
         self.model.train()
         keys = {name for name, p in self.model.named_parameters() if p.requires_grad}
@@ -413,7 +429,7 @@ class Trainer:
                 skip = getattr(module, "_non_persistent_buffers_set", set())
                 keys.update(f"{prefix}.{b}" if prefix else b for b, _ in module.named_buffers(recurse=False))
                 keys.difference_update(f"{prefix}.{b}" if prefix else b for b in skip)
-        return _cpu_copy({k: v for k, v in self.model.state_dict().items() if k in keys})
+        return {k: v for k, v in self.model.state_dict().items() if k in keys}
 
     def _optimizer_step(self) -> None:
         if self.clip_grad_norm is not None:
@@ -672,8 +688,8 @@ def _resolve_precision(precision: str, device: torch.device) -> torch.dtype:
 def _build_optimizer(spec: Any, groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
     if callable(spec):
         return spec(groups)
-    # The fused kernels update every tensor in one pass; torch's default on the CPU is a Python loop of
-    # per-parameter ops, about 3x slower for a resnet18 (0.4 s a step on 2 cores).
+    # The fused kernels update all tensors of a group in one pass; torch's default on the CPU is a loop of
+    # per-parameter ops, several times slower (AdamW on a resnet18's layer4: 0.40 s vs 0.12 s a step).
     params = [p for g in groups for p in g["params"]]
     fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
     factories = {
