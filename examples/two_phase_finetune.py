@@ -26,11 +26,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from torch.utils.data import DataLoader
-from torchvision.datasets import ImageFolder
-
 from transferkit import Trainer, build_model
-from transferkit.data import build_transforms, image_folder_loaders, make_shapes_folder
+from transferkit.data import image_folder_loaders, make_shapes_folder
 
 
 def parse_pretrained(text: str) -> bool | str:
@@ -80,14 +77,14 @@ def train(args: argparse.Namespace, data: Path) -> dict[str, Any]:
     model.freeze()  # phase 1: the whole backbone is fixed; only the head learns
     phase1 = loaders
     if args.cache_features:  # the cache needs fixed inputs: train on the evaluation transforms
-        fixed = build_transforms(model.data_config, train=False, image_size=args.image_size)
-        unaugmented = DataLoader(
-            ImageFolder(data / "train", fixed),
+        phase1 = image_folder_loaders(
+            data,
+            model,
             batch_size=args.batch_size,
-            shuffle=True,
+            image_size=args.image_size,
             num_workers=args.workers,
+            augment=False,
         )
-        phase1 = {"train": unaugmented, "val": loaders["val"]}
     head = Trainer(model, epochs=args.head_epochs, lr=args.lr, cache_features=args.cache_features).fit(phase1)
     print(f"phase 1 (head only): best val acc {max(row['val_acc'] for row in head):.3f}")
 

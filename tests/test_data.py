@@ -12,11 +12,13 @@ from torch import nn
 from torchvision.transforms import InterpolationMode, v2
 
 import transferkit.data
+from transferkit.cache import find_random_transforms
 from transferkit.data import (
     DEFAULT_DATA_CONFIG,
     IMAGENET_MEAN,
     IMAGENET_STD,
     SHAPES,
+    ClassFolder,
     SegmentationFolder,
     SyntheticShapes,
     build_segmentation_transforms,
@@ -286,6 +288,37 @@ def test_val_loader_is_deterministic_and_train_order_follows_seed(shapes_root: P
 
     assert train_order(1) == train_order(1)
     assert train_order(1) != train_order(2)
+
+
+@pytest.mark.parametrize("task", ["classification", "segmentation"])
+def test_augment_false_gives_the_train_split_the_eval_transforms(
+    task: str, shapes_root: Path, seg_root: Path
+):
+    make = image_folder_loaders if task == "classification" else segmentation_folder_loaders
+    root = shapes_root if task == "classification" else seg_root
+    augmented = make(root, data_config=PLAIN_CONFIG, batch_size=2)["train"].dataset
+    assert find_random_transforms(augmented)  # what cache_features=True refuses
+    fixed = make(root, data_config=PLAIN_CONFIG, batch_size=2, augment=False)
+    train, val = fixed["train"].dataset, fixed["val"].dataset
+    assert find_random_transforms(train) == []
+    torch.manual_seed(0)
+    first = train[0]
+    torch.manual_seed(1)
+    assert all(
+        torch.equal(torch.as_tensor(a), torch.as_tensor(b)) for a, b in zip(first, train[0])
+    )  # the same tensors whatever the RNG
+    # exactly val's preprocessing: a val item read through the train split's transform is unchanged
+    val_item = val[0]
+    val.transform = train.transform
+    assert all(torch.equal(torch.as_tensor(a), torch.as_tensor(b)) for a, b in zip(val_item, val[0]))
+
+
+def test_class_folder_takes_fixed_classes(shapes_root: Path, tmp_path: Path):
+    transform = build_transforms(PLAIN_CONFIG, False)
+    ds = ClassFolder(shapes_root / "val", transform, classes=["circle", "square", "triangle", "star"])
+    assert ds.classes == ["circle", "square", "triangle", "star"] and len(ds) == 6
+    with pytest.raises(ValueError, match=r"class folders \['triangle'\] that the train split lacks"):
+        ClassFolder(shapes_root / "val", transform, classes=["circle", "square"])
 
 
 def test_image_folder_loaders_use_the_model_data_config(shapes_root: Path):

@@ -45,8 +45,8 @@ from . import (
 )
 from .data import (
     DEFAULT_DATA_CONFIG,
+    ClassFolder,
     SegmentationFolder,
-    _ClassFolder,
     build_segmentation_transforms,
     build_transforms,
     image_folder_loaders,
@@ -225,9 +225,16 @@ def _data_classes(data: Path, task: str, args: argparse.Namespace) -> list[str]:
 
 
 def _task_loaders(
-    root: Path, task: str, model: TransferModel | None, batch_size: int, image_size: int | None, seed: int
+    root: Path,
+    task: str,
+    model: TransferModel | None,
+    batch_size: int,
+    image_size: int | None,
+    seed: int,
+    augment: bool = True,
 ) -> dict[str, DataLoader]:
     kwargs: dict[str, Any] = {"batch_size": batch_size, "image_size": image_size, "seed": seed}
+    kwargs["augment"] = augment
     if model is None:
         kwargs["data_config"] = DEFAULT_DATA_CONFIG
     if task == "segmentation":
@@ -419,7 +426,7 @@ def _class_folder(split_dir: Path, classes: list[str], transform: Any) -> Datase
             f"{split_dir} has class folders {unknown} that the model does not know (its classes: {classes}); "
             "evaluate on folders named after the model's classes"
         )
-    return _ClassFolder(split_dir, transform, classes=classes)
+    return ClassFolder(split_dir, transform, classes=classes)
 
 
 def evaluate_folder(
@@ -661,13 +668,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     model = build_model(DEMO_BACKBONE, num_classes=DEMO_CLASSES, pretrained=False)
     freeze.apply(model)
-    loaders = _task_loaders(
-        data, "classification", model, settings.batch_size, settings.image_size, args.seed
-    )
     # The default training crops (down to 35% of the image, made for photos and pretrained weights) cut
     # these small centred shapes apart, and a randomly initialised network then needs several times more
     # epochs; so the demo trains on the whole images, with the deterministic eval transform.
-    loaders["train"].dataset.transform = build_transforms(model.data_config, False, settings.image_size)
+    loaders = _task_loaders(
+        data, "classification", model, settings.batch_size, settings.image_size, args.seed, augment=False
+    )
     classes = loaders["train"].dataset.classes
     n, step, every = (freeze.kwargs[k] for k in ("n", "step", "every"))
     _say(

@@ -47,6 +47,7 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "SHAPES",
+    "ClassFolder",
     "SegmentationFolder",
     "SyntheticShapes",
     "build_segmentation_transforms",
@@ -270,8 +271,26 @@ def _class_dirs(split_dir: Path) -> list[str]:
     return names
 
 
-class _ClassFolder(ImageFolder):
-    """``ImageFolder`` that names unreadable files and can reuse the training split's class indices."""
+class ClassFolder(ImageFolder):
+    """An ``ImageFolder`` (``root/<class>/*``) that names unreadable files and can take fixed classes.
+
+    Args:
+        root: The split folder holding one sub-folder per class.
+        transform: ``PIL image -> tensor`` callable, e.g. from ``build_transforms``.
+        classes: Class names by index, e.g. the training split's: the folder may lack some of them but
+            may not add one. Default: its own sorted sub-folder names.
+
+    Raises:
+        ValueError: If a sub-folder is not in ``classes``, or a class folder holds no images.
+
+    Examples:
+        >>> import tempfile
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> root = make_shapes_folder(tmp.name, num_classes=2, per_class={"train": 2, "val": 1})
+        >>> ds = ClassFolder(root / "val", build_transforms(DEFAULT_DATA_CONFIG, False, 32))
+        >>> ds.classes, len(ds), ds[0][0].shape
+        (['circle', 'square'], 2, torch.Size([3, 32, 32]))
+    """
 
     def __init__(
         self, root: Path, transform: Callable[[Image.Image], Tensor], classes: Sequence[str] | None = None
@@ -402,13 +421,15 @@ def image_folder_loaders(
     image_size: int | None = None,
     num_workers: int = 0,
     seed: int = 0,
+    augment: bool = True,
 ) -> dict[str, DataLoader]:
     """Loaders for a classification image folder (``root/train/<class>/*``, optional ``root/val``).
 
     Transforms follow ``model.data_config`` (or ``data_config``; ImageNet defaults when neither is
-    given): augmenting for train, deterministic for val. The train loader shuffles with a generator
-    seeded by ``seed``; val keeps file order. Class indices come from the train split's sorted folder
-    names, and val reuses them (a val split may lack a class, but may not add one).
+    given): augmenting for train (unless ``augment=False``), deterministic for val. The train loader
+    shuffles with a generator seeded by ``seed``; val keeps file order. Class indices come from the
+    train split's sorted folder names, and val reuses them (a val split may lack a class, but may not
+    add one).
 
     Args:
         root: Dataset root.
@@ -418,6 +439,8 @@ def image_folder_loaders(
         image_size: Square side overriding the config's input size.
         num_workers: DataLoader worker processes.
         seed: Seed of the train shuffling order.
+        augment: False gives the train split the deterministic evaluation transforms, as
+            ``Trainer(cache_features=True)`` needs.
 
     Returns:
         ``{"train": loader}`` plus ``"val"`` when ``root/val`` exists; each batch is
@@ -442,10 +465,10 @@ def image_folder_loaders(
     root = Path(root)
     config = _pick_data_config(model, data_config)
     train_dir = _require_dir(root / "train", _CLASSIFICATION_LAYOUT)
-    datasets = {"train": _ClassFolder(train_dir, build_transforms(config, True, image_size))}
+    datasets = {"train": ClassFolder(train_dir, build_transforms(config, augment, image_size))}
     if (root / "val").is_dir():
         val_transform = build_transforms(config, False, image_size)
-        datasets["val"] = _ClassFolder(root / "val", val_transform, classes=datasets["train"].classes)
+        datasets["val"] = ClassFolder(root / "val", val_transform, classes=datasets["train"].classes)
     return {
         split: _loader(ds, train=split == "train", batch_size=batch_size, num_workers=num_workers, seed=seed)
         for split, ds in datasets.items()
@@ -467,10 +490,11 @@ def segmentation_folder_loaders(
     image_size: int | None = None,
     num_workers: int = 0,
     seed: int = 0,
+    augment: bool = True,
 ) -> dict[str, DataLoader]:
     """Loaders for a segmentation folder (``root/{train,val}/images/*`` + ``masks/*.png``).
 
-    The train split gets joint random crop and flip, val a plain resize (see
+    The train split gets joint random crop and flip (unless ``augment=False``), val a plain resize (see
     ``build_segmentation_transforms``). Class names are read from ``root/classes.txt`` when present.
 
     Args:
@@ -481,6 +505,8 @@ def segmentation_folder_loaders(
         image_size: Square side overriding the config's input size.
         num_workers: DataLoader worker processes.
         seed: Seed of the train shuffling order.
+        augment: False gives the train split val's plain resize, as ``Trainer(cache_features=True)``
+            needs.
 
     Returns:
         ``{"train": loader}`` plus ``"val"`` when ``root/val`` exists; each batch is
@@ -510,7 +536,7 @@ def segmentation_folder_loaders(
     for split in ("train", "val"):
         if not (root / split).is_dir():
             continue
-        transform = build_segmentation_transforms(config, split == "train", image_size)
+        transform = build_segmentation_transforms(config, augment and split == "train", image_size)
         dataset = SegmentationFolder(root / split, transform, classes=classes)
         loaders[split] = _loader(
             dataset, train=split == "train", batch_size=batch_size, num_workers=num_workers, seed=seed
