@@ -492,6 +492,34 @@ def test_param_groups_layer_decay_weight_decay_and_layout() -> None:
         assert g["lr"] == pytest.approx(expected), g["name"]
 
 
+@pytest.mark.parametrize(
+    ("name", "kwargs", "exempt"),
+    [
+        ("timm/vit_tiny_patch16_224", {"img_size": 64}, {"cls_token", "pos_embed"}),
+        ("vit_b_16", {}, {"class_token", "pos_embedding"}),
+        ("swin_t", {}, {"relative_position_bias_table"}),
+    ],
+)
+def test_param_groups_exempt_tokens_and_position_embeddings_from_decay(
+    name: str, kwargs: dict, exempt: set[str]
+) -> None:
+    # the tensors are never read: build on the meta device (vit_b_16 is 86M parameters)
+    with torch.device("meta"):
+        model = build_model(name, num_classes=2, pretrained=False, backbone_kwargs=kwargs)
+    names = {id(p): n for n, p in model.named_parameters()}
+    groups = model.param_groups(1e-3, weight_decay=0.05)
+    exempt_matrices = {
+        names[id(p)].rsplit(".", 1)[-1]
+        for g in groups
+        if g["weight_decay"] == 0.0
+        for p in g["params"]
+        if p.ndim > 1
+    }
+    assert exempt_matrices == exempt  # and every other matrix or kernel is decayed
+    decayed = [p for g in groups if g["weight_decay"] == 0.05 for p in g["params"]]
+    assert decayed and all(p.ndim > 1 for p in decayed)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # 5. bad arguments
 

@@ -124,7 +124,8 @@ def param_groups(
     weight_decay: float = 0.0,
 ) -> list[dict[str, Any]]:
     """Optimizer groups for a TransferModel: per block (frozen ones too), neck, head; norm and bias
-    parameters without weight decay. See `TransferModel.param_groups`."""
+    parameters, learned tokens and position embeddings without weight decay. See
+    `TransferModel.param_groups`."""
     if layer_decay is not None and not 0.0 < layer_decay <= 1.0:
         raise ValueError(f"layer_decay must be in (0, 1], got {layer_decay}")
     if lr <= 0 or backbone_lr_mult < 0:
@@ -133,15 +134,16 @@ def param_groups(
         )
     named = dict(model.backbone.named_parameters())
     blocks = model.backbone.blocks
-    units = [(f"backbone.{b}", [named[p] for p in ps], i) for i, (b, ps) in enumerate(blocks.items())]
-    units += [("neck", list(model.neck.parameters()), None), ("head", list(model.head.parameters()), None)]
+    units = [(f"backbone.{b}", [(p, named[p]) for p in ps], i) for i, (b, ps) in enumerate(blocks.items())]
+    units += [("neck", list(model.neck.named_parameters()), None)]
+    units += [("head", list(model.head.named_parameters()), None)]
     groups = []
     for name, params, index in units:
         scale = 1.0
         if index is not None:
             scale = backbone_lr_mult * (layer_decay ** (len(blocks) - index) if layer_decay else 1.0)
-        decay = [p for p in params if p.ndim > 1]
-        no_decay = [p for p in params if p.ndim <= 1]
+        no_decay = [p for n, p in params if _exempt_from_decay(n, p)]
+        decay = [p for n, p in params if not _exempt_from_decay(n, p)]
         for suffix, ps, wd in (("", decay, weight_decay), ("/no_decay", no_decay, 0.0)):
             if ps:
                 groups.append({"name": name + suffix, "params": ps, "lr": lr * scale, "weight_decay": wd})
@@ -150,6 +152,28 @@ def param_groups(
         "each parameter in exactly one group"
     )
     return groups
+
+
+# Learned embeddings and tokens (ViT, DeiT, Swin, ... in timm and torchvision), which weight decay would
+# pull towards zero like the norm and bias parameters; timm's models list the same in no_weight_decay().
+_NO_DECAY_NAMES = frozenset(
+    {
+        "cls_token",
+        "class_token",
+        "dist_token",
+        "reg_token",
+        "mask_token",
+        "pos_embed",
+        "pos_embedding",
+        "absolute_pos_embed",
+        "relative_position_bias_table",
+    }
+)
+
+
+def _exempt_from_decay(name: str, param: nn.Parameter) -> bool:
+    """Norm weights and biases (1-d), learned tokens and position embeddings get no weight decay."""
+    return param.ndim <= 1 or name.rsplit(".", 1)[-1] in _NO_DECAY_NAMES
 
 
 def summary_table(rows: list[tuple[str, int, bool, str]]) -> str:

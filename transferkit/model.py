@@ -202,7 +202,8 @@ class TransferModel(nn.Module):
         """Optimizer parameter groups: one per backbone block (frozen ones too), the neck, the head.
 
         Frozen blocks are included so the optimizer's layout never changes when they unfreeze.
-        Norm and bias parameters (1-d) get no weight decay, so each unit may give two groups.
+        Norm and bias parameters (1-d), learned tokens and position embeddings (``cls_token``,
+        ``pos_embed``, ...) get no weight decay, so each unit may give two groups.
 
         Args:
             lr: The head's learning rate.
