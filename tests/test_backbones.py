@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import collections
 import re
+import subprocess
+import sys
 import warnings
 
 import pytest
@@ -219,3 +221,16 @@ def test_registry_smoke_torchvision(name: str) -> None:
 @pytest.mark.parametrize("name", [f"timm/{n}" for n in _timm_families()])
 def test_registry_smoke_timm(name: str) -> None:
     _smoke(name)
+
+
+def test_timm_is_imported_only_for_timm_backbones() -> None:
+    # timm costs ~30 MB and a second of import time that torchvision users should not pay
+    code = (
+        "import sys, transferkit\n"
+        "transferkit.build_model('resnet18', num_classes=2, pretrained=False)\n"
+        "assert 'timm' not in sys.modules, 'torchvision path imported timm'\n"
+        "transferkit.build_model('timm/resnet18', num_classes=2, pretrained=False)\n"
+        "assert 'timm' in sys.modules\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr

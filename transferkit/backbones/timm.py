@@ -1,13 +1,14 @@
-"""Every timm model that supports ``features_only`` as a backbone."""
+"""Every timm model that supports ``features_only`` as a backbone.
+
+timm is imported on first use, so that ``import transferkit`` (and torchvision backbones) do not load it.
+"""
 
 from __future__ import annotations
 
 from functools import lru_cache
 from typing import Any
 
-import timm
 import torch
-from timm.models._manipulate import group_with_matcher
 from torch import nn
 
 from ..features import FeatureInfo
@@ -21,11 +22,15 @@ __all__ = ["TimmBackbone", "timm_names"]
 def timm_names() -> tuple[str, ...]:
     """Every timm architecture that supports ``features_only`` (in timm 1.0 that is all of them; the
     registry smoke test builds one model of each timm module to keep this honest)."""
+    import timm
+
     return tuple(timm.list_models())
 
 
 def _full_model(arch: str, in_chans: int, kwargs: dict[str, Any]) -> nn.Module:
     """The whole timm model on the meta device: its names, group matcher, levels and config."""
+    import timm
+
     try:
         with torch.device("meta"):
             return timm.create_model(arch, pretrained=False, in_chans=in_chans, **kwargs)
@@ -65,6 +70,8 @@ def _group_name(params: list[str]) -> str:
 def _blocks(full: nn.Module, body: nn.Module, mapping: dict[str, str] | None) -> dict[str, list[str]]:
     body_params = [n for n, _ in body.named_parameters()]
     if mapping is not None and hasattr(full, "group_matcher"):
+        from timm.models._manipulate import group_with_matcher
+
         inverse = {v: k for k, v in mapping.items()}
         originals = [inverse[n] for n in body_params]
         groups = group_with_matcher(((n, None) for n in originals), full.group_matcher(coarse=False))
@@ -108,6 +115,9 @@ class TimmBackbone(Backbone):
         **kwargs: Any,
     ) -> None:
         super().__init__()
+        import timm
+        import timm.data
+
         arch, _, tag = name.partition(".")
         if pretrained not in (True, False) and not is_weights_path(pretrained):
             tag = str(pretrained)
