@@ -4,7 +4,8 @@ Every (repetition, workload, trainer) runs in a fresh process, interleaved: for 
 workload runs under every trainer one after the other (plain, transferkit, ..., plain, transferkit,
 ...), so slow drifts in machine load hit all trainers alike. A child process times the training call
 only (imports, data loading and model building excluded) and reports its peak resident memory
-(``ru_maxrss``) and that peak minus the peak before training started.
+(``ru_maxrss``, imports and model included) and that peak minus the resident memory when training
+started (what training itself added).
 
 Trainers:
 
@@ -46,6 +47,15 @@ LR, WEIGHT_DECAY = 1e-3, 0.01
 # ----------------------------------------------------------------------------------------- children
 def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def _rss_mb() -> float:
+    """The resident memory now (the peak is a high-water mark that model building may have set)."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+    except (OSError, StopIteration):  # not Linux: fall back to the peak so far
+        return _peak_rss_mb()
 
 
 def _cosine(total: int):
@@ -112,7 +122,7 @@ def _run_plain(policy: str, epochs: int, loader: Any) -> tuple[float, float, flo
         [p for p in model.parameters() if p.requires_grad], lr=LR, weight_decay=WEIGHT_DECAY
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _cosine(epochs * len(loader)))
-    before = _peak_rss_mb()
+    before = _rss_mb()
     start = time.perf_counter()
     loss = train_model(model, torch.nn.CrossEntropyLoss(), optimizer, scheduler, {"train": loader}, epochs)
     return time.perf_counter() - start, before, loss
@@ -129,7 +139,7 @@ def _run_transferkit(policy: str, epochs: int, loader: Any, cache: bool) -> tupl
     trainer = Trainer(
         model, epochs=epochs, lr=LR, weight_decay=WEIGHT_DECAY, progress=False, cache_features=cache
     )
-    before = _peak_rss_mb()
+    before = _rss_mb()
     start = time.perf_counter()
     history = trainer.fit(loader)
     return time.perf_counter() - start, before, history[-1]["train_loss"]
@@ -168,7 +178,7 @@ def _run_lightning(policy: str, epochs: int, loader: Any) -> tuple[float, float,
         enable_model_summary=False,
         num_sanity_val_steps=0,
     )
-    before = _peak_rss_mb()
+    before = _rss_mb()
     start = time.perf_counter()
     trainer.fit(module, loader)
     return (
@@ -305,7 +315,7 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
     """A markdown table of `summarize`'s rows."""
     lines = [
         "| workload | epochs | trainer | runs | median s | x plain (median of pairs) | peak RSS MB | "
-        "RSS growth in training MB | final train loss |",
+        "training adds MB | final train loss |",
         "|---|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
@@ -364,7 +374,7 @@ def acceptance(rows: Sequence[dict[str, Any]]) -> list[str]:
                     f"{workload}: {trainer} peak RSS <= plain",
                     ok,
                     f"{r['rss_peak_mb']:.0f} vs {base['rss_peak_mb']:.0f} MB "
-                    f"(growth in training {r['rss_train_mb']:.0f} vs {base['rss_train_mb']:.0f} MB)",
+                    f"(training adds {r['rss_train_mb']:.0f} vs {base['rss_train_mb']:.0f} MB)",
                 )
     return lines
 
@@ -384,7 +394,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--images", type=int, default=256, help="training images (default 256)")
     p.add_argument("--size", type=int, default=128, help="image side in pixels (default 128)")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--reps", type=int, default=3, help="interleaved repetitions (default 3)")
+    p.add_argument("--reps", type=int, default=5, help="interleaved repetitions (default 5)")
     p.add_argument(
         "--threads", type=int, default=os.cpu_count() or 1, help="torch.set_num_threads in children"
     )
