@@ -119,3 +119,15 @@ def test_epoch_snapshot_skips_frozen_blocks() -> None:
     snapshot = Trainer(model, progress=False)._mutable_state()
     assert any(k.endswith("layer4.1.bn2.running_mean") for k in snapshot)  # trainable blocks' statistics
     assert not any("layer3" in k for k in snapshot)
+
+
+def test_gpu_benchmark_smoke_run_on_the_cpu(capsys) -> None:
+    spec = importlib.util.spec_from_file_location("bench_gpu", SCRIPT.parent / "bench_gpu.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    args = ["--device", "cpu", "--model", "resnet18", "--size", "32", "--batch-size", "4"]
+    rows = module.main([*args, "--steps", "2", "--warmup", "1", "--reps", "1"])
+    assert [r["variant"] for r in rows] == ["plain-fp32", "transferkit-fp32", "transferkit-amp"]
+    assert all(r["images_per_s"] > 0 for r in rows) and rows[0]["speedup"] == 1.0
+    out = capsys.readouterr().out
+    assert "| variant | images/s (median) | x plain-fp32 |" in out and "resnet18, 32 px, batch 4" in out
