@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -65,6 +65,7 @@ TIMM = {
     "timm/vit_tiny_patch16_224": {"img_size": 64},
 }
 BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 STATS = ("running_mean", "running_var", "num_batches_tracked")
 
 
@@ -156,15 +157,6 @@ def _summary_rows(text: str) -> dict[str, list[str]]:
 
 # ---------------------------------------------------------------------------------------------------------
 # fixtures
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Batch-2 inputs gain nothing from intra-op threads, and busy-waiting threads slow a loaded CI box."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -20,13 +20,7 @@ SPLITTABLE = [
 UNSPLITTABLE = ["timm/efficientnet_b0", "timm/mobilenetv3_small_050", "torchvision/swin_t"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny convolutions gain nothing from threads, and threads stall badly on a busy 2-core runner."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @functools.lru_cache
