@@ -162,3 +162,25 @@ def test_feature_info_validation() -> None:
         tk.FeatureInfo(channels=(8, 16), reductions=(8, 4))
     with pytest.raises(ValueError, match="2 channel entries but 1 reductions"):
         tk.FeatureInfo(channels=(8, 16), reductions=(4,))
+
+
+@pytest.mark.parametrize("sequence", [list, tuple])
+def test_sequence_kwargs_round_trip_through_config_json(tmp_path: Path, sequence: type) -> None:
+    dilation = sequence([False, True, True])
+    model = tk.build_model(
+        "resnet50",
+        num_classes=2,
+        pretrained=False,
+        backbone_kwargs={"replace_stride_with_dilation": dilation},
+    ).eval()
+    x = torch.randn(1, 3, 64, 64)
+    features = model.backbone(x)
+    assert model.backbone.feature_info.reductions == tuple(64 // f.shape[-1] for f in features)
+    assert model.backbone.feature_info.reductions[-1] == 8  # layer3 and layer4 dilated, not strided
+    model.save(tmp_path / "run")
+    loaded = tk.load_model(tmp_path / "run").eval()
+    rebuilt = tk.build_model(**json.loads((tmp_path / "run" / "config.json").read_text()))
+    assert loaded.config == model.config and rebuilt.config == model.config
+    assert model.config["backbone_kwargs"]["replace_stride_with_dilation"] == (False, True, True)
+    assert rebuilt.backbone.feature_info == model.backbone.feature_info
+    assert torch.equal(loaded(x), model(x))

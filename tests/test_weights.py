@@ -121,3 +121,33 @@ def test_offline_check_really_fails_here_without_network(
     with pytest.raises(PretrainedUnavailableError, match="no network"):
         tk.build_model("resnet18", num_classes=2, pretrained=True)
     assert time.monotonic() - start < 15
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v3_small"])
+def test_file_fine_tuned_on_other_classes_loads(tmp_path: Path, name: str) -> None:
+    torch.manual_seed(5)
+    state = torchvision.models.get_model(name, weights=None, num_classes=7).state_dict()
+    path = tmp_path / f"{name}_7_classes.pth"
+    torch.save(state, path)
+    model = tk.build_model(name, num_classes=3, pretrained=path)
+    body = model.backbone.body.state_dict()
+    assert body and all(torch.equal(value, state[key]) for key, value in body.items())
+    x = torch.randn(1, 3, 64, 64)
+    assert model.eval()(x).shape == (1, 3)
+
+
+def test_file_with_a_restructured_classifier_and_aux_heads_loads(tmp_path: Path) -> None:
+    model = torchvision.models.googlenet(weights=None, aux_logits=True, init_weights=False)
+    model.fc = torch.nn.Sequential(torch.nn.Dropout(0.2), torch.nn.Linear(1024, 7))  # a fine-tuning recipe
+    state = model.state_dict()
+    path = tmp_path / "googlenet.safetensors"
+    save_file(state, str(path))
+    loaded = tk.build_model("googlenet", num_classes=3, pretrained=path).backbone.body.state_dict()
+    assert all(torch.equal(value, state[key]) for key, value in loaded.items())
+
+
+def test_file_of_another_architecture_names_the_keys(tmp_path: Path) -> None:
+    path, _ = _torchvision_file(tmp_path, ".pth", name="mobilenet_v3_small")
+    with pytest.raises(WeightsMismatchError, match="missing keys") as info:
+        tk.build_model("resnet18", num_classes=2, pretrained=path)
+    assert "conv1.weight" in str(info.value) and "features.0.0.weight" in str(info.value)

@@ -106,10 +106,11 @@ def load_matching(
     ignore = tuple(ignore)
     target = module.state_dict()
     mapped: dict[str, torch.Tensor] = {}
-    unexpected = []
+    unexpected, skipped = [], []
     for key, value in state.items():
         new = rename(key)
         if new is None:
+            skipped.append(key)
             continue
         if new in target:
             mapped[new] = value
@@ -117,10 +118,12 @@ def load_matching(
             unexpected.append(key)
     missing = [k for k in target if k not in mapped]
     if missing or unexpected:
+        # a file of another architecture has its keys skipped as parts this model does not use; name them
+        other = f", {len(skipped)} keys skipped as unused {_preview(skipped)}" if missing and skipped else ""
         raise WeightsMismatchError(
             f"{source} does not fit this model: {len(missing)} missing keys {_preview(missing)}, "
-            f"{len(unexpected)} unexpected keys {_preview(unexpected)}. The file must hold the state_dict of "
-            f"the same architecture (classifier keys are ignored)."
+            f"{len(unexpected)} unexpected keys {_preview(unexpected)}{other}. The file must hold the "
+            f"state_dict of the same architecture (classifier keys are ignored)."
         )
     wrong = [
         (k, tuple(v.shape), tuple(target[k].shape)) for k, v in mapped.items() if v.shape != target[k].shape

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
@@ -10,7 +10,15 @@ from torch import nn
 
 from ..features import FeatureInfo
 
-__all__ = ["Backbone", "check_blocks", "check_out_indices", "split_error", "structural_blocks", "walk_units"]
+__all__ = [
+    "Backbone",
+    "canonical_kwargs",
+    "check_blocks",
+    "check_out_indices",
+    "split_error",
+    "structural_blocks",
+    "walk_units",
+]
 
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 _CONV_LIKE = (nn.modules.conv._ConvNd, nn.Linear)
@@ -60,6 +68,28 @@ class Backbone(nn.Module):
                 f"input {h}x{w} is too small for this backbone: it needs at least "
                 f"{self.min_input_size}x{self.min_input_size}"
             )
+
+
+def canonical_kwargs(kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """Builder keyword arguments in their one canonical form: keys sorted, every list or tuple a tuple.
+
+    config.json reads every tuple back as a list, so without this a config would neither hash (the
+    level-plan cache is keyed on it) nor compare equal to the one it was saved from. Tuples are what
+    the builders' own defaults use, and they survive JSON as lists that map back to the same form.
+
+    Examples:
+        >>> canonical_kwargs({"b": [1, [2, 3]], "a": {"c": (4,)}})
+        {'a': {'c': (4,)}, 'b': (1, (2, 3))}
+    """
+    return {k: _canonical(kwargs[k]) for k in sorted(kwargs)}
+
+
+def _canonical(value: Any) -> Any:
+    if type(value) in (list, tuple):  # exact types: a namedtuple (torchvision's ConvStemConfig) stays itself
+        return tuple(_canonical(v) for v in value)
+    if type(value) is dict:
+        return canonical_kwargs(value)
+    return value
 
 
 def split_error(name: str, why: str) -> NotImplementedError:

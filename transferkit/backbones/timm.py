@@ -13,7 +13,7 @@ from torch import nn
 
 from ..features import FeatureInfo
 from ..weights import fetch_hf, fetch_url, is_weights_path, load_matching, read_state_dict
-from .base import Backbone, check_blocks, check_out_indices, split_error, structural_blocks
+from .base import Backbone, canonical_kwargs, check_blocks, check_out_indices, split_error, structural_blocks
 
 __all__ = ["TimmBackbone", "timm_names"]
 
@@ -118,6 +118,7 @@ class TimmBackbone(Backbone):
         import timm
         import timm.data
 
+        kwargs = canonical_kwargs(kwargs)  # the config then matches the one config.json gives back
         arch, _, tag = name.partition(".")
         if pretrained not in (True, False) and not is_weights_path(pretrained):
             tag = str(pretrained)

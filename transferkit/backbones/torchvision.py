@@ -8,6 +8,7 @@ is never run and holds no parameters.
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from collections.abc import Callable
 from functools import cache, lru_cache
@@ -20,11 +21,21 @@ from torchvision.models.feature_extraction import create_feature_extractor
 
 from ..features import FeatureInfo
 from ..weights import fetch_url, is_weights_path, load_matching, read_state_dict
-from .base import Backbone, check_blocks, check_out_indices, split_error, structural_blocks, walk_units
+from .base import (
+    Backbone,
+    canonical_kwargs,
+    check_blocks,
+    check_out_indices,
+    split_error,
+    structural_blocks,
+    walk_units,
+)
 
 __all__ = ["TorchvisionBackbone", "torchvision_names"]
 
-# Top-level attributes that belong to the classifier side of torchvision models, never to features.
+# Top-level attributes that belong to the classifier side of torchvision models, never to features:
+# what the level plan and the block split leave out. Loading weights decides from the built feature
+# extractor instead (see _load_body).
 _CLASSIFIER = frozenset(
     {
         "fc",
@@ -88,7 +99,10 @@ def _data_config(weights: Any, in_chans: int) -> dict[str, Any]:
 
 @cache
 def _plan(name: str, kwargs_key: tuple[tuple[str, Any], ...]) -> tuple[tuple[str, int, int], ...]:
-    """``(module path, channels, reduction)`` of every level, found by a forward on the meta device."""
+    """``(module path, channels, reduction)`` of every level, found by a forward on the meta device.
+
+    ``kwargs_key`` holds the builder's arguments as `canonical_kwargs` items, so that it hashes.
+    """
     size = _weights_enum(name).DEFAULT.transforms().crop_size[0]
     try:
         with torch.device("meta"):
@@ -187,7 +201,8 @@ class TorchvisionBackbone(Backbone):
             kwargs.setdefault("transform_input", pretrained is not False)
             kwargs.setdefault("aux_logits", False)
             kwargs.setdefault("init_weights", False)
-        levels = _plan(name, tuple(sorted(kwargs.items())))
+        kwargs = canonical_kwargs(kwargs)
+        levels = _plan(name, tuple(kwargs.items()))
         indices = check_out_indices(out_indices, len(levels))
         levels = tuple(levels[i] for i in indices)
         weights = None if (pretrained is False or is_weights_path(pretrained)) else pretrained
@@ -207,17 +222,14 @@ class TorchvisionBackbone(Backbone):
         if in_chans != 3:
             parent, attr, conv = _first_conv(model)
             setattr(parent, attr, _with_in_chans(conv, in_chans))
-        ignore = tuple(sorted(_CLASSIFIER))
-        if pretrained is not False:
-            path = pretrained if weights is None else fetch_url(weights.url, model=f"torchvision/{name}")
-            load_matching(
-                model, read_state_dict(path), source=f"weights for torchvision/{name} ({path})", ignore=ignore
-            )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # train/eval graphs differ for dropout-free models: expected
             self.body = create_feature_extractor(
                 model, return_nodes={p: str(i) for i, (p, _, _) in enumerate(levels)}
             )
+        if pretrained is not False:
+            path = pretrained if weights is None else fetch_url(weights.url, model=f"torchvision/{name}")
+            _load_body(self.body, model, path, source=f"weights for torchvision/{name} ({path})")
         blocks = structural_blocks(model, skip=_CLASSIFIER)
         kept = {n for n, _ in self.body.named_parameters()}
         self.blocks = {b: [f"body.{p}" for p in ps if p in kept] for b, ps in blocks.items()}
@@ -271,6 +283,27 @@ class TorchvisionBackbone(Backbone):
         keep = {str(i) for i in range(len(self.feature_info))} if levels is None else {str(i) for i in levels}
         prefix, suffix = _split_graph(body, body.train_graph, trainable, keep)
         return prefix, _Suffix(suffix, self.layout)
+
+
+def _load_body(body: nn.Module, model: nn.Module, path: str | os.PathLike[str], *, source: str) -> None:
+    """Load a file holding the state_dict of a torchvision model into ``body``, its feature extractor.
+
+    What the classifier is comes from the model itself, as timm's feature wrappers have it: a key is
+    skipped, whatever its shape, when ``body`` does not run it. That is a key of ``model`` missing from
+    ``body`` (the classifier, levels left out by ``out_indices``), or any key under a top-level module
+    ``body`` does not hold (a classifier fine-tuned to another structure, the auxiliary heads that
+    googlenet and inception_v3 are built here without). Every other key must fit ``body`` exactly.
+    """
+    used = set(body.state_dict())
+    used_modules = {k.partition(".")[0] for k in used}
+    known = set(model.state_dict())
+
+    def rename(key: str) -> str | None:
+        if key in used or (key not in known and key.partition(".")[0] in used_modules):
+            return key  # loaded, or reported as unexpected
+        return None
+
+    load_matching(body, read_state_dict(path), source=source, rename=rename)
 
 
 def _to_map(f: torch.Tensor | None, layout: str) -> torch.Tensor | None:
