@@ -18,9 +18,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, TensorDataset
 
-from transferkit import build_model
+from transferkit import Trainer, build_model
 from transferkit.data import SyntheticShapes
-from transferkit.trainer import Trainer
 
 POLICIES = {"last_n": {"policy": "last_n", "n": 2}, "gradual": {"policy": "gradual", "n": 0, "step": 1}}
 

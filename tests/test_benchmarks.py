@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from transferkit import build_model
-from transferkit.trainer import Trainer
+from transferkit import Trainer, build_model
+from transferkit.training.checkpoint import mutable_state
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_trainers.py"
 TINY = ["--images", "16", "--size", "32", "--batch-size", "8", "--reps", "1", "--threads", "1"]
@@ -89,7 +89,7 @@ def _tiny_loader() -> DataLoader:
 
 
 def test_cpu_optimizers_are_fused_only_with_a_frozen_prefix() -> None:
-    # training end to end, the fused CPU kernels cost more in page faults than they save (_build_optimizer)
+    # training end to end, the fused CPU kernels cost more in page faults than they save (build_optimizer)
     model = build_model("resnet18", num_classes=2, pretrained=False)
     for name in ("adamw", "adam", "sgd"):
         defaults = Trainer(model, optimizer=name, progress=False).optimizer.defaults
@@ -126,10 +126,10 @@ def test_evaluate_iterates_the_loader_once() -> None:
 def test_epoch_snapshot_skips_frozen_blocks() -> None:
     model = build_model("resnet18", num_classes=2, pretrained=False)
     model.freeze("all")
-    snapshot = Trainer(model, progress=False)._mutable_state()
+    snapshot = mutable_state(model)
     assert snapshot and all(k.startswith(("neck.", "head.")) for k in snapshot)
     model.freeze("last_n", n=2)
-    snapshot = Trainer(model, progress=False)._mutable_state()
+    snapshot = mutable_state(model)
     assert any(k.endswith("layer4.1.bn2.running_mean") for k in snapshot)  # trainable blocks' statistics
     assert not any("layer3" in k for k in snapshot)
 

@@ -14,10 +14,9 @@ from torchvision import transforms as v1
 from torchvision.datasets import VisionDataset
 from torchvision.transforms import v2
 
-from transferkit import FeatureInfo, build_model
-from transferkit.cache import FeatureCache, find_random_transforms
+from transferkit import FeatureInfo, Trainer, build_model
 from transferkit.data import DEFAULT_DATA_CONFIG, SyntheticShapes, build_transforms
-from transferkit.trainer import Trainer
+from transferkit.training.cache import FeatureCache, find_random_transforms
 
 SIZE = 32
 
@@ -93,7 +92,7 @@ def test_gradual_moves_the_boundary_then_drops_the_cache() -> None:
 
     class Watch:
         def on_epoch_end(self, trainer: Trainer) -> None:
-            cache = trainer._caches.get("train")
+            cache = trainer._cache._caches.get("train")
             boundaries.append(cache.boundary if cache is not None else None)
 
     models = []

@@ -20,6 +20,7 @@ from PIL import Image
 from transferkit import cli, load_model
 from transferkit.cli import main, parse_freeze, parse_pretrained
 from transferkit.data import make_shapes_folder, make_shapes_segmentation_folder
+from transferkit.tasks import get_task
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -146,7 +147,8 @@ def test_segmentation_classes_without_classes_txt_come_from_the_masks(tmp_path: 
     (data / "classes.txt").unlink()
     args = argparse.Namespace(batch_size=2, image_size=32, seed=0)
     largest = max(int(np.asarray(Image.open(m)).max()) for m in (data / "train" / "masks").iterdir())
-    assert cli._data_classes(data, "segmentation", args) == [str(i) for i in range(largest + 1)]
+    classes = cli.train._data_classes(data, get_task("segmentation"), args)
+    assert classes == [str(i) for i in range(largest + 1)]
 
 
 # --------------------------------------------------------------------------------- eval and predict

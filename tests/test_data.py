@@ -12,7 +12,9 @@ from torch import nn
 from torchvision.transforms import InterpolationMode, v2
 
 import transferkit.data
-from transferkit.cache import find_random_transforms
+import transferkit.data.folders
+import transferkit.data.synthetic
+import transferkit.data.transforms
 from transferkit.data import (
     DEFAULT_DATA_CONFIG,
     IMAGENET_MEAN,
@@ -28,6 +30,7 @@ from transferkit.data import (
     make_shapes_segmentation_folder,
     segmentation_folder_loaders,
 )
+from transferkit.training.cache import find_random_transforms
 
 # Identity normalisation and a small size make expected values easy to write down.
 PLAIN_CONFIG = {
@@ -58,8 +61,14 @@ def copy_tree(src: Path, dst: Path) -> Path:
     return dst
 
 
-def test_doctests_hold():
-    assert doctest.testmod(transferkit.data).failed == 0
+@pytest.mark.parametrize(
+    "module",
+    [transferkit.data, transferkit.data.transforms, transferkit.data.folders, transferkit.data.synthetic],
+    ids=lambda m: m.__name__,
+)
+def test_doctests_hold(module):
+    result = doctest.testmod(module)
+    assert result.attempted > 0 and result.failed == 0
 
 
 # --------------------------------------------------------------------------- SyntheticShapes

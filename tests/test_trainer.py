@@ -12,9 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from transferkit import build_model
+from transferkit import Trainer, build_model
 from transferkit.data import SyntheticShapes
-from transferkit.trainer import Trainer
 
 SIZE = 32
 

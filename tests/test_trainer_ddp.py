@@ -12,8 +12,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from transferkit import build_model
-from transferkit.trainer import Trainer
+from transferkit import Trainer, build_model
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="needs torch.distributed")
 SCRIPT = Path(__file__).with_name("ddp_fit_script.py")

@@ -7,13 +7,14 @@ from .features import FeatureInfo
 from .heads import HEADS
 from .model import TransferModel, build_model, load_model
 from .necks import NECKS
-from .trainer import Trainer
+from .training import CheckpointError, Trainer
 from .weights import PretrainedUnavailableError, WeightsMismatchError
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Backbone",
+    "CheckpointError",
     "FeatureInfo",
     "PretrainedUnavailableError",
     "Trainer",

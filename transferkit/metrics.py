@@ -128,6 +128,11 @@ class ClassificationMeter:
         self.counts = torch.zeros(3, dtype=torch.long, device=device)
 
     @property
+    def state(self) -> tuple[Tensor, ...]:
+        """The tensors to sum across processes before ``compute()``: ``(counts,)``."""
+        return (self.counts,)
+
+    @property
     def _reports_top5(self) -> bool:
         return self.num_classes is not None and self.num_classes > 5
 
@@ -262,6 +267,11 @@ class SegmentationMeter:
         self.num_classes = num_classes
         self.ignore_index = ignore_index
         self.confmat = torch.zeros(num_classes, num_classes, dtype=torch.long, device=device)
+
+    @property
+    def state(self) -> tuple[Tensor, ...]:
+        """The tensors to sum across processes before ``compute()``: ``(confmat,)``."""
+        return (self.confmat,)
 
     def update(self, outputs: Tensor, targets: Tensor) -> None:
         """Adds a batch.

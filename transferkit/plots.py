@@ -23,6 +23,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Subset
 
+from .tasks import get_task
+
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
@@ -329,18 +331,16 @@ def show_predictions(
     logits = _logits(model, inputs)
     images = _display_images(model, inputs)
     names = _class_names(classes, loader, logits.shape[1])
-    segmentation = getattr(model, "task", "classification") == "segmentation" or logits.ndim == 4
-    if segmentation:
-        fig = _draw_segmentation(images, logits.argmax(1).numpy(), targets, names, columns)
-    else:
-        fig = _draw_classification(images, logits.softmax(1), targets, names, columns)
+    task = get_task(getattr(model, "task", "segmentation" if logits.ndim == 4 else "classification"))
+    fig = task.draw_predictions(images, logits, targets, names, columns)
     _save(fig, path)
     return fig
 
 
-def _draw_classification(
+def draw_classification(
     images: np.ndarray, probs: Tensor, targets: Tensor | None, names: list[str], columns: int
 ) -> Figure:
+    """Images titled with the predicted class and probability (``probs [N, K]``) and the true class."""
     n = len(images)
     columns = min(columns, n)
     rows = math.ceil(n / columns)
@@ -363,9 +363,10 @@ def _draw_classification(
     return fig
 
 
-def _draw_segmentation(
+def draw_segmentation(
     images: np.ndarray, predicted: np.ndarray, targets: Tensor | None, names: list[str], columns: int
 ) -> Figure:
+    """Each image with its true mask and then its predicted one (``predicted [N, H, W]``) overlaid."""
     n = len(images)
     per_image = 2 if targets is not None else 1
     columns = max(per_image, columns - columns % per_image)  # keep an image's two panels on one row

@@ -1,0 +1,94 @@
+"""The ``transferkit`` command: train, eval, predict, list and demo.
+
+Every subcommand is a thin layer over the library (``build_model``, the data loaders, ``Trainer``), so a
+run on the command line and the same run in Python give the same model. A trained run folder holds what
+``model.save`` writes (``config.json``, ``model.safetensors``) plus ``transferkit.json`` (the task, the class
+names and the image size, which ``eval`` and ``predict`` read back), ``history.json`` and, when matplotlib
+is installed, ``history.png`` and ``predictions.png``.
+
+Errors are printed as one line on stderr with a non-zero exit status (1 for a failed command, 2 for bad
+arguments); set ``TRANSFERKIT_DEBUG=1`` to see the traceback instead.
+
+Each subcommand lives in its own module (``train``, ``evaluate``, ``predict``, ``listing``, ``demo``) with
+an ``add_parser`` that `build_parser` calls; ``options`` holds the argument types they share and ``runs``
+the reading and writing of run folders.
+
+Examples:
+    $ transferkit train --data hymenoptera_data --backbone resnet18 --freeze last_n:2 --epochs 5 --out runs/ab
+    $ transferkit eval --model runs/ab --data hymenoptera_data
+    $ transferkit predict --model runs/ab bee.jpg ant.jpg
+    $ transferkit list backbones convnext
+    $ transferkit demo
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from .. import __version__
+from . import demo, evaluate, listing, predict, train
+from .evaluate import evaluate_folder
+from .options import FreezeSpec, UsageError, _Parser, parse_freeze, parse_pretrained
+from .predict import predict_files
+
+__all__ = [
+    "FreezeSpec",
+    "build_parser",
+    "evaluate_folder",
+    "main",
+    "parse_freeze",
+    "parse_pretrained",
+    "predict_files",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``transferkit`` argument parser (subcommands train, eval, predict, list, demo).
+
+    Examples:
+        >>> args = build_parser().parse_args(["list", "heads"])
+        >>> args.kind, args.pattern
+        ('heads', '*')
+    """
+    parser = _Parser(prog="transferkit", description="Transfer learning on images from the command line.")
+    parser.add_argument("--version", action="version", version=f"transferkit {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for command in (train, evaluate, predict, listing, demo):  # the order --help lists them in
+        command.add_parser(commands)
+    return parser
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``transferkit`` command; returns the exit status (0 ok, 1 failed, 2 bad arguments).
+
+    Examples:
+        >>> main(["list", "heads"])  # doctest: +SKIP
+        fcn
+        linear
+        0
+    """
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except UsageError as err:
+        print(f"{err.prog}: error: {_one_line(err)} (see {err.prog} --help)", file=sys.stderr)
+        return 2
+    except SystemExit as exit:  # --help and --version
+        return int(exit.code or 0)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print(f"transferkit {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:
+        if os.environ.get("TRANSFERKIT_DEBUG"):
+            raise
+        print(f"transferkit {args.command}: error: {_one_line(err)}", file=sys.stderr)
+        return 1

@@ -1,0 +1,202 @@
+"""``transferkit demo``: an offline end-to-end run on generated shapes, explained step by step.
+
+It writes a small image folder, fine-tunes a randomly initialised resnet18 with gradual unfreezing,
+reloads the saved run folder, evaluates and predicts with it (through the same code as ``eval`` and
+``predict``), and ends with where everything went and what to run next. `DEMO` holds its two sizes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import time
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+
+from .. import __version__, build_model
+from ..data import make_shapes_folder
+from ..tasks import get_task
+from .evaluate import _metric_lines, evaluate_folder
+from .options import _positive_int, parse_freeze
+from .predict import predict_files
+from .runs import _count, _describe_data, _fit_and_save, _load_run, _say
+
+DEMO_MARKER = ".transferkit-demo"
+DEMO_CLASSES = 3
+DEMO_BACKBONE = "resnet18"
+CHANCE = 1 / DEMO_CLASSES  # the accuracy of guessing, which the demo's result is read against
+
+
+class DemoSettings(NamedTuple):
+    """What ``transferkit demo`` generates and how it trains (``--quick`` uses the small set)."""
+
+    per_class: dict[str, int]
+    image_size: int
+    epochs: int
+    freeze: str
+    lr: float = 2e-3
+    batch_size: int = 32
+
+
+DEMO = {
+    "full": DemoSettings({"train": 200, "val": 50}, image_size=48, epochs=12, freeze="gradual:5:2:1"),
+    "quick": DemoSettings({"train": 4, "val": 2}, image_size=32, epochs=1, freeze="gradual:5:2:1"),
+}
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    """Add the ``demo`` subcommand to ``commands``."""
+    demo = commands.add_parser(
+        "demo", help="offline end-to-end demo on synthetic shapes (about a minute on 2 CPU cores)"
+    )
+    demo.add_argument("--out", default="transferkit-demo", help="folder for data, model and plots")
+    demo.add_argument("--epochs", type=_positive_int, default=None, help=f"default {DEMO['full'].epochs}")
+    demo.add_argument("--quick", action="store_true", help="a few images, 1 epoch: a smoke test in seconds")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.set_defaults(func=_cmd_demo)
+
+
+def _fresh_demo_data(folder: Path) -> None:
+    """Remove the data a previous demo wrote there; refuse to touch a folder the demo did not make."""
+    if not folder.exists():
+        return
+    if not (folder / DEMO_MARKER).is_file():
+        raise FileExistsError(
+            f"{folder} exists and was not written by transferkit demo; move it away or pass --out NEW_FOLDER"
+        )
+    shutil.rmtree(folder)
+
+
+def _unfrozen_at(history: list[dict[str, Any]]) -> list[int]:
+    """1-based epochs that train more blocks than the epoch before."""
+    pairs = zip(history, history[1:])
+    return [row["epoch"] + 1 for prev, row in pairs if row["trainable_blocks"] > prev["trainable_blocks"]]
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    started = time.perf_counter()
+    settings = DEMO["quick" if args.quick else "full"]
+    epochs = args.epochs or settings.epochs
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {out} is a file; pass a folder")
+    data = out / "data"
+    where = "GPU" if torch.cuda.is_available() else "CPU"
+    _say(
+        f"transferkit demo: fine-tune {DEMO_BACKBONE} on synthetic shapes, offline, on the {where}; "
+        f"everything goes to {out}/",
+        "",
+        f"[1/5] data: writing a {DEMO_CLASSES}-class image folder of shapes ({settings.image_size}px JPEGs, "
+        f"{settings.per_class['train']} train + {settings.per_class['val']} val per class) to {data}/",
+    )
+    _fresh_demo_data(data)
+    make_shapes_folder(
+        data,
+        num_classes=DEMO_CLASSES,
+        per_class=settings.per_class,
+        image_size=settings.image_size,
+        seed=args.seed,
+    )
+    (data / DEMO_MARKER).write_text("written by transferkit demo; the next demo deletes and rewrites it\n")
+
+    freeze = parse_freeze(settings.freeze)
+    torch.manual_seed(args.seed)
+    model = build_model(DEMO_BACKBONE, num_classes=DEMO_CLASSES, pretrained=False)
+    freeze.apply(model)
+    # The default training crops (down to 35% of the image, made for photos and pretrained weights) cut
+    # these small centred shapes apart, and a randomly initialised network then needs several times more
+    # epochs; so the demo trains on the whole images, with the deterministic eval transform.
+    loaders = get_task(model.task).folder_loaders(
+        data,
+        model,
+        batch_size=settings.batch_size,
+        image_size=settings.image_size,
+        seed=args.seed,
+        augment=False,
+    )
+    classes = loaders["train"].dataset.classes
+    n, step, every = (freeze.kwargs[k] for k in ("n", "step", "every"))
+    _say(
+        "",
+        f"[2/5] model: {DEMO_BACKBONE} backbone (random init, pretrained=False: nothing is downloaded) "
+        "+ identity neck + linear head",
+        f"      freeze {freeze.text}: the last {n} of {len(model.blocks)} backbone blocks train from the "
+        f"start and {step} more unfreeze every {_count(every, 'epoch')}; the head always trains:",
+        model.freeze_summary(),
+        "",
+        f"[3/5] training {_count(epochs, 'epoch')} on {_describe_data(loaders, classes)}",
+    )
+    meta = {
+        "task": model.task,
+        "classes": list(classes),
+        "image_size": settings.image_size,
+        "data": str(data.resolve()),
+        "freeze": freeze.text,
+        "epochs": epochs,
+        "lr": settings.lr,
+        "batch_size": settings.batch_size,
+        "transferkit_version": __version__,
+    }
+    history, plots = _fit_and_save(
+        model, loaders, out, meta=meta, epochs=epochs, lr=settings.lr, device="auto", seed=args.seed
+    )
+
+    reloaded, meta = _load_run(str(out))
+    metrics, count = evaluate_folder(reloaded, meta, data / "val")
+    _say(
+        "",
+        f"[4/5] evaluation of the saved model, reloaded from {out}/, on the {count} val images "
+        f"(chance accuracy {CHANCE:.2f}):",
+        *(f"      {line}" for line in _metric_lines(metrics)),
+    )
+    samples = [sorted((data / "val" / name).iterdir())[0] for name in classes]
+    _say(
+        "",
+        "[5/5] predictions for one val image of each class (top classes with probabilities):",
+        *(f"      {line}" for line in predict_files(reloaded, meta, samples)),
+    )
+    seconds = time.perf_counter() - started
+    _say("", *_summary(out, data, classes, history, plots, accuracy=metrics["acc"], seconds=seconds))
+    return 0
+
+
+def _summary(
+    out: Path,
+    data: Path,
+    classes: list[str],
+    history: list[dict[str, Any]],
+    plots: list[Path],
+    *,
+    accuracy: float,
+    seconds: float,
+) -> list[str]:
+    """The demo's closing lines: what happened, where each file is, and the commands to try next."""
+    unfrozen = ", ".join(map(str, _unfrozen_at(history))) or "none"
+    files = {
+        "history.png": "loss and accuracy per epoch; dashed lines where blocks unfroze",
+        "predictions.png": "val images titled with predicted vs true class",
+        "history.json": "the numbers behind the curves",
+    }
+    if not plots:
+        del files["history.png"], files["predictions.png"]
+    places = {str(out / name): text for name, text in files.items()}
+    places[f"{out}/"] = "the model: config.json + model.safetensors, transferkit.json (classes, image size)"
+    places[f"{data}/"] = "the generated images"
+    width = max(map(len, places))
+    return [
+        f"What happened: {_count(len(history), 'epoch')}, {seconds:.0f}s in all; "
+        f"val accuracy {accuracy:.2f} (chance {CHANCE:.2f}); more backbone blocks unfroze at epochs "
+        f"{unfrozen}.",
+        "Where to look:",
+        *(f"  {place:<{width}}  {text}" for place, text in places.items()),
+        "Next steps:",
+        f"  transferkit eval --model {out} --data {data}",
+        f"  transferkit predict --model {out} {data / 'val' / classes[0]}",
+        "  transferkit train --data YOUR_FOLDER --backbone resnet18 --freeze last_n:2 --out runs/mine",
+        "      YOUR_FOLDER holds train/<class>/*.jpg and val/<class>/*.jpg, like the ants/bees set; with",
+        "      internet the ImageNet weights download (--pretrained true, the default), or use a local file",
+        "      with --pretrained resnet18.pth",
+        "  transferkit list backbones convnext",
+    ]

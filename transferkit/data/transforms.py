@@ -1,0 +1,184 @@
+"""Transforms that match a backbone's pretrained preprocessing, for classification and segmentation.
+
+A data config (a backbone's ``model.data_config``, or ``DEFAULT_DATA_CONFIG`` for ImageNet) names the
+input size, mean, std, interpolation and crop fraction; ``build_transforms`` turns it into a
+classification pipeline and ``build_segmentation_transforms`` into a joint image + mask one that crops
+and flips both alike.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+from torchvision import tv_tensors
+from torchvision.transforms import InterpolationMode, v2
+from torchvision.transforms.v2 import functional as TF
+
+__all__ = [
+    "DEFAULT_DATA_CONFIG",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "build_segmentation_transforms",
+    "build_transforms",
+]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+DEFAULT_DATA_CONFIG: Mapping[str, Any] = {
+    "input_size": (3, 224, 224),
+    "mean": IMAGENET_MEAN,
+    "std": IMAGENET_STD,
+    "interpolation": "bilinear",
+    "crop_pct": 0.875,
+}
+
+ImagePair = tuple[Tensor, Tensor]
+JointTransform = Callable[[Image.Image, Image.Image], ImagePair]
+
+
+class _Preprocess(NamedTuple):
+    size: tuple[int, int]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    interpolation: InterpolationMode
+    crop_pct: float
+
+
+def _resolve_preprocess(data_config: Mapping[str, Any], image_size: int | None) -> _Preprocess:
+    missing = [key for key in ("input_size", "mean", "std") if key not in data_config]
+    if missing:
+        raise ValueError(
+            f"data_config lacks {missing}; pass a backbone's model.data_config or DEFAULT_DATA_CONFIG "
+            "(keys: input_size, mean, std, interpolation, crop_pct)."
+        )
+    if image_size is None:
+        height, width = (int(v) for v in data_config["input_size"][-2:])
+    elif image_size < 1:
+        raise ValueError(f"image_size must be a positive number of pixels, got {image_size}.")
+    else:
+        height = width = int(image_size)
+    name = data_config.get("interpolation", "bilinear")
+    try:
+        interpolation = InterpolationMode(name)
+    except ValueError:
+        valid = [mode.value for mode in InterpolationMode]
+        raise ValueError(f"unknown interpolation {name!r} in data_config; use one of {valid}.") from None
+    crop_pct = float(data_config.get("crop_pct", 0.875))
+    if not 0.0 < crop_pct <= 1.0:
+        raise ValueError(f"crop_pct must be in (0, 1], got {crop_pct}.")
+    mean, std = tuple(data_config["mean"]), tuple(data_config["std"])
+    return _Preprocess((height, width), mean, std, interpolation, crop_pct)
+
+
+def _tensor_steps(pre: _Preprocess) -> list[v2.Transform]:
+    return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(pre.mean, pre.std), v2.ToPureTensor()]
+
+
+def build_transforms(
+    data_config: Mapping[str, Any],
+    train: bool,
+    image_size: int | None = None,
+    *,
+    crop_scale: tuple[float, float] = (0.35, 1.0),
+) -> v2.Compose:
+    """Classification transforms matching a backbone's pretrained preprocessing.
+
+    Train: random resized crop to the input size, horizontal flip, normalisation. Eval: resize the
+    shorter side to ``size / crop_pct``, centre crop to the input size, normalisation.
+
+    Args:
+        data_config: The backbone's ``model.data_config`` (``input_size``, ``mean``, ``std`` and
+            optionally ``interpolation`` and ``crop_pct``).
+        train: Whether to build the augmenting training pipeline.
+        image_size: Square side that overrides ``input_size``.
+        crop_scale: Area range of the random crop. Milder than ImageNet's (0.08, 1.0) because transfer
+            sets are small and their objects tend to fill the frame.
+
+    Returns:
+        A ``v2.Compose`` that maps a PIL image (or uint8 tensor) to a float tensor ``[3, H, W]``.
+
+    Examples:
+        >>> t = build_transforms(DEFAULT_DATA_CONFIG, train=False, image_size=64)
+        >>> t(Image.new("RGB", (100, 80))).shape
+        torch.Size([3, 64, 64])
+    """
+    pre = _resolve_preprocess(data_config, image_size)
+    if train:
+        geometry = [
+            v2.RandomResizedCrop(pre.size, scale=crop_scale, interpolation=pre.interpolation, antialias=True),
+            v2.RandomHorizontalFlip(),
+        ]
+    else:
+        height, width = pre.size
+        # A square target resizes the shorter side (keeping the aspect ratio); otherwise both sides.
+        resize = (
+            math.floor(height / pre.crop_pct)
+            if height == width
+            else (math.floor(height / pre.crop_pct), math.floor(width / pre.crop_pct))
+        )
+        geometry = [
+            v2.Resize(resize, interpolation=pre.interpolation, antialias=True),
+            v2.CenterCrop(pre.size),
+        ]
+    return v2.Compose([v2.ToImage(), *geometry, *_tensor_steps(pre)])
+
+
+class _PairTransform:
+    """Applies one v2 pipeline to an image and its mask together (same crop and flip)."""
+
+    def __init__(self, transform: v2.Compose) -> None:
+        self.transform = transform
+
+    def __call__(self, image: Image.Image, mask: Image.Image | np.ndarray | Tensor) -> ImagePair:
+        mask = tv_tensors.Mask(torch.as_tensor(np.array(mask, dtype=np.uint8)))
+        image, mask = self.transform(TF.to_image(image), mask)
+        return image, mask.long()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.transform})"
+
+
+def build_segmentation_transforms(
+    data_config: Mapping[str, Any],
+    train: bool,
+    image_size: int | None = None,
+    *,
+    crop_scale: tuple[float, float] = (0.5, 1.0),
+) -> JointTransform:
+    """Joint image + mask transforms for segmentation.
+
+    Train: one random resized crop and horizontal flip applied to both (the mask with nearest
+    neighbour). Eval: resize both to the input size; unlike classification there is no centre crop, so
+    the whole image is scored.
+
+    Args:
+        data_config: The backbone's ``model.data_config``.
+        train: Whether to build the augmenting training pipeline.
+        image_size: Square side that overrides ``input_size``.
+        crop_scale: Area range of the random crop.
+
+    Returns:
+        A callable ``(image, mask) -> (float [3, H, W], long [H, W])``; the mask is an index image (PIL
+        ``L``/``P``, array or tensor ``[H, W]``) whose values pass through unchanged, 255 included.
+
+    Examples:
+        >>> t = build_segmentation_transforms(DEFAULT_DATA_CONFIG, train=True, image_size=32)
+        >>> image, mask = t(Image.new("RGB", (48, 40)), Image.new("L", (48, 40)))
+        >>> image.shape, mask.shape, mask.dtype
+        (torch.Size([3, 32, 32]), torch.Size([32, 32]), torch.int64)
+    """
+    pre = _resolve_preprocess(data_config, image_size)
+    if train:
+        geometry = [
+            v2.RandomResizedCrop(pre.size, scale=crop_scale, interpolation=pre.interpolation, antialias=True),
+            v2.RandomHorizontalFlip(),
+        ]
+    else:
+        geometry = [v2.Resize(pre.size, interpolation=pre.interpolation, antialias=True)]
+    return _PairTransform(v2.Compose([*geometry, *_tensor_steps(pre)]))

@@ -1,0 +1,16 @@
+"""Training: the `Trainer` loop and what it is made of.
+
+- `trainer`: the loop (fit, evaluate, predict).
+- `checkpoint`: atomic checkpoints, exact resume, the per-epoch rollback point.
+- `distributed`: device, precision and torchrun processes.
+- `optim`: optimizers and schedules by name.
+- `cache`, `feature_cache`, `cacheable`: the frozen prefix's feature cache (``cache_features=True``).
+- `loaders`: what ``fit`` accepts as loaders.
+"""
+
+from __future__ import annotations
+
+from .checkpoint import CheckpointError
+from .trainer import Trainer
+
+__all__ = ["CheckpointError", "Trainer"]

@@ -1,0 +1,65 @@
+"""The best epoch so far: which one, its score, optionally its weights, and early stopping's patience."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor, nn
+
+__all__ = ["BestEpoch", "cpu_copy"]
+
+
+def cpu_copy(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """A detached copy of a state_dict on the CPU."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
+
+
+class BestEpoch:
+    """Tracks ``monitor`` over the history: minimised for keys ending in ``loss``, else maximised.
+
+    Args:
+        monitor: The history key, e.g. ``"val_loss"`` or ``"val_acc"``.
+        keep_weights: Keep a CPU copy of the best epoch's weights (``restore_best``).
+        patience: Early stopping: epochs without improvement before training stops (None: never).
+
+    Examples:
+        >>> best = BestEpoch("val_acc", keep_weights=False)
+        >>> for row in ({"epoch": 0, "val_acc": 0.5}, {"epoch": 1, "val_acc": 0.4}):
+        ...     best.update(row, model)
+        >>> best.epoch, best.score
+        (0, 0.5)
+    """
+
+    def __init__(self, monitor: str, keep_weights: bool, patience: int | None = None) -> None:
+        self.monitor, self.keep_weights, self.patience = monitor, keep_weights, patience
+        self.minimise = monitor.endswith("loss")
+        self.score: float | None = None
+        self.epoch: int | None = None
+        self.weights: dict[str, Tensor] | None = None
+
+    def update(self, row: dict[str, Any], model: nn.Module) -> None:
+        """Takes an epoch's history row; copies the model's weights when it is the best so far."""
+        if self.monitor not in row:
+            raise ValueError(f"monitor={self.monitor!r} is not in the history; choose one of {sorted(row)}")
+        score = row[self.monitor]
+        if self.score is None or (score < self.score if self.minimise else score > self.score):
+            self.score, self.epoch = score, row["epoch"]
+            self.weights = cpu_copy(model.state_dict()) if self.keep_weights else None
+
+    def out_of_patience(self, epoch: int) -> bool:
+        """Whether ``patience`` epochs have passed without improvement before ``epoch``."""
+        return (
+            self.patience is not None and self.epoch is not None and epoch - 1 - self.epoch >= self.patience
+        )
+
+    def state_dict(self, current_epoch: int) -> dict[str, Any]:
+        """For a checkpoint; the weights are left out when they are the model's own (the current epoch)."""
+        own = self.epoch == current_epoch
+        return {"score": self.score, "epoch": self.epoch, "state": None if own else self.weights}
+
+    def load_state_dict(self, state: dict[str, Any], model: nn.Module, current_epoch: int) -> None:
+        """Restores what `state_dict` returned, after the model's weights were restored."""
+        self.score, self.epoch = state.get("score"), state.get("epoch")
+        self.weights = state.get("state") if self.keep_weights else None
+        if self.keep_weights and self.epoch == current_epoch:
+            self.weights = cpu_copy(model.state_dict())

@@ -1,0 +1,253 @@
+"""Checkpoints: atomic writes, exact resume, and the per-epoch rollback point.
+
+A checkpoint (``last.pt``) holds everything a resumed run needs to continue as if it had never stopped:
+the model and freeze state, optimizer, scheduler, grad scaler, history, the best epoch so far and every
+random number generator (torch, CUDA, Python, NumPy and the loader's own). It is written to a temporary
+file, fsynced and renamed, so a reader sees the old file or the new one, never half of one. It is read
+with ``torch.load(weights_only=True)`` (no code in the file ever runs) and checked against the model
+before anything is changed, so a damaged or foreign file is a `CheckpointError` that leaves both the
+file and the training state as they were.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+import random
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from ..model import TransferModel
+
+__all__ = [
+    "CheckpointError",
+    "atomic_save",
+    "mutable_state",
+    "read_checkpoint",
+    "restore",
+    "rng_state",
+    "rollback_point",
+    "set_rng_state",
+]
+
+CHECKPOINT_KEYS = ("epoch", "model", "optimizer", "scheduler", "scaler", "freeze", "history", "best", "rng")
+_MOVE_AWAY = "move it away (or delete it) to start afresh, or point checkpoint_dir= at this model's own run"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be resumed from: damaged, not a checkpoint, or written for another model.
+
+    The message names the file and what to do; the file and the training state are left unchanged.
+    """
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """Writes ``obj`` to a temp file, fsyncs, renames it over ``path``: readers see old or new, never half."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    if os.name == "posix":  # make the rename itself durable
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def read_checkpoint(path: Path, model: TransferModel, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """Loads ``path`` and checks that it fits ``model`` and ``optimizer``; changes nothing.
+
+    Raises:
+        CheckpointError: The file is damaged, is not a transferkit checkpoint, or was written for another
+            model (the message says which one) or another optimizer layout.
+
+    Examples:
+        >>> ckpt = read_checkpoint(Path("runs/a/last.pt"), model, trainer.optimizer)  # doctest: +SKIP
+        >>> ckpt["epoch"]
+        4
+    """
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        # torch's own message advises weights_only=False, which would run whatever code the file holds
+        raise CheckpointError(
+            f"cannot resume from {path}: it holds objects other than tensors and plain data, which a "
+            f"transferkit checkpoint never does (nothing in it was run). The file was left as it is; "
+            f"{_MOVE_AWAY}."
+        ) from None
+    except (OSError, RuntimeError, EOFError, ValueError) as err:
+        raise CheckpointError(
+            f"cannot resume from {path}: the file is truncated or damaged ({type(err).__name__}). "
+            f"The file was left as it is; {_MOVE_AWAY}."
+        ) from None
+    missing = (
+        [k for k in CHECKPOINT_KEYS if k not in ckpt] if isinstance(ckpt, dict) else list(CHECKPOINT_KEYS)
+    )
+    if missing:
+        raise CheckpointError(
+            f"cannot resume from {path}: it is not a transferkit Trainer checkpoint (it has no "
+            f"{', '.join(missing)}). "
+            f"The file was left as it is; {_MOVE_AWAY}."
+        )
+    _check_fits(path, ckpt, model, optimizer)
+    return ckpt
+
+
+def _check_fits(
+    path: Path, ckpt: dict[str, Any], model: TransferModel, optimizer: torch.optim.Optimizer
+) -> None:
+    """Raise a short `CheckpointError` unless the saved weights and optimizer match this run's."""
+    own = model.state_dict()
+    saved = ckpt["model"]
+    missing = [k for k in own if k not in saved]
+    unexpected = [k for k in saved if k not in own]
+    clashes = [k for k in own if k in saved and tuple(saved[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or clashes:
+        details = [f"{len(v)} {what} (e.g. {v[0]})" for what, v in _named(missing, unexpected, clashes) if v]
+        raise CheckpointError(
+            f"cannot resume from {path}: it was written for another model ({_describe(ckpt.get('config'))}); "
+            f"this one is {_describe(model.config)}. Weights: {'; '.join(details)}. The file was left as it "
+            f"is; {_MOVE_AWAY}."
+        )
+    saved_groups = [len(g["params"]) for g in ckpt["optimizer"].get("param_groups", [])]
+    own_groups = [len(g["params"]) for g in optimizer.param_groups]
+    if saved_groups != own_groups:
+        raise CheckpointError(
+            f"cannot resume from {path}: its optimizer has {len(saved_groups)} parameter groups of sizes "
+            f"{saved_groups[:6]}..., this run's {len(own_groups)} of sizes {own_groups[:6]}... (another "
+            f"optimizer, layer_decay or model). The file was left as it is; {_MOVE_AWAY}."
+        )
+
+
+def _named(missing: list[str], unexpected: list[str], clashes: list[str]) -> list[tuple[str, list[str]]]:
+    return [("missing", missing), ("unexpected", unexpected), ("with other shapes", clashes)]
+
+
+def _describe(config: Mapping[str, Any] | None) -> str:
+    if not isinstance(config, Mapping):
+        return "a model of unknown configuration"
+    parts = [f"{k}={config[k]!r}" for k in ("backbone", "neck", "head", "num_classes") if k in config]
+    return ", ".join(parts)
+
+
+# ---------------------------------------------------------------------------------------------- RNG
+def _loader_generators(loader: Any) -> list[torch.Generator]:
+    """The generators that shuffle ``loader`` and seed its workers, each once."""
+    found = [getattr(loader, "generator", None), getattr(getattr(loader, "sampler", None), "generator", None)]
+    unique = {id(g): g for g in found if isinstance(g, torch.Generator)}
+    return list(unique.values())
+
+
+def rng_state(loader: Any) -> dict[str, Any]:
+    """Every random number generator a training epoch draws from, as plain data."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "python": random.getstate(),
+        "numpy": [kind, keys.tolist(), pos, has_gauss, cached],
+        "loader": [g.get_state() for g in _loader_generators(loader)],
+    }
+
+
+def set_rng_state(state: dict[str, Any], loader: Any) -> None:
+    """Restores what `rng_state` returned."""
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    random.setstate(state["python"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    for generator, saved in zip(_loader_generators(loader), state["loader"], strict=False):
+        generator.set_state(saved)
+
+
+# ------------------------------------------------------------------------------------------ rollback
+@contextlib.contextmanager
+def rollback_point(model: TransferModel, directory: str | os.PathLike[str] | None) -> Iterator[Any]:
+    """An anonymous temporary file holding the state an epoch can change (`mutable_state`).
+
+    A failed epoch rolls back to it. It lives in a file, not in memory, so training holds no second
+    copy of the trainable weights (for a resnet18 that is 45 MB of peak memory, more than all the
+    activations of a frozen backbone's forward); writing it costs a few milliseconds per epoch.
+    """
+    with tempfile.TemporaryFile(prefix="transferkit-rollback-", dir=directory) as f:
+        torch.save(mutable_state(model), f)
+        yield f
+
+
+def restore(model: TransferModel, point: Any, device: torch.device) -> None:
+    """Loads the state saved by `rollback_point` back into ``model``."""
+    point.seek(0)
+    model.load_state_dict(torch.load(point, map_location=device, weights_only=True), strict=False)
+
+
+def mutable_state(model: TransferModel) -> dict[str, Tensor]:
+    """The state an epoch can change: trainable parameters and the buffers of modules in training mode.
+
+    Frozen blocks never change (their norm layers stay in eval mode), so under ``freeze("all")`` this
+    is the neck and head only, not the whole model. The tensors are the model's own (not copies).
+    """
+    model.train()
+    keys = {name for name, p in model.named_parameters() if p.requires_grad}
+    for prefix, module in model.named_modules():
+        if module.training:
+            skip = getattr(module, "_non_persistent_buffers_set", set())
+            keys.update(f"{prefix}.{b}" if prefix else b for b, _ in module.named_buffers(recurse=False))
+            keys.difference_update(f"{prefix}.{b}" if prefix else b for b in skip)
+    return {k: v for k, v in model.state_dict().items() if k in keys}
+
+
+def seed_everything(seed: int) -> None:
+    """Seeds torch, Python's ``random`` and NumPy."""
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+
+
+# ------------------------------------------------------------------------------------ the Trainer's
+def save_checkpoint(trainer: Any, path: Path, train_loader: Any) -> None:
+    """Writes ``trainer``'s whole state after its current epoch to ``path``, atomically."""
+    state = {
+        "epoch": trainer.epoch,
+        "config": trainer.model.config,
+        "model": trainer.model.state_dict(),
+        "optimizer": trainer.optimizer.state_dict(),
+        "scheduler": trainer.scheduler.state_dict(),
+        "scaler": trainer.scaler.state_dict(),
+        "freeze": trainer.model.freeze_state(),
+        "history": trainer.history,
+        "best": trainer.best.state_dict(trainer.epoch),
+        "rng": rng_state(train_loader),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_save(state, path)
+
+
+def resume_from(trainer: Any, path: Path, train_loader: Any) -> int:
+    """Restores ``trainer`` from the checkpoint at ``path`` (checked first); returns the next epoch."""
+    ckpt = read_checkpoint(path, trainer.model, trainer.optimizer)
+    trainer.model.load_freeze_state(ckpt["freeze"])
+    trainer.model.load_state_dict(ckpt["model"])
+    trainer.optimizer.load_state_dict(ckpt["optimizer"])
+    trainer.scheduler.load_state_dict(ckpt["scheduler"])
+    trainer.scaler.load_state_dict(ckpt["scaler"])
+    trainer.history = ckpt["history"]
+    trainer.best.load_state_dict(ckpt["best"], trainer.model, ckpt["epoch"])
+    set_rng_state(ckpt["rng"], train_loader)
+    return ckpt["epoch"] + 1

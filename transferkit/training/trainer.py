@@ -1,0 +1,399 @@
+"""Trainer: fit, evaluate and predict a TransferModel with one plain loop.
+
+The loop is the hand-written ``train_model`` of the transfer-learning tutorials, plus what they get wrong:
+the freeze schedule applied every epoch on an optimizer built once, AMP without branches, atomic and
+exactly resumable checkpoints, DDP that follows the trainable set, and clear errors on bad data. What
+differs between tasks (targets, loss, metrics, monitor) is the model's `transferkit.tasks.Task`; the
+feature cache, checkpoints, processes and optimizers live in the modules beside this one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.utils.data import DistributedSampler
+from tqdm.auto import tqdm
+
+from ..tasks import get_task
+from .arguments import check_trainer_arguments
+from .best import BestEpoch
+from .cache import DEFAULT_CACHE_BUDGET, CachedBatch, PrefixCaches
+from .callbacks import Callbacks
+from .checkpoint import restore, resume_from, rollback_point, save_checkpoint, seed_everything
+from .distributed import init_distributed, resolve_device, resolve_precision, shard_loader, wrap
+from .evaluation import evaluate_batches, predict_batches
+from .loaders import check_length, split_loaders
+from .optim import build_optimizer, build_scheduler
+
+if TYPE_CHECKING:
+    from ..model import TransferModel
+
+__all__ = ["Trainer"]
+
+_SYNC_EVERY = 50  # training steps between host syncs (running loss, non-finite check)
+
+
+class Trainer:
+    """Fits a `TransferModel`: losses and metrics follow ``model.task``; one dict of results per epoch.
+
+    Args:
+        model: The model; its freeze policy (``model.freeze``) decides what trains, epoch by epoch.
+        epochs: Number of epochs.
+        lr: Learning rate of the head; ``layer_decay`` and ``backbone_lr_mult`` scale it per block.
+        optimizer: ``"adamw"``, ``"adam"``, ``"sgd"`` (momentum 0.9) or ``callable(param_groups)``.
+        weight_decay: Weight decay (norm and bias parameters get none).
+        scheduler: ``"cosine"``, ``"step"`` (x0.1 at 1/3 and 2/3 of training), ``"onecycle"``, ``"none"``
+            or ``callable(optimizer, total_steps)`` returning a scheduler; all step once per optimizer step.
+        layer_decay: Learning-rate factor per block from the head towards the stem (e.g. 0.75).
+        loss: ``callable(logits, targets) -> scalar``; default: the task's (`transferkit.tasks`),
+            cross-entropy (``255`` = ignore for masks).
+        device: ``"auto"`` (CUDA, then MPS, then CPU) or a device.
+        precision: ``"auto"`` (bf16 on CUDA if supported, else fp16 with a grad scaler; fp32 elsewhere),
+            ``"bf16"``, ``"fp16"`` or ``"fp32"``.
+        grad_accum: Batches per optimizer step.
+        clip_grad_norm: Maximum gradient norm, or None.
+        cache_features: Compute the frozen prefix's outputs (the whole backbone under ``freeze("all")``,
+            the blocks before the trainable ones under ``last_n`` / ``gradual``) once per sample and
+            train only the rest; validation batches are cached too. Needs deterministic loaders
+            (DataLoaders over map-style datasets without random transforms: a ValueError names any
+            random torchvision transform found) and frozen norm layers (``bn="frozen"``). Training
+            matches an uncached run up to floating-point noise, batch order and dropout masks included.
+            When ``gradual`` unfreezes blocks the cache is rebuilt at the new boundary, and dropped once
+            nothing is frozen. Not supported under torchrun (DDP). See `transferkit.training.cache`.
+        cache_budget: Bytes of host memory the cached features may take (per loader); the rest is kept
+            in files under a temporary directory that is deleted when ``fit`` ends.
+        cache_dir: Where that temporary directory goes (default: the system's temp directory).
+        checkpoint_dir: Directory for ``last.pt``, written atomically after every epoch (rank 0 only).
+        resume: Continue from ``checkpoint_dir/last.pt`` when it exists.
+        early_stopping: Patience: stop after this many epochs without improvement of ``monitor``.
+        monitor: History key to track; the task's default is ``"val_loss"`` (``"train_loss"`` without
+            validation);
+            keys ending in ``loss`` are minimised, others (``val_acc``, ``val_miou``) maximised.
+        restore_best: With validation, end with the weights of the best epoch.
+        progress: Show a tqdm bar per epoch; False prints nothing.
+        callbacks: Objects with any of the methods ``on_fit_start``, ``on_epoch_start``,
+            ``on_batch_end``, ``on_epoch_end``, ``on_fit_end``, each called with the trainer (on every
+            rank; check ``trainer.is_main``). Setting ``trainer.should_stop = True`` ends fit after the epoch.
+        seed: Seeds torch, random and numpy (plus the rank) at the start of ``fit``, and the sampler.
+        backbone_lr_mult: Extra learning-rate factor for the whole backbone.
+        compile: Train through ``torch.compile(model)``.
+
+    Examples:
+        >>> model = build_model("resnet18", num_classes=2, pretrained=False)  # logits [N, 2]
+        >>> model.freeze(policy="gradual", n=0, step=1)
+        >>> history = Trainer(model, epochs=3, progress=False).fit({"train": train, "val": val})
+        >>> [row["trainable_blocks"] for row in history], sorted(history[-1])
+        ([0, 1, 2], ['epoch', 'lr', 'seconds', 'train_loss', 'trainable_blocks', 'val_acc', 'val_loss'])
+    """
+
+    def __init__(
+        self,
+        model: TransferModel,
+        *,
+        epochs: int = 10,
+        lr: float = 1e-3,
+        optimizer: str | Callable[[list[dict[str, Any]]], torch.optim.Optimizer] = "adamw",
+        weight_decay: float = 0.01,
+        scheduler: str | Callable[[torch.optim.Optimizer, int], Any] = "cosine",
+        layer_decay: float | None = None,
+        loss: Callable[[Tensor, Tensor], Tensor] | None = None,
+        device: str | torch.device = "auto",
+        precision: str = "auto",
+        grad_accum: int = 1,
+        clip_grad_norm: float | None = None,
+        cache_features: bool = False,
+        checkpoint_dir: str | os.PathLike[str] | None = None,
+        resume: bool = False,
+        early_stopping: int | None = None,
+        monitor: str | None = None,
+        restore_best: bool = True,
+        progress: bool = True,
+        callbacks: Sequence[object] | None = None,
+        seed: int | None = None,
+        backbone_lr_mult: float = 1.0,
+        compile: bool = False,
+        cache_budget: int = DEFAULT_CACHE_BUDGET,
+        cache_dir: str | os.PathLike[str] | None = None,
+    ) -> None:
+        check_trainer_arguments(
+            epochs=epochs,
+            grad_accum=grad_accum,
+            early_stopping=early_stopping,
+            scheduler=scheduler,
+            precision=precision,
+            resume=resume,
+            checkpoint_dir=checkpoint_dir,
+            cache_budget=cache_budget,
+        )
+        self.model, self.task, self.epochs, self.grad_accum = model, get_task(model.task), epochs, grad_accum
+        self.clip_grad_norm, self.scheduler_spec = clip_grad_norm, scheduler
+        self.cache_features, self.resume, self.early_stopping = cache_features, resume, early_stopping
+        self.monitor, self.restore_best, self.callbacks = monitor, restore_best, Callbacks(callbacks)
+        self.seed, self.compile, self.cache_dir = seed, compile, cache_dir
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+        self.loss_fn = loss or self.task.loss
+
+        self.device = resolve_device(device, int(os.environ.get("LOCAL_RANK", "0")))
+        self.rank, self.world_size = init_distributed(self.device)
+        self.is_main = self.rank == 0
+        if cache_features and self.world_size > 1:
+            raise NotImplementedError(
+                "cache_features=True is not supported under torchrun (DistributedDataParallel) yet; "
+                "use cache_features=False when training on several processes"
+            )
+        self.show_progress = progress and self.is_main
+        self.amp_dtype = resolve_precision(precision, self.device)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        cuda = self.device.type == "cuda"
+        self.memory_format = torch.channels_last if cuda else torch.contiguous_format
+        model.to(self.device, memory_format=self.memory_format)
+
+        groups = model.param_groups(
+            lr, layer_decay=layer_decay, backbone_lr_mult=backbone_lr_mult, weight_decay=weight_decay
+        )
+        partly_frozen = len(model.trainable_blocks) < len(model.blocks)
+        self.optimizer = build_optimizer(optimizer, groups, fused_on_cpu=partly_frozen)
+        self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
+        self.scheduler: Any = None
+        self.history: list[dict[str, Any]] = []
+        self.epoch = self.step = 0
+        self.loss: Tensor | None = None  # last training loss, on the device (read it without a sync)
+        self.should_stop = False
+        self._net: nn.Module = model
+        self._net_trainable: tuple[str, ...] | None = None
+        self.best = BestEpoch("val_loss", keep_weights=False)  # replaced in fit(), once the monitor is known
+        self._cache = PrefixCaches(
+            model,
+            device=self.device,
+            memory_format=self.memory_format,
+            autocast=self._autocast,
+            budget=cache_budget,
+            directory=cache_dir,
+            check_targets=self._check_targets,
+            progress=self.show_progress,
+            compile=compile,
+        )
+
+    # ----------------------------------------------------------------------------------------- fit
+    def fit(self, loaders: Any) -> list[dict[str, Any]]:
+        """Trains for ``epochs`` epochs and returns the history (one dict per epoch).
+
+        Args:
+            loaders: ``{"train": loader, "val": loader}``, a ``(train, val)`` tuple or a train loader;
+                batches are ``(inputs [N, C, H, W], targets)`` with targets ``[N]`` or masks ``[N, H, W]``.
+
+        Returns:
+            The history: per epoch ``epoch``, ``train_loss`` (mean batch loss), ``lr`` (the head's, at the
+            epoch's start), ``trainable_blocks`` (count), ``seconds``, and with validation ``val_loss``
+            plus ``val_acc`` (and ``val_top5`` above 5 classes) or ``val_miou`` and ``val_acc``.
+
+        Raises:
+            ValueError: An empty loader, targets outside ``[0, num_classes)`` (the model keeps the weights
+                of the last complete epoch), or an unknown ``monitor``.
+            FloatingPointError: A non-finite loss; the model keeps the weights of the last good epoch.
+            CheckpointError: ``resume=True`` and ``last.pt`` is damaged or was written for another model
+                (nothing is changed, the file is kept).
+        """
+        train, val = split_loaders(loaders)
+        for name, loader in (("train", train), ("val", val)):
+            if loader is not None:
+                check_length(loader, name)
+        if self.seed is not None:
+            seed_everything(self.seed + self.rank)
+        train, val = self._shard(train, train=True), self._shard(val, train=False)
+        monitor = self.monitor or self.task.default_monitor(has_val=val is not None)
+        if monitor.startswith("val_") and val is None:
+            raise ValueError(
+                f"monitor={monitor!r} needs a validation loader; pass {{'train': ..., 'val': ...}}"
+            )
+        for group, lr in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
+            group["lr"] = lr
+        total_steps = self.epochs * math.ceil(len(train) / self.grad_accum)
+        self.scheduler = build_scheduler(self.scheduler_spec, self.optimizer, self.base_lrs, total_steps)
+        self.history, self.should_stop = [], False
+        self.best = BestEpoch(monitor, val is not None and self.restore_best, self.early_stopping)
+        last = self.checkpoint_dir / "last.pt" if self.checkpoint_dir is not None else None
+        start = resume_from(self, last, train) if self.resume and last.exists() else 0  # type: ignore[union-attr]
+        if self.cache_features:
+            self._cache.check(train, start, self.epochs)
+        try:
+            self._run_epochs(train, val, start)
+        finally:
+            self._cache.close()
+        if self.best.weights is not None:
+            self.model.load_state_dict(self.best.weights)
+        return self.history
+
+    def _run_epochs(self, train: Any, val: Any, start: int) -> None:
+        self.callbacks.emit("on_fit_start", self)
+        for epoch in range(start, self.epochs):
+            if self.should_stop or self.best.out_of_patience(epoch):
+                break
+            self.epoch, started = epoch, time.perf_counter()
+            self.model.apply_schedule(epoch)
+            net = self._network()
+            if isinstance(getattr(train, "sampler", None), DistributedSampler):
+                train.sampler.set_epoch(epoch)
+            self.callbacks.emit("on_epoch_start", self)
+            row = {
+                "epoch": epoch,
+                "lr": max(g["lr"] for g in self.optimizer.param_groups),
+                "trainable_blocks": len(self.model.trainable_blocks),
+            }
+            batches = self._batches(train, "train")
+            desc = f"epoch {epoch + 1}/{self.epochs}"
+            with (
+                rollback_point(self.model, self.cache_dir) as last_good,
+                tqdm(total=len(train), desc=desc, disable=not self.show_progress) as bar,
+            ):
+                try:
+                    row["train_loss"] = self._train_epoch(net, batches, bar)
+                except (ValueError, FloatingPointError):
+                    restore(self.model, last_good, self.device)  # bad data or divergence: keep the last good
+                    raise
+                if val is not None:
+                    metrics = evaluate_batches(self, self._batches(val, "val"))
+                    row.update({f"val_{k}": v for k, v in metrics.items()})
+                row["seconds"] = time.perf_counter() - started
+                bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if k.startswith(("train_", "val_"))})
+            self.history.append(row)
+            self.best.update(row, self.model)
+            if self.checkpoint_dir is not None and self.is_main:
+                save_checkpoint(self, self.checkpoint_dir / "last.pt", train)
+            self.callbacks.emit("on_epoch_end", self)
+        self.callbacks.emit("on_fit_end", self)
+
+    def _train_epoch(self, net: nn.Module, loader: Iterable[Any], bar: Any) -> float:
+        """One pass over ``loader``; returns the mean batch loss (over all ranks)."""
+        self.model.train()
+        n, pending, loss_total = len(loader), [], 0.0  # type: ignore[arg-type]
+        for step, (inputs, targets) in enumerate(loader):
+            self.step = step
+            if not isinstance(inputs, CachedBatch):  # cached targets were checked when cached
+                self._check_targets(targets, f"epoch {self.epoch}, step {step}")
+            inputs, targets = self._to_device(inputs, targets)
+            window_start = step - step % self.grad_accum
+            window = min(self.grad_accum, n - window_start)  # the epoch's last window may be short
+            steps_now = step + 1 == window_start + window
+            accumulate = net.no_sync() if self.world_size > 1 and not steps_now else contextlib.nullcontext()
+            with accumulate:
+                with self._autocast():
+                    loss = self.loss_fn(self._forward(net, inputs), targets)
+                self.scaler.scale(loss / window).backward()
+            if steps_now:
+                self._optimizer_step()
+            self.loss = loss.detach()
+            pending.append(self.loss)
+            bar.update()
+            if len(pending) == _SYNC_EVERY or step + 1 == n:
+                loss_total += self._sync_losses(pending, first_step=step + 1 - len(pending))
+                bar.set_postfix(loss=f"{loss_total / (step + 1):.4f}")
+                pending = []
+            self.callbacks.emit("on_batch_end", self)
+        if self.world_size > 1:
+            # DDP broadcasts rank 0's buffers before each forward, so after the last step every rank holds
+            # its own batch statistics; share rank 0's so that validation and the final weights agree.
+            for buffer in self.model.buffers():
+                dist.broadcast(buffer, src=0)
+        return loss_total / n
+
+    def _forward(self, net: nn.Module, inputs: Tensor | CachedBatch) -> Tensor:
+        """Logits for a batch. The one place the frozen prefix runs, so cached features can replace it.
+
+        Frozen parameters have ``requires_grad=False`` and inputs never require grad, so autograd records
+        nothing until the first trainable block: the frozen prefix already runs without a graph (and
+        saves no activations for backward), exactly as under ``torch.no_grad()``.
+        """
+        if isinstance(inputs, CachedBatch):
+            return self._cache.net(*inputs.state, input_size=inputs.input_size)  # type: ignore[misc]
+        return net(inputs)
+
+    def _batches(self, loader: Any, role: str) -> Any:
+        """``loader`` itself, or with ``cache_features`` this epoch's batches from the feature cache."""
+        return self._cache.epoch(loader, role) if self.cache_features else loader
+
+    def _optimizer_step(self) -> None:
+        if self.clip_grad_norm is not None:
+            self.scaler.unscale_(self.optimizer)
+            grads = [p for p in self.model.parameters() if p.grad is not None]
+            nn.utils.clip_grad_norm_(grads, self.clip_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)  # frozen params keep grad None: AdamW skips them
+        self.scheduler.step()
+
+    def _sync_losses(self, pending: list[Tensor], first_step: int) -> float:
+        """The bounded-rate host sync: the sum of the pending losses (mean over ranks), checked finite."""
+        losses = torch.stack(pending).float()
+        if self.world_size > 1:
+            dist.all_reduce(losses)  # a NaN on any rank shows on every rank: all raise together
+            losses /= self.world_size
+        bad = (~losses.isfinite()).nonzero()
+        if len(bad):
+            raise FloatingPointError(
+                f"non-finite loss at epoch {self.epoch}, step {first_step + int(bad[0])}; the model keeps "
+                "the weights of the last good epoch. Lower lr, set clip_grad_norm, or check the inputs."
+            )
+        return losses.sum().item()
+
+    # ------------------------------------------------------------------------------ evaluate, predict
+    def evaluate(self, loader: Iterable[Any]) -> dict[str, float]:
+        """Loss and metrics over ``loader`` (all ranks under DDP): ``{"loss", "acc", ...}``.
+
+        Classification reports ``acc`` (and ``top5`` with more than 5 classes); segmentation ``miou`` and
+        pixel ``acc``. The loss is averaged over samples.
+
+        Examples:
+            >>> trainer.evaluate(val_loader)
+            {'loss': 0.31, 'acc': 0.9}
+        """
+        check_length(loader, "evaluation")
+        return evaluate_batches(self, self._shard(loader, train=False))
+
+    def predict(self, loader: Iterable[Any]) -> Tensor:
+        """Outputs for every batch of ``loader``, in loader order, on the CPU in float32.
+
+        Batches may be inputs alone or ``(inputs, targets)``. Each rank predicts the whole loader.
+
+        Examples:
+            >>> trainer.predict(test_loader).shape  # 10 images, 2 classes
+            torch.Size([10, 2])
+        """
+        return predict_batches(self, loader)
+
+    # ---------------------------------------------------------------------------------------- helpers
+    def _autocast(self) -> torch.autocast:
+        return torch.amp.autocast(
+            self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype != torch.float32
+        )
+
+    def _to_device(self, inputs: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+        inputs = inputs.to(self.device, non_blocking=True, memory_format=self.memory_format)
+        return inputs, self.task.to_device(targets, self.device)
+
+    def _check_targets(self, targets: Tensor, where: str) -> None:
+        """Targets come from the loader on the CPU, so the task's check costs no device sync."""
+        self.task.check_targets(targets, self.model.num_classes, where)
+
+    def _network(self) -> nn.Module:
+        """The training module (`transferkit.training.distributed.wrap`), rebuilt when what trains changes."""
+        trainable = tuple(n for n, p in self.model.named_parameters() if p.requires_grad)
+        if trainable != self._net_trainable:
+            self._net = self.model  # drop the old wrapper (and its autograd hooks) first
+            self._net = wrap(self.model, self.device, self.world_size, self.compile)
+            self._net_trainable = trainable
+        return self._net
+
+    def _shard(self, loader: Any, train: bool) -> Any:
+        return shard_loader(
+            loader, rank=self.rank, world_size=self.world_size, seed=self.seed or 0, train=train
+        )
