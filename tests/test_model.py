@@ -75,7 +75,7 @@ def test_bare_name_prefers_torchvision_then_timm() -> None:
     [
         ({"backbone": "resnet181"}, r"Unknown backbone 'resnet181'\. Did you mean: torchvision/resnet18"),
         ({"backbone": "timm/convnext_atoo"}, "timm/convnext_atto"),
-        ({"neck": "fpn"}, "Did you mean: fpn_lite"),
+        ({"neck": "fpn"}, "Did you mean: .*fpn_lite"),
         ({"head": "lineer"}, "Did you mean: linear"),
         ({"num_classes": 0}, "num_classes must be an int >= 1, got 0"),
         ({"out_indices": [0, 7]}, r"out_indices \(0, 7\) out of range: .* 5 levels"),
@@ -149,7 +149,8 @@ def test_registry_lists_with_patterns() -> None:
     registry.register("b_one")(object)
     registry.register("a_two")(object)
     assert registry.list() == ["a_two", "b_one"] and registry.list("b*") == ["b_one"]
-    assert tk.list_necks() == ["fpn_lite", "identity"] and tk.list_heads() == ["fcn", "linear"]
+    assert tk.list_necks() == ["aspp", "fpn_lite", "identity", "pan"]
+    assert tk.list_heads() == ["deeplabv3plus", "fasterrcnn", "fcn", "fcos", "linear", "retinanet", "ssdlite"]
     assert tk.list_backbones("convnext_at*") == [
         "timm/convnext_atto",
         "timm/convnext_atto_ols",
@@ -176,7 +177,7 @@ def test_sequence_kwargs_round_trip_through_config_json(tmp_path: Path, sequence
     x = torch.randn(1, 3, 64, 64)
     features = model.backbone(x)
     assert model.backbone.feature_info.reductions == tuple(64 // f.shape[-1] for f in features)
-    assert model.backbone.feature_info.reductions[-1] == 8  # layer3 and layer4 dilated, not strided
+    assert model.backbone.feature_info.reductions == (2, 4, 8, 8, 8)  # layer3, layer4 dilated: levels kept
     model.save(tmp_path / "run")
     loaded = tk.load_model(tmp_path / "run").eval()
     rebuilt = tk.build_model(**json.loads((tmp_path / "run" / "config.json").read_text()))

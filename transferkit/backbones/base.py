@@ -11,15 +11,19 @@ from torch import nn
 from ..features import FeatureInfo
 
 __all__ = [
+    "OUTPUT_STRIDES",
     "Backbone",
     "canonical_kwargs",
+    "cannot_dilate",
     "check_blocks",
     "check_out_indices",
+    "check_output_stride",
     "split_error",
     "structural_blocks",
     "walk_units",
 ]
 
+OUTPUT_STRIDES = (8, 16, 32)  # what ``output_stride=`` may ask for
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 _CONV_LIKE = (nn.modules.conv._ConvNd, nn.Linear)
 
@@ -97,6 +101,25 @@ def split_error(name: str, why: str) -> NotImplementedError:
     return NotImplementedError(
         f"{name} cannot be split at a block boundary ({why}); cache its features only with "
         f"freeze(policy='all'), or train with cache_features=False"
+    )
+
+
+def check_output_stride(output_stride: Any) -> None:
+    """Raise ValueError unless ``output_stride`` is None (the native stride) or one of `OUTPUT_STRIDES`."""
+    if output_stride is not None and (isinstance(output_stride, bool) or output_stride not in OUTPUT_STRIDES):
+        raise ValueError(
+            f"output_stride must be 8, 16 or 32 (None: the backbone's native stride), got {output_stride!r}"
+        )
+
+
+def cannot_dilate(model: str, output_stride: int, native: int) -> ValueError:
+    """The error for a backbone that cannot reach ``output_stride`` by dilation."""
+    return ValueError(
+        f"{model} cannot give output_stride={output_stride}: its coarsest level has stride {native} and it "
+        "cannot trade strides for dilated convolutions. Backbones that can: torchvision ResNets with "
+        "Bottleneck blocks (resnet50/101/152, resnext*, wide_resnet*) and timm models that take "
+        "output_stride (the timm ResNets, resnet18 included, timm/convnext_*, timm/efficientnet_*, ...). "
+        "Or leave output_stride unset for the native stride."
     )
 
 

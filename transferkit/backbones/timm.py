@@ -13,7 +13,16 @@ from torch import nn
 
 from ..features import FeatureInfo
 from ..weights import fetch_hf, fetch_url, is_weights_path, load_matching, read_state_dict
-from .base import Backbone, canonical_kwargs, check_blocks, check_out_indices, split_error, structural_blocks
+from .base import (
+    Backbone,
+    cannot_dilate,
+    canonical_kwargs,
+    check_blocks,
+    check_out_indices,
+    check_output_stride,
+    split_error,
+    structural_blocks,
+)
 
 __all__ = ["TimmBackbone", "timm_names"]
 
@@ -36,6 +45,26 @@ def _full_model(arch: str, in_chans: int, kwargs: dict[str, Any]) -> nn.Module:
             return timm.create_model(arch, pretrained=False, in_chans=in_chans, **kwargs)
     except (NotImplementedError, RuntimeError):  # builders that need real tensors
         return timm.create_model(arch, pretrained=False, in_chans=in_chans, **kwargs).to("meta")
+
+
+def _full_model_at(
+    name: str, in_chans: int, kwargs: dict[str, Any], output_stride: int | None
+) -> tuple[nn.Module, dict[str, Any]]:
+    """The full model at ``output_stride`` and the ``create_model`` arguments that give it."""
+    check_output_stride(output_stride)
+    full = _full_model(name, in_chans, kwargs)
+    native = full.feature_info[-1]["reduction"] if output_stride is not None else None
+    if output_stride in (None, native):
+        return full, kwargs
+    kwargs = {**kwargs, "output_stride": output_stride}
+    model = f"timm/{name.partition('.')[0]}"
+    try:
+        full = _full_model(name, in_chans, kwargs)
+    except (TypeError, AssertionError, ValueError, NotImplementedError) as err:
+        raise cannot_dilate(model, output_stride, native) from err  # no such argument, or not this value
+    if full.feature_info[-1]["reduction"] != output_stride:  # took the argument but does not dilate
+        raise cannot_dilate(model, output_stride, native)
+    return full, kwargs
 
 
 def _norm(name: str) -> str:
@@ -97,12 +126,16 @@ class TimmBackbone(Backbone):
             to a file holding the timm model's state_dict.
         in_chans: Input channels.
         out_indices: Which of the model's feature levels to return (default: timm's choice).
+        output_stride: The coarsest level's stride, 8, 16 or 32 (default: the model's own); passed to
+            timm, whose models that take it dilate their last stages and keep every level.
         **kwargs: Passed to ``timm.create_model`` (``img_size``, ``drop_path_rate``, ...).
 
     Examples:
         >>> bb = TimmBackbone("resnet18", pretrained=False)
         >>> [f.shape[1] for f in bb(torch.randn(2, 3, 64, 64))]
         [64, 64, 128, 256, 512]
+        >>> TimmBackbone("convnext_atto", pretrained=False, output_stride=16).feature_info.reductions
+        (4, 8, 16, 16)
     """
 
     def __init__(
@@ -112,6 +145,7 @@ class TimmBackbone(Backbone):
         pretrained: bool | str = True,
         in_chans: int = 3,
         out_indices: tuple[int, ...] | list[int] | None = None,
+        output_stride: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__()
@@ -129,12 +163,12 @@ class TimmBackbone(Backbone):
                 f"unknown weights tag {tag!r} for timm/{arch}; valid tags: {', '.join(valid) or 'none'}"
             )
         self.name = arch
-        full = _full_model(full_name, in_chans, kwargs)
+        full, build_kwargs = _full_model_at(full_name, in_chans, kwargs, output_stride)
         levels = len(full.feature_info)
         indices = check_out_indices(out_indices, levels) if out_indices is not None else None
         extra = {"out_indices": indices} if indices is not None else {}
         self.body = timm.create_model(
-            full_name, pretrained=False, features_only=True, in_chans=in_chans, **extra, **kwargs
+            full_name, pretrained=False, features_only=True, in_chans=in_chans, **extra, **build_kwargs
         )
         fmt = getattr(self.body, "output_fmt", "NCHW")
         self.channels_last_output = getattr(fmt, "value", fmt) == "NHWC"  # swin, mambaout, sequencer
@@ -155,7 +189,13 @@ class TimmBackbone(Backbone):
         self.fixed_input_size = (
             size if pcfg.get("fixed_input_size") and not kwargs.get("dynamic_img_size") else None
         )
-        self.config = {"pretrained": pretrained, "in_chans": in_chans, "out_indices": indices, **kwargs}
+        self.config = {
+            "pretrained": pretrained,
+            "in_chans": in_chans,
+            "out_indices": indices,
+            "output_stride": output_stride,
+            **kwargs,
+        }
 
         mapping = _name_map(full, self.body)
         if pretrained is not False:

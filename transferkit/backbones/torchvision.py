@@ -11,7 +11,7 @@ import math
 import os
 import warnings
 from collections.abc import Callable
-from functools import cache, lru_cache
+from functools import lru_cache
 from typing import Any
 
 import torch
@@ -21,36 +21,11 @@ from torchvision.models.feature_extraction import create_feature_extractor
 
 from ..features import FeatureInfo
 from ..weights import fetch_url, is_weights_path, load_matching, read_state_dict
-from .base import (
-    Backbone,
-    canonical_kwargs,
-    check_blocks,
-    check_out_indices,
-    split_error,
-    structural_blocks,
-    walk_units,
-)
+from .base import Backbone, canonical_kwargs, check_blocks, check_out_indices, split_error, structural_blocks
+from .torchvision_levels import CLASSIFIER, dilated_kwargs, layout, level_plan, weights_enum
 
 __all__ = ["TorchvisionBackbone", "torchvision_names"]
 
-# Top-level attributes that belong to the classifier side of torchvision models, never to features:
-# what the level plan and the block split leave out. Loading weights decides from the built feature
-# extractor instead (see _load_body).
-_CLASSIFIER = frozenset(
-    {
-        "fc",
-        "classifier",
-        "head",
-        "heads",
-        "avgpool",
-        "dropout",
-        "flatten",
-        "permute",
-        "AuxLogits",
-        "aux1",
-        "aux2",
-    }
-)
 # Models trained with their own input transform (torchvision sets it whenever it loads weights).
 _TRANSFORM_INPUT = ("googlenet", "inception_v3")
 
@@ -61,20 +36,8 @@ def torchvision_names() -> tuple[str, ...]:
     return tuple(tvm.list_models(module=tvm))
 
 
-def _layout(name: str) -> str:
-    if name.startswith("vit_"):
-        return "tokens"
-    if name.startswith("swin"):
-        return "nhwc"
-    return "nchw"
-
-
-def _weights_enum(name: str) -> Any:
-    return tvm.get_model_weights(name)
-
-
 def _resolve_tag(name: str, tag: str) -> Any:
-    enum = _weights_enum(name)
+    enum = weights_enum(name)
     key = tag.split(".")[-1]
     if key == "DEFAULT":
         return enum.DEFAULT
@@ -97,66 +60,6 @@ def _data_config(weights: Any, in_chans: int) -> dict[str, Any]:
     }
 
 
-@cache
-def _plan(name: str, kwargs_key: tuple[tuple[str, Any], ...]) -> tuple[tuple[str, int, int], ...]:
-    """``(module path, channels, reduction)`` of every level, found by a forward on the meta device.
-
-    ``kwargs_key`` holds the builder's arguments as `canonical_kwargs` items, so that it hashes.
-    """
-    size = _weights_enum(name).DEFAULT.transforms().crop_size[0]
-    try:
-        with torch.device("meta"):
-            model = tvm.get_model(name, weights=None, **dict(kwargs_key)).eval()
-    except NotImplementedError:  # builders that compute widths with tensor ops (regnet) need real tensors
-        model = tvm.get_model(name, weights=None, **dict(kwargs_key)).eval().to("meta")
-    calls: dict[str, int] = {}
-    outputs: list[tuple[str, tuple[int, ...]]] = []
-
-    def record(path: str):
-        def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
-            calls[path] = calls.get(path, 0) + 1
-            if isinstance(output, torch.Tensor):
-                outputs.append((path, tuple(output.shape)))
-
-        return hook
-
-    handles = [
-        m.register_forward_hook(record(p))
-        for p, m in model.named_modules()
-        if p and p.split(".")[0] not in _CLASSIFIER
-    ]
-    with torch.no_grad():
-        model(torch.empty(1, 3, size, size, device="meta"))
-    for h in handles:
-        h.remove()
-
-    layout = _layout(name)
-    if layout == "tokens":
-        layers = [p for p, _ in outputs if p.startswith("encoder.layers.") and p.count(".") == 2]
-        depth, patch = len(layers), model.patch_size
-        picks = [layers[depth * k // 4 - 1] for k in (1, 2, 3)] + ["encoder.ln"]
-        return tuple((p, model.hidden_dim, patch) for p in picks)
-
-    expanded = {p for p, _, kind in walk_units(model, _CLASSIFIER) if kind == "expanded"}
-    reduction: dict[str, int | None] = {}
-    for path, shape in outputs:
-        reduction[path] = None
-        if calls[path] != 1 or len(shape) != 4:
-            continue
-        c, h, w = (shape[3], shape[1], shape[2]) if layout == "nhwc" else shape[1:]
-        log2 = math.log2(size / h) if h == w and h >= 2 else -1.0
-        if round(log2) >= 0 and abs(log2 - round(log2)) <= 0.35:
-            reduction[path] = 2 ** round(log2)
-    # A level ends where a module directly inside the network's opened-up structure (stem layers,
-    # stages, blocks) last produces that stride; modules inside a block never end a level.
-    last: dict[int, tuple[str, int]] = {}
-    for path, shape in outputs:
-        r = reduction[path]
-        if r is not None and (path in expanded or path.rpartition(".")[0] in expanded):
-            last[r] = (path, shape[3] if layout == "nhwc" else shape[1])
-    return tuple((path, c, r) for r, (path, c) in sorted(last.items()))
-
-
 def _first_conv(model: nn.Module) -> tuple[nn.Module, str, nn.Conv2d]:
     for path, module in model.named_modules():
         if isinstance(module, nn.Conv2d):
@@ -174,6 +77,9 @@ class TorchvisionBackbone(Backbone):
             path to a file holding the torchvision model's state_dict.
         in_chans: Input channels; other than 3 replaces the first convolution.
         out_indices: Which levels to return (default: all).
+        output_stride: The coarsest level's stride, 8, 16 or 32 (default: the model's own). Below the
+            native 32, the last stages dilate instead of striding (``replace_stride_with_dilation``; the
+            Bottleneck ResNets only) and keep their levels, which then share strides.
         **kwargs: Passed to the torchvision model builder.
 
     Examples:
@@ -182,6 +88,8 @@ class TorchvisionBackbone(Backbone):
         torch.Size([2, 512, 2, 2])
         >>> bb.feature_info.reductions
         (2, 4, 8, 16, 32)
+        >>> TorchvisionBackbone("resnet50", pretrained=False, output_stride=8).feature_info.reductions
+        (2, 4, 8, 8, 8)
     """
 
     def __init__(
@@ -191,6 +99,7 @@ class TorchvisionBackbone(Backbone):
         pretrained: bool | str = True,
         in_chans: int = 3,
         out_indices: tuple[int, ...] | list[int] | None = None,
+        output_stride: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__()
@@ -202,23 +111,30 @@ class TorchvisionBackbone(Backbone):
             kwargs.setdefault("aux_logits", False)
             kwargs.setdefault("init_weights", False)
         kwargs = canonical_kwargs(kwargs)
-        levels = _plan(name, tuple(kwargs.items()))
+        build_kwargs = dilated_kwargs(name, kwargs, output_stride)
+        levels = level_plan(name, tuple(build_kwargs.items()))
         indices = check_out_indices(out_indices, len(levels))
         levels = tuple(levels[i] for i in indices)
         weights = None if (pretrained is False or is_weights_path(pretrained)) else pretrained
         if weights is not None:
             weights = _resolve_tag(name, "DEFAULT" if weights is True else weights)
-        meta = weights or _weights_enum(name).DEFAULT
+        meta = weights or weights_enum(name).DEFAULT
         self.data_config = _data_config(meta, in_chans)
         self.min_input_size = int(meta.meta.get("min_size", (1, 1))[0])
-        self.layout = _layout(name)
+        self.layout = layout(name)
         self.fixed_input_size = self.data_config["input_size"][-1] if self.layout == "tokens" else None
         self.feature_info = FeatureInfo(
             channels=[c for _, c, _ in levels], reductions=[r for _, _, r in levels]
         )
-        self.config = {"pretrained": pretrained, "in_chans": in_chans, "out_indices": indices, **kwargs}
+        self.config = {
+            "pretrained": pretrained,
+            "in_chans": in_chans,
+            "out_indices": indices,
+            "output_stride": output_stride,
+            **kwargs,
+        }
 
-        model = tvm.get_model(name, weights=None, **kwargs)
+        model = tvm.get_model(name, weights=None, **build_kwargs)
         if in_chans != 3:
             parent, attr, conv = _first_conv(model)
             setattr(parent, attr, _with_in_chans(conv, in_chans))
@@ -230,7 +146,7 @@ class TorchvisionBackbone(Backbone):
         if pretrained is not False:
             path = pretrained if weights is None else fetch_url(weights.url, model=f"torchvision/{name}")
             _load_body(self.body, model, path, source=f"weights for torchvision/{name} ({path})")
-        blocks = structural_blocks(model, skip=_CLASSIFIER)
+        blocks = structural_blocks(model, skip=CLASSIFIER)
         kept = {n for n, _ in self.body.named_parameters()}
         self.blocks = {b: [f"body.{p}" for p in ps if p in kept] for b, ps in blocks.items()}
         self.blocks = {b: ps for b, ps in self.blocks.items() if ps}

@@ -5,11 +5,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchvision.ops import Conv2dNormActivation
 
 from ..features import FeatureInfo
 from .registry import HEADS
 
-__all__ = ["FCNHead"]
+__all__ = ["DeepLabV3PlusHead", "FCNHead"]
 
 
 @HEADS.register("fcn")
@@ -64,4 +65,73 @@ class FCNHead(nn.Module):
         for i in range(len(maps) - 2, -1, -1):
             skip = self.score[i](maps[i])
             out = skip + F.interpolate(out, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+        return F.interpolate(out, size=tuple(input_size), mode="bilinear", align_corners=False)
+
+
+@HEADS.register("deeplabv3plus")
+class DeepLabV3PlusHead(nn.Module):
+    """DeepLabV3+'s decoder: the coarsest level, upsampled to the stride-4 level and fused with it.
+
+    The stride-4 level is reduced to ``skip_channels`` by a 1x1 conv; the coarsest level is bilinearly
+    upsampled to its size and concatenated with it; two 3x3 convs fuse them, a 1x1 conv scores each
+    class, and the scores are upsampled to the input size. With ``neck="aspp"`` the coarsest level is
+    the ASPP output, which makes the whole of DeepLabV3+; with another neck the decoder reads that
+    neck's coarsest level instead.
+
+    Args:
+        feature_info: The neck's levels; one finer than the coarsest must have stride 4.
+        num_classes: Output classes.
+        skip_channels: Channels the stride-4 level is reduced to.
+        hidden_channels: Channels of the two fusing 3x3 convs.
+        dropout: Dropout probability before the score layer.
+
+    Raises:
+        ValueError: No level finer than the coarsest has stride 4 (a ViT's levels all have stride
+            16): there is nothing for the decoder to fuse. ``head="fcn"`` works on any strides.
+
+    Examples:
+        >>> info = FeatureInfo(channels=(8, 16, 32), reductions=(4, 8, 16))
+        >>> head = DeepLabV3PlusHead(info, num_classes=3, hidden_channels=24)
+        >>> feats = [torch.randn(2, 8, 16, 16), torch.randn(2, 16, 8, 8), torch.randn(2, 32, 4, 4)]
+        >>> head(feats, input_size=(64, 64)).shape, head.levels
+        (torch.Size([2, 3, 64, 64]), [0, 2])
+    """
+
+    task = "segmentation"
+
+    def __init__(
+        self,
+        feature_info: FeatureInfo,
+        num_classes: int,
+        skip_channels: int = 48,
+        hidden_channels: int = 256,
+        dropout: float = 0.1,
+    ) -> None:
+        super().__init__()
+        coarsest = len(feature_info) - 1
+        skips = [i for i in range(coarsest) if feature_info.reductions[i] == 4]
+        if not skips:
+            raise ValueError(
+                "head 'deeplabv3plus' fuses the coarsest level with a finer level of stride 4, but these "
+                f"levels have strides {feature_info.reductions}. Use head='fcn' (any strides), or a "
+                "backbone and out_indices with a stride-4 level (ResNets, ConvNeXts, EfficientNets)"
+            )
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        self.levels = [skips[-1], coarsest]
+        channels = feature_info.channels
+        self.reduce = Conv2dNormActivation(channels[skips[-1]], skip_channels, 1)
+        self.fuse = nn.Sequential(
+            Conv2dNormActivation(channels[coarsest] + skip_channels, hidden_channels, 3),
+            Conv2dNormActivation(hidden_channels, hidden_channels, 3),
+        )
+        self.dropout = nn.Dropout2d(dropout)
+        self.score = nn.Conv2d(hidden_channels, num_classes, 1)
+
+    def forward(self, features: list[torch.Tensor], input_size: tuple[int, int]) -> torch.Tensor:
+        skip = self.reduce(features[self.levels[0]])
+        coarse = F.interpolate(
+            features[self.levels[1]], size=skip.shape[-2:], mode="bilinear", align_corners=False
+        )
+        out = self.score(self.dropout(self.fuse(torch.cat([coarse, skip], dim=1))))
         return F.interpolate(out, size=tuple(input_size), mode="bilinear", align_corners=False)
