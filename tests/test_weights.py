@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import time
 from pathlib import Path
 
@@ -151,3 +152,63 @@ def test_file_of_another_architecture_names_the_keys(tmp_path: Path) -> None:
     with pytest.raises(WeightsMismatchError, match="missing keys") as info:
         tk.build_model("resnet18", num_classes=2, pretrained=path)
     assert "conv1.weight" in str(info.value) and "features.0.0.weight" in str(info.value)
+
+
+# ----------------------------------------------------------------------------------- weight tags
+
+
+def test_weight_tags_list_a_backbones_tags_with_the_default_marked() -> None:
+    from transferkit.weights import weight_tags
+
+    assert weight_tags("resnet18") == [("IMAGENET1K_V1", True)]
+    assert weight_tags("torchvision/resnet50") == [("IMAGENET1K_V1", False), ("IMAGENET1K_V2", True)]
+    timm_tags = dict(weight_tags("timm/resnet50"))
+    assert timm_tags["a1_in1k"] is True and sum(timm_tags.values()) == 1
+    with pytest.raises(ValueError, match="resnet18"):
+        weight_tags("resnet181")
+
+
+_TAG = re.compile(r"\b(?:[A-Z0-9]+_)+V\d+\b|\b(?:[a-z0-9]+_)*in(?:1|12|21|22)k(?:_[a-z0-9]+)*\b")
+_MODEL = re.compile(r"\b(?:(?:torchvision|timm)/)?[a-z][a-z0-9_]*\b")
+
+
+def _doc_tags() -> list[tuple[str, str, str | None]]:
+    """``(where, tag, model)`` for each weights tag in README.md and docs/*.md.
+
+    The model is the one a dotted timm name gives (``timm/resnet50.a1_in1k``), else the nearest backbone
+    named before the tag (within a few lines), else after it on the same line.
+    """
+    import torchvision.models as tvm
+
+    known = set(tvm.list_models(module=tvm)) | set(timm.list_models())
+    root = Path(__file__).resolve().parents[1]
+    found = []
+    for page in [root / "README.md", *sorted((root / "docs").glob("*.md"))]:
+        text = page.read_text()
+        for match in _TAG.finditer(text):
+            where = f"{page.name}:{text.count(chr(10), 0, match.start()) + 1}"
+            if text[match.start() - 1] == ".":  # timm's model.tag
+                model = re.findall(r"[\w/]+$", text[: match.start() - 1])[0]
+                found.append((where, match[0], model))
+                continue
+            line_end = text.find("\n", match.end())
+            before = [m[0] for m in _MODEL.finditer(text, max(0, match.start() - 300), match.start())]
+            after = [m[0] for m in _MODEL.finditer(text, match.end(), line_end)]
+            names = [n for n in before[::-1] + after if n.rpartition("/")[2] in known]
+            found.append((where, match[0], names[0] if names else None))
+    return found
+
+
+def test_every_weights_tag_the_docs_name_exists_for_its_model() -> None:
+    from transferkit.weights import weight_tags
+
+    tags = _doc_tags()
+    assert len(tags) >= 5, tags  # the pattern still finds the docs' tags
+    unnamed = [where for where, _, model in tags if model is None]
+    assert not unnamed, f"name the backbone next to these weights tags: {unnamed}"
+    wrong = [
+        f"{where}: {model} has no {tag!r} (it has {[t for t, _ in weight_tags(model)]})"
+        for where, tag, model in tags
+        if tag not in {t for t, _ in weight_tags(model)}
+    ]
+    assert not wrong, wrong

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -16,7 +17,10 @@ POLICIES: dict[str, dict[str, int]] = {
     "last_n": {"n": -1},
     "gradual": {"n": 0, "step": 1, "every": 1},
 }
-BN_MODES = ("frozen", "train")
+# frozen: norm layers of frozen blocks stay in eval mode; train: they update their statistics (fastai);
+# frozen_all: every backbone norm layer keeps its statistics and affine parameters, as torchvision's
+# detectors do with FrozenBatchNorm2d (detection's default with pretrained weights).
+BN_MODES = ("frozen", "train", "frozen_all")
 
 
 @dataclass
@@ -33,7 +37,7 @@ class FreezeState:
     @classmethod
     def make(cls, policy: str, num_blocks: int, bn: str, **args: int | None) -> FreezeState:
         """Validate a policy and its arguments against a backbone of ``num_blocks`` blocks."""
-        if policy not in POLICIES:
+        if not isinstance(policy, str) or policy not in POLICIES:
             raise ValueError(f"unknown freeze policy {policy!r}; valid policies: {', '.join(POLICIES)}")
         if bn not in BN_MODES:
             raise ValueError(f"bn must be one of {', '.join(BN_MODES)}, got {bn!r}")
@@ -71,8 +75,36 @@ class FreezeState:
             return int(self.n)
         return min(num_blocks, int(self.n) + int(self.step) * (self.epoch // int(self.every)))
 
+    def keeps_eval(self, block_trains: bool, norm: bool) -> bool:
+        """Whether a module of a block stays in eval mode through ``train()``.
+
+        Frozen blocks stay in eval mode (their norm layers too unless ``bn="train"``); under
+        ``bn="frozen_all"`` the norm layers of trainable blocks do as well.
+        """
+        if norm:
+            return self.bn == "frozen_all" or (self.bn == "frozen" and not block_trains)
+        return not block_trains
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, state: dict[str, Any], num_blocks: int) -> FreezeState:
+        """What `to_dict` returned, validated against a backbone of ``num_blocks`` blocks."""
+        state = dict(state)
+        unknown = sorted(set(state) - {"policy", "n", "step", "every", "bn", "epoch"})
+        if unknown:
+            raise ValueError(
+                f"not a freeze state: unexpected keys {', '.join(unknown)}; "
+                "pass what model.freeze_state() returned"
+            )
+        epoch = state.get("epoch", 0)
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+            raise ValueError(f"freeze state epoch must be an int >= 0, got {epoch!r}")
+        args = {k: state.get(k) for k in ("n", "step", "every")}
+        freeze = cls.make(state.get("policy", "none"), num_blocks, state.get("bn", "frozen"), **args)
+        freeze.epoch = epoch
+        return freeze
 
 
 def is_norm(module: nn.Module) -> bool:
@@ -126,12 +158,11 @@ def param_groups(
     """Optimizer groups for a TransferModel: per block (frozen ones too), neck, head; norm and bias
     parameters, learned tokens and position embeddings without weight decay. See
     `TransferModel.param_groups`."""
-    if layer_decay is not None and not 0.0 < layer_decay <= 1.0:
-        raise ValueError(f"layer_decay must be in (0, 1], got {layer_decay}")
-    if lr <= 0 or backbone_lr_mult < 0:
-        raise ValueError(
-            f"lr must be > 0 and backbone_lr_mult >= 0, got lr={lr}, backbone_lr_mult={backbone_lr_mult}"
-        )
+    _check_rate("lr", lr, "> 0", lambda v: v > 0)
+    if layer_decay is not None:
+        _check_rate("layer_decay", layer_decay, "in (0, 1]", lambda v: 0.0 < v <= 1.0)
+    _check_rate("backbone_lr_mult", backbone_lr_mult, ">= 0", lambda v: v >= 0)
+    _check_rate("weight_decay", weight_decay, ">= 0", lambda v: v >= 0)
     named = dict(model.backbone.named_parameters())
     blocks = model.backbone.blocks
     units = [(f"backbone.{b}", [(p, named[p]) for p in ps], i) for i, (b, ps) in enumerate(blocks.items())]
@@ -152,6 +183,13 @@ def param_groups(
         "each parameter in exactly one group"
     )
     return groups
+
+
+def _check_rate(name: str, value: Any, bound: str, within: Any) -> None:
+    """Raise ValueError unless ``value`` is a finite real number (not a bool) that is ``within`` bounds."""
+    real = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not real or not within(value):
+        raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
 
 
 # Learned embeddings and tokens (ViT, DeiT, Swin, ... in timm and torchvision), which weight decay would

@@ -21,6 +21,7 @@ __all__ = [
     "load_matching",
     "fetch_url",
     "fetch_hf",
+    "weight_tags",
 ]
 
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
@@ -51,15 +52,21 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: an unknown suffix, or a pickle that holds code (refused, never executed).
+        ValueError: an unknown suffix, a truncated or damaged file (a safetensors header that lies about
+            its tensors included), or a pickle that holds code (refused, never executed); the message
+            names the file, which is left as it is.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"weights file {str(path)!r} does not exist")
     if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return load_file(str(path), device="cpu")
+        try:
+            return load_file(str(path), device="cpu")
+        except (SafetensorError, OSError) as err:
+            raise ValueError(_damaged(path, err)) from None
     if path.suffix not in WEIGHT_SUFFIXES:
         raise ValueError(
             f"weights file {str(path)!r} has suffix {path.suffix!r}; "
@@ -67,12 +74,15 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
         )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
+    except pickle.UnpicklingError:
+        # torch's message advises turning weights_only off, which would run whatever code the file holds
         raise ValueError(
-            f"refusing to load {str(path)!r}: it is not a plain state_dict (loading it would run code "
-            f"from the file). Save weights with torch.save(model.state_dict(), path) or as .safetensors. "
-            f"Details: {str(err).splitlines()[0]}"
+            f"refusing to load {str(path)!r}: it is not a plain state_dict (it holds objects other than "
+            f"tensors and plain data, whose loading could run code from the file; nothing in it was run). "
+            f"Save weights with torch.save(model.state_dict(), path) or as .safetensors."
         ) from None
+    except Exception as err:  # random bytes fail deep in the unpickler (IndexError, EOFError, ...)
+        raise ValueError(_damaged(path, err)) from None
     for key in ("state_dict", "model", "state_dict_ema"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -80,6 +90,14 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"{str(path)!r} does not hold a state_dict (a dict of tensor names to tensors)")
     return state
+
+
+def _damaged(path: Path, err: Exception) -> str:
+    detail = " ".join(str(err).split()).split(". ")[0][:120]  # torch's first sentence says what broke
+    return (
+        f"cannot read weights file {str(path)!r}: it is truncated or damaged ({type(err).__name__}"
+        f"{': ' + detail if detail else ''}). The file was left as it is; download or save it again."
+    )
 
 
 def load_matching(
@@ -220,3 +238,37 @@ def is_weights_path(pretrained: Any) -> bool:
     return isinstance(pretrained, str) and (
         pretrained.endswith(WEIGHT_SUFFIXES) or os.sep in pretrained or Path(pretrained).is_file()
     )
+
+
+def weight_tags(backbone: str) -> list[tuple[str, bool]]:
+    """The pretrained weight tags a torchvision or timm backbone has, each with whether it is the default.
+
+    A tag is what ``pretrained=`` takes besides True, False and a path; the default is what True loads.
+
+    Raises:
+        ValueError: An unknown name (with the closest matches), or a registered backbone (its factory
+            decides what it loads).
+
+    Examples:
+        >>> weight_tags("resnet50")
+        [('IMAGENET1K_V1', False), ('IMAGENET1K_V2', True)]
+        >>> weight_tags("timm/resnet50")[:2]
+        [('a1_in1k', True), ('a1h_in1k', False)]
+    """
+    from .backbones import resolve_name  # the backbones import this module
+
+    name = resolve_name(backbone)
+    source, _, arch = name.partition("/")
+    if source == "torchvision":
+        import torchvision.models as tvm
+
+        enum = tvm.get_model_weights(arch)
+        return [(weights.name, weights is enum.DEFAULT) for weights in enum]
+    if source == "timm":
+        import timm
+
+        arch = arch.partition(".")[0]
+        default = getattr(timm.models.get_pretrained_cfg(arch), "tag", None)
+        tags = [full.partition(".")[2] for full in timm.list_pretrained(f"{arch}.*")]
+        return [(tag, tag == default) for tag in tags]
+    raise ValueError(f"{backbone!r} is a registered backbone: the weights it loads are up to its factory")

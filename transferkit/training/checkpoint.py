@@ -50,7 +50,13 @@ class CheckpointError(ValueError):
 
 
 def atomic_save(obj: Any, path: Path) -> None:
-    """Writes ``obj`` to a temp file, fsyncs, renames it over ``path``: readers see old or new, never half."""
+    """Writes ``obj`` to a temp file, fsyncs, renames it over ``path``: readers see old or new, never half.
+
+    Raises:
+        OSError: The file could not be written (a full disk, a file-size limit, no permission); the
+            message names ``path`` and what to do. ``path`` keeps its earlier content and the temp file
+            is removed.
+    """
     tmp = path.with_name(path.name + ".tmp")
     try:
         with open(tmp, "wb") as f:
@@ -58,15 +64,36 @@ def atomic_save(obj: Any, path: Path) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         tmp.unlink(missing_ok=True)
-        raise
+        cause = _os_error(err)  # torch's writer reports a failed write as a RuntimeError ("unexpected pos")
+        if cause is None:
+            raise
+        reason = cause.strerror or str(cause) or type(cause).__name__
+        message = (
+            f"could not write the checkpoint {path}: {reason}. Any earlier {path.name} there is intact "
+            f"(nothing was half-written); free disk space (or raise the file-size limit), or point "
+            f"checkpoint_dir= at a disk with room, then run again with resume=True."
+        )
+        raise (OSError(cause.errno, message) if cause.errno else OSError(message)) from err
     if os.name == "posix":  # make the rename itself durable
         fd = os.open(path.parent, os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def _os_error(err: BaseException) -> OSError | None:
+    """The OSError behind ``err`` (itself, or what it was raised from or while handling), if any."""
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        if isinstance(current, OSError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def read_checkpoint(path: Path, model: TransferModel, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
@@ -84,13 +111,13 @@ def read_checkpoint(path: Path, model: TransferModel, optimizer: torch.optim.Opt
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
-        # torch's own message advises weights_only=False, which would run whatever code the file holds
+        # torch's own message advises turning weights_only off, which would run whatever code the file holds
         raise CheckpointError(
             f"cannot resume from {path}: it holds objects other than tensors and plain data, which a "
             f"transferkit checkpoint never does (nothing in it was run). The file was left as it is; "
             f"{_MOVE_AWAY}."
         ) from None
-    except (OSError, RuntimeError, EOFError, ValueError) as err:
+    except Exception as err:  # random bytes fail deep in the unpickler (IndexError, KeyError, EOFError, ...)
         raise CheckpointError(
             f"cannot resume from {path}: the file is truncated or damaged ({type(err).__name__}). "
             f"The file was left as it is; {_MOVE_AWAY}."
@@ -104,8 +131,36 @@ def read_checkpoint(path: Path, model: TransferModel, optimizer: torch.optim.Opt
             f"{', '.join(missing)}). "
             f"The file was left as it is; {_MOVE_AWAY}."
         )
+    wrong = [key for key, ok in _ENTRY_CHECKS.items() if not ok(ckpt[key])]
+    if wrong:
+        entries = f"{', '.join(wrong)} {'entry is' if len(wrong) == 1 else 'entries are'}"
+        raise CheckpointError(
+            f"cannot resume from {path}: its {entries} not what a transferkit Trainer writes (the file is "
+            f"damaged or was made by other code). The file was left as it is; {_MOVE_AWAY}."
+        )
     _check_fits(path, ckpt, model, optimizer)
     return ckpt
+
+
+def _is_optimizer_state(value: Any) -> bool:
+    groups = value.get("param_groups") if isinstance(value, dict) else None
+    return isinstance(groups, list) and all(
+        isinstance(g, dict) and isinstance(g.get("params"), list) for g in groups
+    )
+
+
+# What each entry of a checkpoint is when the Trainer wrote it; anything else is refused before use.
+_ENTRY_CHECKS = {
+    "epoch": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+    "model": lambda v: isinstance(v, dict) and all(isinstance(t, Tensor) for t in v.values()),
+    "optimizer": _is_optimizer_state,
+    "scheduler": lambda v: isinstance(v, dict),
+    "scaler": lambda v: isinstance(v, dict),
+    "freeze": lambda v: isinstance(v, dict),
+    "history": lambda v: isinstance(v, list) and all(isinstance(row, dict) for row in v),
+    "best": lambda v: isinstance(v, dict),
+    "rng": lambda v: isinstance(v, dict) and {"torch", "cuda", "python", "numpy", "loader"} <= set(v),
+}
 
 
 def _check_fits(
