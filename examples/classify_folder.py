@@ -12,8 +12,9 @@ Any class names and any number of classes work. The tutorial's two variants are 
     python examples/classify_folder.py --data hymenoptera_data --freeze none   # fine-tune everything
     python examples/classify_folder.py --data hymenoptera_data --freeze all    # fixed feature extractor
 
-The model, its class names and the training history are written to ``--out`` (``runs/ants_bees``);
-``transferkit.load_model(out)`` loads the model back. Without the data or a network, try it on a small
+The model (its class names included: ``model.classes``) and the training history are written to ``--out``
+(``runs/ants_bees``); ``transferkit.load_model(out)`` loads the model back, and ``transferkit eval`` and
+``transferkit predict`` read it by name. Without the data or a network, try it on a small
 generated set of shapes:
 
     python examples/classify_folder.py --synthetic --pretrained false --epochs 3 --image-size 64
@@ -84,7 +85,7 @@ def train(args: argparse.Namespace, data: Path) -> dict[str, Any]:
         (``{"loss", "acc"}``), the ``classes`` and the output folder ``out``.
     """
     classes = sorted(p.name for p in (data / "train").iterdir() if p.is_dir() and not p.name.startswith("."))
-    model = build_model(args.backbone, num_classes=len(classes), pretrained=args.pretrained)
+    model = build_model(args.backbone, num_classes=len(classes), pretrained=args.pretrained, classes=classes)
     model.freeze(**args.freeze)
     print(model.freeze_summary())
 
@@ -95,16 +96,15 @@ def train(args: argparse.Namespace, data: Path) -> dict[str, Any]:
     trainer = Trainer(model, epochs=args.epochs, lr=args.lr)
     history = trainer.fit(loaders)  # ends with the weights of the epoch with the lowest val loss
     best = min(history, key=lambda row: row["val_loss"])
-    print(f"best epoch {best['epoch']}: val loss {best['val_loss']:.4f}, val acc {best['val_acc']:.3f}")
+    print(f"best epoch {best['epoch'] + 1}: val loss {best['val_loss']:.4f}, val acc {best['val_acc']:.3f}")
 
-    model.save(args.out)  # config.json + model.safetensors
-    (args.out / "classes.json").write_text(json.dumps(classes))
+    model.save(args.out)  # config.json (with the class names) + model.safetensors
     (args.out / "history.json").write_text(json.dumps(history, indent=1))
 
     reloaded = load_model(args.out)
     metrics = Trainer(reloaded, progress=False).evaluate(loaders["val"])
     logits = Trainer(reloaded, progress=False).predict(loaders["val"])
-    guesses = [classes[i] for i in logits.argmax(dim=1)[:8].tolist()]
+    guesses = [reloaded.classes[i] for i in logits.argmax(dim=1)[:8].tolist()]
     print(f"saved to {args.out}; reloaded: val acc {metrics['acc']:.3f}; first predictions: {guesses}")
     return {"history": history, "metrics": metrics, "classes": classes, "out": args.out}
 

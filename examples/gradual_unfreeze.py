@@ -75,7 +75,7 @@ def train(args: argparse.Namespace, data: Path) -> dict[str, Any]:
     for row in history:
         newest = model.blocks[-row["trainable_blocks"]] if row["trainable_blocks"] else "(head only)"
         print(
-            f"epoch {row['epoch']}: {row['trainable_blocks']}/{len(model.blocks)} blocks trained "
+            f"epoch {row['epoch'] + 1}: {row['trainable_blocks']}/{len(model.blocks)} blocks trained "
             f"(down to {newest}), val acc {row['val_acc']:.3f}"
         )
     model.save(args.out)

@@ -12,7 +12,7 @@ from torch import nn
 from torchvision.transforms import InterpolationMode, v2
 
 import transferkit.data
-import transferkit.data.folders
+import transferkit.data.loaders
 import transferkit.data.synthetic
 import transferkit.data.transforms
 from transferkit.data import (
@@ -63,7 +63,7 @@ def copy_tree(src: Path, dst: Path) -> Path:
 
 @pytest.mark.parametrize(
     "module",
-    [transferkit.data, transferkit.data.transforms, transferkit.data.folders, transferkit.data.synthetic],
+    [transferkit.data, transferkit.data.transforms, transferkit.data.loaders, transferkit.data.synthetic],
     ids=lambda m: m.__name__,
 )
 def test_doctests_hold(module):

@@ -168,7 +168,7 @@ def test_show_predictions_rejects_bad_arguments() -> None:
 
 def test_missing_matplotlib_names_the_install_command(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "matplotlib", None)
-    with pytest.raises(ImportError, match=r'pip install -e "\.\[plots\]"'):
+    with pytest.raises(ImportError, match="pip install matplotlib"):  # a dependency: only a broken install
         plot_history(_history([1]))
     with pytest.raises(ImportError, match="matplotlib"):
         show_predictions(Constant([0.0, 1.0]), [torch.zeros(1, 3, 8, 8)])

@@ -365,7 +365,7 @@ def test_out_of_range_class_raises_before_the_step() -> None:
     labels = labels.clone()
     labels[11] = 3  # batch 1 of 2, num_classes is 3
     initial = _state(model)
-    with pytest.raises(ValueError, match=r"target value 3 at epoch 0, step 1 .*\[0, 3\)"):
+    with pytest.raises(ValueError, match=r"target value 3 at epoch 1, batch 2 .*\[0, 3\)"):
         Trainer(model, epochs=2, progress=False).fit(_loader(TensorDataset(images, labels)))
     _assert_same_state(_state(model), initial)
 
@@ -377,7 +377,7 @@ def test_bad_mask_value_raises_but_255_is_allowed(bad: int) -> None:
     masks[0, 0, :5] = 255
     Trainer(_segmenter(), epochs=1, progress=False).fit(_loader(TensorDataset(images, masks), 2))
     masks[1, 3, 3] = bad
-    with pytest.raises(ValueError, match=f"target value {bad} at epoch 0, step 0"):
+    with pytest.raises(ValueError, match=f"target value {bad} at epoch 1, batch 1"):
         Trainer(_segmenter(), epochs=1, progress=False).fit(_loader(TensorDataset(images, masks), 2))
 
 
@@ -390,7 +390,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_epoch() -> None:
         return value * math.nan if (trainer.epoch, trainer.step) == (1, 1) else value
 
     trainer = Trainer(model, epochs=3, loss=loss, progress=False, callbacks=[recorder])
-    with pytest.raises(FloatingPointError, match="epoch 1, step 1"):
+    with pytest.raises(FloatingPointError, match="epoch 2, batch 2"):  # trainer.epoch 1, step 1
         trainer.fit(_loader(_shapes(16)))
     assert len(recorder.states) == 1
     _assert_same_state(_state(model), recorder.states[0])

@@ -15,21 +15,59 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, IterableDataset, RandomSampler
 
-__all__ = ["PRECISIONS", "init_distributed", "resolve_device", "resolve_precision", "shard_loader", "wrap"]
+__all__ = [
+    "PRECISIONS",
+    "available_devices",
+    "init_distributed",
+    "resolve_device",
+    "resolve_precision",
+    "shard_loader",
+    "wrap",
+]
 
 PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 _LOADER_ARGS = ("batch_size", "num_workers", "collate_fn", "pin_memory", "drop_last", "timeout")
 _LOADER_ARGS += ("worker_init_fn", "generator", "prefetch_factor", "persistent_workers")
 
 
+def available_devices() -> list[str]:
+    """The devices this machine can train on, e.g. ``['cuda:0', 'cpu']``."""
+    cuda = [f"cuda:{i}" for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    return [*cuda, *(["mps"] if torch.backends.mps.is_available() else []), "cpu"]
+
+
 def resolve_device(device: str | torch.device, local_rank: int) -> torch.device:
-    """``"auto"``: CUDA (this process's GPU under torchrun), then MPS, then the CPU."""
+    """``"auto"``: CUDA (this process's GPU under torchrun), then MPS, then the CPU.
+
+    Raises:
+        ValueError: Not a device name, or a device this machine lacks (the message names those it has).
+    """
     if device == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda", local_rank)
         return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
-    device = torch.device(device)
-    return torch.device("cuda", local_rank) if device.type == "cuda" and device.index is None else device
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"unknown device {device!r}; use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'") from None
+    if resolved.type == "cuda" and resolved.index is None:
+        resolved = torch.device("cuda", local_rank)
+    missing = {
+        "cuda": not torch.cuda.is_available() or (resolved.index or 0) >= torch.cuda.device_count(),
+        "mps": not torch.backends.mps.is_available(),
+    }.get(resolved.type, False)
+    if missing:
+        if resolved.type == "mps":
+            reason = "MPS needs an Apple GPU and a PyTorch built for it"
+        elif torch.cuda.is_available():
+            reason = f"it has {torch.cuda.device_count()} GPU(s), numbered from 0"
+        else:
+            reason = "this PyTorch has no CUDA support" if torch.version.cuda is None else "no GPU is visible"
+        raise ValueError(
+            f"device {str(device)!r} is not available here ({reason}); this machine has "
+            f"{', '.join(available_devices())}. Pass device='auto' (--device auto) to use the best of them."
+        )
+    return resolved
 
 
 def init_distributed(device: torch.device) -> tuple[int, int]:

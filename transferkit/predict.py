@@ -1,0 +1,142 @@
+"""``model.predict``: what a trained model says about a few images, in one call.
+
+Images may be files, PIL images or tensors; each is preprocessed with the evaluation transform of the
+model's task (the backbone's ``data_config``: resize, crop, normalise), run through the model in eval
+mode without gradients on the model's device, and turned into an answer by the task: for
+classification the top classes by name with their probabilities, for segmentation a mask of class
+indices at the image's own size.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from PIL import Image
+from torch import Tensor
+from torchvision.transforms.v2 import functional as TF
+
+from .tasks import Task, get_task
+
+if TYPE_CHECKING:
+    from .model import TransferModel
+
+__all__ = ["ImageInput", "predict_images", "read_image"]
+
+ImageInput = str | os.PathLike | Image.Image | Tensor  # one image, as `predict_images` takes it
+
+
+def read_image(path: str | os.PathLike[str]) -> Image.Image:
+    """The image file at ``path`` as RGB; an unreadable file raises `OSError` naming it.
+
+    Examples:
+        >>> read_image("bee.jpg").mode  # doctest: +SKIP
+        'RGB'
+    """
+    try:
+        with Image.open(path) as file:
+            return file.convert("RGB")
+    # PIL reports broken files as OSError, SyntaxError (PNG chunks) or ValueError depending on the codec.
+    except (OSError, SyntaxError, ValueError) as err:
+        raise OSError(f"cannot read image {path}: {err}") from err
+
+
+def _as_input(image: Any, transform: Any, index: int) -> tuple[Tensor, tuple[int, int]]:
+    """One image as the model's input ``[C, H, W]`` and the size its answer refers to ``(H, W)``."""
+    if isinstance(image, (str, os.PathLike)):
+        image = read_image(Path(image))
+    if isinstance(image, Tensor) and image.dtype == torch.uint8 and image.ndim == 3:
+        image = TF.to_pil_image(image)  # a raw image: it gets the preprocessing like a file would
+    if isinstance(image, Image.Image):
+        return transform(image.convert("RGB")), (image.height, image.width)
+    if isinstance(image, Tensor) and image.ndim == 3 and image.is_floating_point():
+        return image, (int(image.shape[-2]), int(image.shape[-1]))  # already preprocessed
+    if isinstance(image, Tensor):
+        what = f"a {image.dtype} tensor {list(image.shape)}"
+    else:
+        what = f"of type {type(image).__name__}"
+    raise TypeError(
+        f"image {index} is {what}; predict takes a file path, a PIL image, a uint8 image tensor "
+        "[3, H, W], or a preprocessed float tensor [C, H, W] / [N, C, H, W] (or a list of these)"
+    )
+
+
+def predict_images(
+    model: TransferModel,
+    images: ImageInput | Sequence[ImageInput],
+    *,
+    top_k: int = 5,
+    image_size: int | None = None,
+    batch_size: int = 32,
+) -> Any:
+    """Predict images with ``model``; what ``model.predict`` calls.
+
+    Args:
+        model: A trained model; ``model.classes`` names its outputs.
+        images: A path, a PIL image, a uint8 image tensor ``[3, H, W]`` (these three are preprocessed
+            with the task's evaluation transform), a float tensor ``[C, H, W]`` already preprocessed, a
+            float batch ``[N, C, H, W]``, or a list of any of these.
+        top_k: Classes per image (classification), at most ``num_classes``.
+        image_size: The square side the model was trained at, when not its ``data_config``'s.
+        batch_size: Images per forward pass.
+
+    Returns:
+        For one image, its answer; for a list or a batch, a list of answers in order. Classification:
+        ``[(class name, probability), ...]``, the ``top_k`` most likely first. Segmentation: the mask
+        ``[H, W]`` of class indices (int64) at the image's own size (for tensors, the tensor's size).
+        Detection: ``{"boxes" [D, 4], "scores" [D], "labels" [D]}``, boxes ``xyxy`` in the image's own
+        pixels, best first (``top_k`` does not apply).
+
+    Raises:
+        OSError: A file cannot be read (the message names it).
+        TypeError: An input of another kind.
+
+    Examples:
+        >>> model = build_model("resnet18", num_classes=2, classes=["ants", "bees"], pretrained=False)
+        >>> model.predict(Image.new("RGB", (64, 48)), top_k=2)  # doctest: +SKIP
+        [('bees', 0.5274), ('ants', 0.4726)]
+        >>> [len(answer) for answer in model.predict(torch.randn(3, 3, 64, 64), top_k=1)]
+        [1, 1, 1]
+    """
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+        raise ValueError(f"top_k must be an int >= 1, got {top_k!r}")
+    single = not isinstance(images, (list, tuple)) and not (isinstance(images, Tensor) and images.ndim == 4)
+    items = [images] if single else list(images)
+    if not items:
+        raise ValueError("predict got no images; pass a path, a PIL image, a tensor or a list of them")
+    task = get_task(model.task)
+    transform = task.image_transform(model, image_size)
+    inputs, sizes = zip(*(_as_input(image, transform, i) for i, image in enumerate(items)), strict=True)
+    outputs = _forward(model, task, list(inputs), batch_size)
+    classes = model.classes
+    answers = [
+        task.prediction(out, classes, top_k, size, tuple(x.shape[-2:]))
+        for out, size, x in zip(outputs, sizes, inputs, strict=True)
+    ]
+    return answers[0] if single else answers
+
+
+@torch.no_grad()
+def _forward(model: TransferModel, task: Task, inputs: list[Tensor], batch_size: int) -> list[Any]:
+    """The model's output for each input, in eval mode on its device; inputs of one shape share batches."""
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    by_shape: dict[tuple[int, ...], list[int]] = {}
+    for i, x in enumerate(inputs):
+        by_shape.setdefault(tuple(x.shape), []).append(i)
+    outputs: list[Any] = [None] * len(inputs)
+    was_training = model.training
+    model.eval()
+    try:
+        for indices in by_shape.values():
+            for start in range(0, len(indices), batch_size):
+                chunk = indices[start : start + batch_size]
+                batch = torch.stack([inputs[i] for i in chunk]).to(device)
+                for i, out in zip(chunk, task.float_outputs(model(batch), torch.device("cpu")), strict=True):
+                    outputs[i] = out
+    finally:
+        model.train(was_training)
+    return outputs
