@@ -1,4 +1,4 @@
-"""Folder datasets and their loaders: classification class folders and segmentation image/mask folders.
+"""Folder datasets: classification class folders and segmentation image/mask folders.
 
 Two layouts are read:
 
@@ -13,24 +13,22 @@ Errors name the offending file or folder, and the expected layout when the folde
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-from PIL import Image
-from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
+import numpy as np
+from PIL import Image, ImageOps
+from torch import Tensor
+from torch.utils.data import Dataset
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from .transforms import DEFAULT_DATA_CONFIG, JointTransform, build_segmentation_transforms, build_transforms
+from .transforms import JointTransform
 
 __all__ = [
     "ClassFolder",
     "SegmentationFolder",
-    "image_folder_loaders",
-    "segmentation_folder_loaders",
 ]
 
 _CLASSIFICATION_LAYOUT = "root/train/<class>/*.jpg (and optionally root/val/<class>/*.jpg)"
@@ -40,10 +38,27 @@ _SEGMENTATION_LAYOUT = "root/train/images/<stem>.jpg + root/train/masks/<stem>.p
 # --------------------------------------------------------------------------- image files
 
 
+_WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")  # 16-bit (and 32-bit int) single-channel images
+
+
 def _load_rgb(path: str | Path) -> Image.Image:
+    """The image at ``path`` as 8-bit RGB, turned upright as its EXIF orientation says (as viewers show it).
+
+    16-bit images are scaled to 8 bits (PIL's own conversion would clip everything above 255 to white).
+    PIL's decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``) stays in force.
+    """
     try:
         with Image.open(path) as image:
+            ImageOps.exif_transpose(image, in_place=True)
+            if image.mode in _WIDE_MODES:
+                pixels = np.clip(np.asarray(image, dtype=np.int64), 0, 65535) >> 8
+                return Image.fromarray(pixels.astype(np.uint8)).convert("RGB")
             return image.convert("RGB")
+    except Image.DecompressionBombError as err:
+        raise OSError(
+            f"cannot read image file {path}: {err} PIL refuses images this large "
+            "(PIL.Image.MAX_IMAGE_PIXELS); downscale the file, or raise that limit if you trust it."
+        ) from err
     # PIL reports broken files as OSError, SyntaxError (PNG chunks) or ValueError depending on the codec.
     except (OSError, SyntaxError, ValueError) as err:
         raise OSError(f"cannot read image file {path}: {err}. Replace or delete the file.") from err
@@ -204,161 +219,3 @@ def _files_by_stem(folder: Path) -> dict[str, Path]:
 
 
 # --------------------------------------------------------------------------- loaders
-
-
-def _pick_data_config(model: nn.Module | None, data_config: Mapping[str, Any] | None) -> Mapping[str, Any]:
-    if model is not None and data_config is not None:
-        raise ValueError("pass either model or data_config, not both (model.data_config is used).")
-    if model is not None:
-        if not hasattr(model, "data_config"):
-            raise TypeError(
-                f"{type(model).__name__} has no data_config; pass a TransferModel or data_config."
-            )
-        return model.data_config
-    return DEFAULT_DATA_CONFIG if data_config is None else data_config
-
-
-def _loader(dataset: Dataset, *, train: bool, batch_size: int, num_workers: int, seed: int) -> DataLoader:
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=train,
-        generator=torch.Generator().manual_seed(seed) if train else None,
-        num_workers=num_workers,
-        pin_memory=torch.cuda.is_available(),
-        persistent_workers=num_workers > 0,
-    )
-
-
-def image_folder_loaders(
-    root: str | Path,
-    model: nn.Module | None = None,
-    *,
-    data_config: Mapping[str, Any] | None = None,
-    batch_size: int = 32,
-    image_size: int | None = None,
-    num_workers: int = 0,
-    seed: int = 0,
-    augment: bool = True,
-) -> dict[str, DataLoader]:
-    """Loaders for a classification image folder (``root/train/<class>/*``, optional ``root/val``).
-
-    Transforms follow ``model.data_config`` (or ``data_config``; ImageNet defaults when neither is
-    given): augmenting for train (unless ``augment=False``), deterministic for val. The train loader
-    shuffles with a generator seeded by ``seed``; val keeps file order. Class indices come from the
-    train split's sorted folder names, and val reuses them (a val split may lack a class, but may not
-    add one).
-
-    Args:
-        root: Dataset root.
-        model: A ``TransferModel`` whose ``data_config`` sets size, mean, std and interpolation.
-        data_config: Preprocessing config to use instead of a model's.
-        batch_size: Samples per batch.
-        image_size: Square side overriding the config's input size.
-        num_workers: DataLoader worker processes.
-        seed: Seed of the train shuffling order.
-        augment: False gives the train split the deterministic evaluation transforms, as
-            ``Trainer(cache_features=True)`` needs.
-
-    Returns:
-        ``{"train": loader}`` plus ``"val"`` when ``root/val`` exists; each batch is
-        ``(images [B, 3, H, W] float, labels [B] long)``; names are in ``loader.dataset.classes``.
-
-    Raises:
-        FileNotFoundError: If ``root/train`` is missing.
-        ValueError: If a class folder holds no images, or val has a class that train lacks.
-        OSError: While iterating, for an unreadable image (the message names the file).
-
-    Examples:
-        >>> import tempfile
-        >>> from transferkit.data import make_shapes_folder
-        >>> tmp = tempfile.TemporaryDirectory()
-        >>> root = make_shapes_folder(tmp.name, num_classes=3, per_class={"train": 4, "val": 2})
-        >>> loaders = image_folder_loaders(root, data_config=DEFAULT_DATA_CONFIG, batch_size=8)
-        >>> images, labels = next(iter(loaders["train"]))
-        >>> images.shape, labels.shape
-        (torch.Size([8, 3, 224, 224]), torch.Size([8]))
-        >>> loaders["val"].dataset.classes
-        ['circle', 'square', 'triangle']
-    """
-    root = Path(root)
-    config = _pick_data_config(model, data_config)
-    train_dir = _require_dir(root / "train", _CLASSIFICATION_LAYOUT)
-    datasets = {"train": ClassFolder(train_dir, build_transforms(config, augment, image_size))}
-    if (root / "val").is_dir():
-        val_transform = build_transforms(config, False, image_size)
-        datasets["val"] = ClassFolder(root / "val", val_transform, classes=datasets["train"].classes)
-    return {
-        split: _loader(ds, train=split == "train", batch_size=batch_size, num_workers=num_workers, seed=seed)
-        for split, ds in datasets.items()
-    }
-
-
-def _read_classes(path: Path) -> list[str] | None:
-    if not path.is_file():
-        return None
-    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
-
-
-def segmentation_folder_loaders(
-    root: str | Path,
-    model: nn.Module | None = None,
-    *,
-    data_config: Mapping[str, Any] | None = None,
-    batch_size: int = 8,
-    image_size: int | None = None,
-    num_workers: int = 0,
-    seed: int = 0,
-    augment: bool = True,
-) -> dict[str, DataLoader]:
-    """Loaders for a segmentation folder (``root/{train,val}/images/*`` + ``masks/*.png``).
-
-    The train split gets joint random crop and flip (unless ``augment=False``), val a plain resize (see
-    ``build_segmentation_transforms``). Class names are read from ``root/classes.txt`` when present.
-
-    Args:
-        root: Dataset root.
-        model: A ``TransferModel`` whose ``data_config`` sets size, mean, std and interpolation.
-        data_config: Preprocessing config to use instead of a model's.
-        batch_size: Samples per batch.
-        image_size: Square side overriding the config's input size.
-        num_workers: DataLoader worker processes.
-        seed: Seed of the train shuffling order.
-        augment: False gives the train split val's plain resize, as ``Trainer(cache_features=True)``
-            needs.
-
-    Returns:
-        ``{"train": loader}`` plus ``"val"`` when ``root/val`` exists; each batch is
-        ``(images [B, 3, H, W] float, masks [B, H, W] long)`` with 255 marking ignored pixels.
-
-    Raises:
-        FileNotFoundError: If ``root/train``, ``images/`` or ``masks/`` is missing.
-        ValueError: If an image has no mask (or a mask no image), or a folder holds no images.
-        OSError: While iterating, for an unreadable image or mask (the message names the file).
-
-    Examples:
-        >>> import tempfile
-        >>> from transferkit.data import make_shapes_segmentation_folder
-        >>> tmp = tempfile.TemporaryDirectory()
-        >>> root = make_shapes_segmentation_folder(tmp.name, per_split={"train": 8, "val": 4})
-        >>> loaders = segmentation_folder_loaders(root, batch_size=4, image_size=64)
-        >>> images, masks = next(iter(loaders["train"]))
-        >>> images.shape, masks.shape, masks.dtype
-        (torch.Size([4, 3, 64, 64]), torch.Size([4, 64, 64]), torch.int64)
-        >>> loaders["train"].dataset.classes
-        ['background', 'circle', 'square', 'triangle']
-    """
-    root = Path(root)
-    config = _pick_data_config(model, data_config)
-    _require_dir(root / "train", _SEGMENTATION_LAYOUT)
-    classes = _read_classes(root / "classes.txt")
-    loaders = {}
-    for split in ("train", "val"):
-        if not (root / split).is_dir():
-            continue
-        transform = build_segmentation_transforms(config, augment and split == "train", image_size)
-        dataset = SegmentationFolder(root / split, transform, classes=classes)
-        loaders[split] = _loader(
-            dataset, train=split == "train", batch_size=batch_size, num_workers=num_workers, seed=seed
-        )
-    return loaders

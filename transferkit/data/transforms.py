@@ -9,7 +9,7 @@ and flips both alike.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -19,6 +19,8 @@ from torch import Tensor
 from torchvision import tv_tensors
 from torchvision.transforms import InterpolationMode, v2
 from torchvision.transforms.v2 import functional as TF
+
+from .augment import parse_augment, policy_steps
 
 __all__ = [
     "DEFAULT_DATA_CONFIG",
@@ -43,6 +45,7 @@ JointTransform = Callable[[Image.Image, Image.Image], ImagePair]
 
 
 class _Preprocess(NamedTuple):
+    channels: int
     size: tuple[int, int]
     mean: tuple[float, ...]
     std: tuple[float, ...]
@@ -72,12 +75,33 @@ def _resolve_preprocess(data_config: Mapping[str, Any], image_size: int | None) 
     crop_pct = float(data_config.get("crop_pct", 0.875))
     if not 0.0 < crop_pct <= 1.0:
         raise ValueError(f"crop_pct must be in (0, 1], got {crop_pct}.")
-    mean, std = tuple(data_config["mean"]), tuple(data_config["std"])
-    return _Preprocess((height, width), mean, std, interpolation, crop_pct)
+    input_size = tuple(data_config["input_size"])
+    channels = int(input_size[0]) if len(input_size) == 3 else 3
+    if channels not in (1, 3):
+        raise ValueError(
+            f"data_config input_size {input_size} asks for {channels} channels; image files give 1 "
+            "(grayscale) or 3 (RGB). For other channel counts, write a Dataset that returns such tensors."
+        )
+    mean = _per_channel(tuple(data_config["mean"]), channels, "mean")
+    std = _per_channel(tuple(data_config["std"]), channels, "std")
+    return _Preprocess(channels, (height, width), mean, std, interpolation, crop_pct)
+
+
+def _per_channel(values: tuple[float, ...], channels: int, name: str) -> tuple[float, ...]:
+    """``mean`` or ``std`` for ``channels``: RGB statistics average into one grey value (``in_chans=1``)."""
+    if len(values) == channels:
+        return values
+    if len(values) == 3 and channels == 1:
+        return (sum(values) / 3,)
+    if len(values) == 1:
+        return values * channels
+    raise ValueError(f"data_config {name} has {len(values)} values for {channels} channels")
 
 
 def _tensor_steps(pre: _Preprocess) -> list[v2.Transform]:
-    return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(pre.mean, pre.std), v2.ToPureTensor()]
+    # A 1-channel model (in_chans=1) sees grey images, whatever the files hold.
+    grey = [v2.Grayscale(num_output_channels=1)] if pre.channels == 1 else []
+    return [*grey, v2.ToDtype(torch.float32, scale=True), v2.Normalize(pre.mean, pre.std), v2.ToPureTensor()]
 
 
 def build_transforms(
@@ -86,11 +110,13 @@ def build_transforms(
     image_size: int | None = None,
     *,
     crop_scale: tuple[float, float] = (0.35, 1.0),
+    augment: bool | str | Sequence[str] = "light",
 ) -> v2.Compose:
     """Classification transforms matching a backbone's pretrained preprocessing.
 
-    Train: random resized crop to the input size, horizontal flip, normalisation. Eval: resize the
-    shorter side to ``size / crop_pct``, centre crop to the input size, normalisation.
+    Train: random resized crop to the input size, horizontal flip, the policies ``augment`` names,
+    normalisation. Eval: resize the shorter side to ``size / crop_pct``, centre crop to the input size,
+    normalisation.
 
     Args:
         data_config: The backbone's ``model.data_config`` (``input_size``, ``mean``, ``std`` and
@@ -99,6 +125,9 @@ def build_transforms(
         image_size: Square side that overrides ``input_size``.
         crop_scale: Area range of the random crop. Milder than ImageNet's (0.08, 1.0) because transfer
             sets are small and their objects tend to fill the frame.
+        augment: With ``train``: ``"light"`` (crop and flip), ``"none"``, or policies on top of light
+            (``"randaugment"``, ``"trivialaugment"``, ``"autoaugment"``, ``"randomerasing"``, joined
+            with ``+``); see `transferkit.data.augment`.
 
     Returns:
         A ``v2.Compose`` that maps a PIL image (or uint8 tensor) to a float tensor ``[3, H, W]``.
@@ -109,10 +138,13 @@ def build_transforms(
         torch.Size([3, 64, 64])
     """
     pre = _resolve_preprocess(data_config, image_size)
-    if train:
+    names = parse_augment(augment) if train else ("none",)
+    policies, erasing = policy_steps(names)
+    if names != ("none",):
         geometry = [
             v2.RandomResizedCrop(pre.size, scale=crop_scale, interpolation=pre.interpolation, antialias=True),
             v2.RandomHorizontalFlip(),
+            *policies,
         ]
     else:
         height, width = pre.size
@@ -126,7 +158,7 @@ def build_transforms(
             v2.Resize(resize, interpolation=pre.interpolation, antialias=True),
             v2.CenterCrop(pre.size),
         ]
-    return v2.Compose([v2.ToImage(), *geometry, *_tensor_steps(pre)])
+    return v2.Compose([v2.ToImage(), *geometry, *_tensor_steps(pre), *erasing])
 
 
 class _PairTransform:

@@ -6,11 +6,13 @@
 - `optim`: optimizers and schedules by name.
 - `cache`, `feature_cache`, `cacheable`: the frozen prefix's feature cache (``cache_features=True``).
 - `loaders`: what ``fit`` accepts as loaders.
+- `callbacks`: the callback protocol, `CSVLogger` and `TensorBoard`.
 """
 
 from __future__ import annotations
 
+from .callbacks import CSVLogger, TensorBoard
 from .checkpoint import CheckpointError
 from .trainer import Trainer
 
-__all__ = ["CheckpointError", "Trainer"]
+__all__ = ["CSVLogger", "CheckpointError", "TensorBoard", "Trainer"]

@@ -1,11 +1,18 @@
-"""Callbacks: objects with any of the Trainer's event methods, each called with the trainer."""
+"""Callbacks: objects with any of the Trainer's event methods, each called with the trainer.
+
+`CSVLogger` and `TensorBoard` are the two that ship: the history as a CSV file written as training goes,
+and the same values (plus the step loss) as TensorBoard scalars.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import csv
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
-__all__ = ["EVENTS", "Callbacks"]
+__all__ = ["EVENTS", "CSVLogger", "Callbacks", "TensorBoard", "read_history_csv", "write_history_csv"]
 
 EVENTS = ("on_fit_start", "on_epoch_start", "on_batch_end", "on_epoch_end", "on_fit_end")
 
@@ -35,3 +42,107 @@ class Callbacks:
             handler = getattr(cb, event, None)
             if handler is not None:
                 handler(trainer)
+
+
+class CSVLogger:
+    """Writes the history to a CSV file as it goes: one row per epoch, rewritten whole after each.
+
+    A rewrite (to a temporary file, then a rename) keeps the file complete at every moment and lets
+    the columns grow when a later epoch adds a key.
+
+    Args:
+        path: The CSV file (parent folders are created).
+
+    Examples:
+        >>> logger = CSVLogger("runs/ab/history.csv")
+        >>> Trainer(model, epochs=3, callbacks=[logger]).fit(loaders)  # doctest: +SKIP
+        >>> Path("runs/ab/history.csv").read_text().splitlines()[0]  # doctest: +SKIP
+        'epoch,lr,trainable_blocks,train_loss,val_loss,val_acc,seconds'
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+
+    def on_epoch_end(self, trainer: Any) -> None:
+        if trainer.is_main:
+            write_history_csv(trainer.history, self.path)
+
+
+def write_history_csv(history: Sequence[Mapping[str, Any]], path: str | os.PathLike[str]) -> Path:
+    """Writes ``history`` (a list of dicts) to ``path`` as CSV, atomically; columns in first-seen order."""
+    path = Path(path)
+    columns = list(dict.fromkeys(key for row in history for key in row))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(history)
+    os.replace(tmp, path)
+    return path
+
+
+def read_history_csv(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The rows of a history CSV, numbers parsed back (ints stay ints); empty cells are left out."""
+    with open(path, newline="") as f:
+        return [{k: _number(v) for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
+
+
+def _number(text: str) -> int | float | str:
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+class TensorBoard:
+    """Logs every epoch's history values (and the training loss every ``log_every`` steps) to TensorBoard.
+
+    Needs the ``tensorboard`` package (``pip install tensorboard``). Only rank 0 writes.
+
+    Args:
+        log_dir: The event files' folder; view it with ``tensorboard --logdir LOG_DIR``.
+        log_every: Training steps between loss points (0: epochs only).
+
+    Raises:
+        ImportError: tensorboard is not installed (the message gives the install command).
+    """
+
+    def __init__(self, log_dir: str | os.PathLike[str], log_every: int = 50) -> None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as err:
+            raise ImportError("the TensorBoard callback needs tensorboard: pip install tensorboard") from err
+        if log_every < 0:
+            raise ValueError(f"log_every must be >= 0, got {log_every}")
+        self.log_dir, self.log_every = Path(log_dir), log_every
+        self._writer_class = SummaryWriter
+        self._writer: Any = None
+        self._steps = 0
+
+    def _open(self) -> Any:
+        if self._writer is None:
+            self._writer = self._writer_class(log_dir=str(self.log_dir))
+        return self._writer
+
+    def on_batch_end(self, trainer: Any) -> None:
+        self._steps += 1
+        if trainer.is_main and self.log_every and self._steps % self.log_every == 0:
+            self._open().add_scalar("train/loss_step", float(trainer.loss), self._steps)
+
+    def on_epoch_end(self, trainer: Any) -> None:
+        if not trainer.is_main:
+            return
+        writer, row = self._open(), trainer.history[-1]
+        for key, value in row.items():
+            if key != "epoch" and isinstance(value, (int, float)):
+                group = key.split("_", 1)[0] if key.startswith(("train_", "val_")) else "epoch"
+                writer.add_scalar(f"{group}/{key}", value, row["epoch"] + 1)
+        writer.flush()
+
+    def on_fit_end(self, trainer: Any) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None

@@ -1,0 +1,119 @@
+"""Training augmentations by name, and batch-level mixup / cutmix, from torchvision's transforms v2.
+
+``augment`` names what the training split gets on top of resizing and normalisation:
+
+- ``"none"``: the evaluation transform (resize, centre crop), what ``cache_features=True`` needs;
+- ``"light"``: random resized crop and horizontal flip (the default, ``augment=True``);
+- ``"randaugment"``, ``"trivialaugment"``, ``"autoaugment"`` (ImageNet policy): light plus that policy;
+- ``"randomerasing"``: light plus RandomErasing after normalisation.
+
+Several may be joined with ``+`` (``"trivialaugment+randomerasing"``). The policies move pixels
+without moving masks, so segmentation (and detection) accept only the geometric choices, ``none`` and
+``light``, which the joint transforms apply to image and mask alike.
+
+`MixCollate` is a DataLoader ``collate_fn`` that mixes whole batches (MixUp, CutMix or either at
+random); the targets become class probabilities ``[N, K]``, which the Trainer's cross-entropy takes as
+they are.
+
+Examples:
+    >>> parse_augment("trivialaugment+randomerasing")
+    ('light', 'trivialaugment', 'randomerasing')
+    >>> images, targets = MixCollate(num_classes=3, mixup=0.2)([(torch.rand(3, 8, 8), 1)] * 4)
+    >>> images.shape, targets.shape  # soft targets: one probability per class
+    (torch.Size([4, 3, 8, 8]), torch.Size([4, 3]))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.utils.data import default_collate
+from torchvision.transforms import v2
+
+__all__ = ["AUGMENTATIONS", "GEOMETRIC_AUGMENTATIONS", "MixCollate", "parse_augment", "policy_steps"]
+
+AUGMENTATIONS = ("none", "light", "randaugment", "trivialaugment", "autoaugment", "randomerasing")
+GEOMETRIC_AUGMENTATIONS = ("none", "light")
+_POLICIES = {
+    "randaugment": lambda: v2.RandAugment(),
+    "trivialaugment": lambda: v2.TrivialAugmentWide(),
+    "autoaugment": lambda: v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET),
+}
+
+
+def parse_augment(
+    augment: bool | str | Sequence[str], *, allowed: Sequence[str] = AUGMENTATIONS
+) -> tuple[str, ...]:
+    """The augmentation names ``augment`` asks for, the base (``none`` or ``light``) first.
+
+    Raises:
+        ValueError: An unknown name, ``none`` combined with others, or a name outside ``allowed``.
+    """
+    if isinstance(augment, bool):
+        return ("light",) if augment else ("none",)
+    names = augment.split("+") if isinstance(augment, str) else list(augment)
+    names = [str(n).strip().lower() for n in names if str(n).strip()]
+    unknown = [n for n in names if n not in AUGMENTATIONS]
+    if unknown or not names:
+        raise ValueError(
+            f"unknown augment {augment!r}; use one of {list(AUGMENTATIONS)}, several joined with '+', "
+            "or True / False"
+        )
+    if "none" in names and len(set(names)) > 1:
+        raise ValueError(f"augment {augment!r} combines 'none' with augmentations; pick one or the other")
+    refused = [n for n in names if n not in allowed]
+    if refused:
+        raise ValueError(
+            f"augment {refused} would move the image's pixels but not its mask or boxes; for this task "
+            f"use one of {list(allowed)}"
+        )
+    if names == ["none"]:
+        return ("none",)
+    extras = [n for n in dict.fromkeys(names) if n != "light"]
+    return ("light", *extras)
+
+
+def policy_steps(names: Sequence[str]) -> tuple[list[v2.Transform], list[v2.Transform]]:
+    """The v2 steps ``names`` add: ``(on the uint8 image, after normalisation)``."""
+    before = [_POLICIES[n]() for n in names if n in _POLICIES]
+    after = [v2.RandomErasing(p=0.25, value=0)] if "randomerasing" in names else []
+    return before, after
+
+
+class MixCollate:
+    """A ``collate_fn`` that collates as usual, then mixes the batch with MixUp and/or CutMix.
+
+    With both alphas set, each batch gets one of the two at random (as timm and torchvision's references
+    do). Picklable, so it works with worker processes.
+
+    Args:
+        num_classes: K: integer labels become probabilities ``[N, K]``.
+        mixup: MixUp's Beta(alpha, alpha) parameter (0: off).
+        cutmix: CutMix's alpha (0: off).
+
+    Raises:
+        ValueError: Both alphas are 0, or one is negative.
+    """
+
+    def __init__(self, num_classes: int, mixup: float = 0.0, cutmix: float = 0.0) -> None:
+        if mixup < 0 or cutmix < 0 or mixup == cutmix == 0:
+            raise ValueError(f"mixup and cutmix must be >= 0 with at least one > 0, got {mixup} and {cutmix}")
+        mixers: list[v2.Transform] = []
+        if mixup:
+            mixers.append(v2.MixUp(alpha=mixup, num_classes=num_classes))
+        if cutmix:
+            mixers.append(v2.CutMix(alpha=cutmix, num_classes=num_classes))
+        self.mix = mixers[0] if len(mixers) == 1 else v2.RandomChoice(mixers)
+        self.num_classes, self.mixup, self.cutmix = num_classes, mixup, cutmix
+
+    def __call__(self, batch: list[Any]) -> tuple[Tensor, Tensor]:
+        images, targets = default_collate(batch)
+        return self.mix(images, torch.as_tensor(targets).long())
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(num_classes={self.num_classes}, mixup={self.mixup}, cutmix={self.cutmix})"
+        )

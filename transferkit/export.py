@@ -1,0 +1,141 @@
+"""Exporting a model for deployment: ONNX, a ``torch.export`` program, or TorchScript, by file suffix.
+
+Each format is PyTorch's own exporter; this module only picks it from the suffix, gives it an example
+input of the model's preprocessing size, keeps the batch dimension dynamic, and turns an exporter's
+failure into an error that says which format failed and what else to try. The model is exported in
+eval mode (its train/eval mode is restored afterwards) and on its own device.
+
+Examples:
+    >>> model = build_model("resnet18", num_classes=2, pretrained=False)
+    >>> export(model, "model.onnx", input_size=(64, 64))  # doctest: +SKIP
+    PosixPath('model.onnx')
+    >>> program = torch.export.load("model.pt2")  # after export(model, "model.pt2")  # doctest: +SKIP
+    >>> program.module()(torch.randn(3, 3, 224, 224)).shape  # doctest: +SKIP
+    torch.Size([3, 2])
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:
+    from .model import TransferModel
+
+__all__ = ["EXPORT_FORMATS", "ExportError", "export"]
+
+EXPORT_FORMATS = {".onnx": "ONNX (torch.onnx)", ".pt2": "torch.export program", ".ts": "TorchScript"}
+_MAX_BATCH = 4096
+
+
+class ExportError(RuntimeError):
+    """An exporter could not convert the model; the message names the format and the alternatives."""
+
+
+def export(
+    model: TransferModel,
+    path: str | os.PathLike[str],
+    *,
+    input_size: Sequence[int] | None = None,
+    opset: int | None = None,
+) -> Path:
+    """Writes ``model`` to ``path`` in the format its suffix names; the batch size stays dynamic.
+
+    Args:
+        model: The model to export.
+        path: ``*.onnx`` (run it with onnxruntime), ``*.pt2`` (``torch.export.load``) or ``*.ts``
+            (``torch.jit.load``; PyTorch deprecates TorchScript in favour of ``.pt2``). Parent folders
+            are created.
+        input_size: ``(H, W)`` of the example input; default the model's ``data_config`` input size.
+            ONNX and ``.pt2`` files take only this size; TorchScript follows the traced sizes.
+        opset: ONNX opset version (default: the exporter's).
+
+    Returns:
+        ``path``.
+
+    Raises:
+        ValueError: An unknown suffix.
+        ExportError: The exporter failed for this model (the message says which and what to try).
+
+    Examples:
+        >>> path = export(model, "runs/ab/model.onnx", input_size=(224, 224))  # doctest: +SKIP
+        >>> import onnxruntime  # doctest: +SKIP
+        >>> session = onnxruntime.InferenceSession(str(path))  # doctest: +SKIP
+        >>> session.run(None, {"x": images.numpy()})[0].shape  # images [3, 3, 224, 224]  # doctest: +SKIP
+        (3, 2)
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in EXPORT_FORMATS:
+        raise ValueError(
+            f"cannot export to {path}: unknown suffix {path.suffix!r}; use one of {sorted(EXPORT_FORMATS)} "
+            f"({', '.join(EXPORT_FORMATS.values())})"
+        )
+    height, width = tuple(input_size) if input_size is not None else model.data_config["input_size"][-2:]
+    device = next(model.parameters()).device
+    example = torch.randn(2, model.config.get("in_chans", 3), height, width, device=device)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            # The backbone's input checks read tensor sizes in Python; tracing notes each one as a constant.
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            # PyTorch marks TorchScript deprecated (in favour of .pt2); the user asked for .ts by name.
+            warnings.filterwarnings("ignore", category=FutureWarning, message=r"`torch\.jit\.")
+            _EXPORTERS[suffix](model, example, path, opset)
+    except ImportError as err:
+        raise ImportError(
+            f'exporting to {suffix} needs {err.name or "onnx"}: pip install "transferkit[export]" '
+            '(onnx, onnxscript, onnxruntime), or pip install -e ".[export]" in a source checkout'
+        ) from err
+    except (RuntimeError, TypeError, ValueError, AssertionError) as err:
+        others = ", ".join(s for s in EXPORT_FORMATS if s != suffix)
+        raise ExportError(
+            f"{EXPORT_FORMATS[suffix]} export of {model.config.get('backbone', type(model).__name__)} to "
+            f"{path} failed: {type(err).__name__}: {_first_line(err)}. Try another format ({others})."
+        ) from err
+    finally:
+        model.train(was_training)
+    return path
+
+
+def _batch_dim() -> dict[int, torch.export.Dim]:
+    return {0: torch.export.Dim("batch", min=1, max=_MAX_BATCH)}
+
+
+def _onnx(model: torch.nn.Module, example: torch.Tensor, path: Path, opset: int | None) -> None:
+    import onnxscript  # noqa: F401  (torch.onnx's exporter needs it; fail early with the install hint)
+
+    program = torch.onnx.export(
+        model,
+        (example,),
+        dynamo=True,
+        dynamic_shapes=(_batch_dim(),),
+        input_names=["x"],
+        output_names=["logits"],
+        opset_version=opset,
+        verbose=False,
+    )
+    program.save(str(path))
+
+
+def _program(model: torch.nn.Module, example: torch.Tensor, path: Path, opset: int | None) -> None:
+    torch.export.save(torch.export.export(model, (example,), dynamic_shapes=(_batch_dim(),)), path)
+
+
+def _torchscript(model: torch.nn.Module, example: torch.Tensor, path: Path, opset: int | None) -> None:
+    torch.jit.save(torch.jit.trace(model, example), str(path))
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0][:300] if text else "no message"
+
+
+_EXPORTERS = {".onnx": _onnx, ".pt2": _program, ".ts": _torchscript}
