@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from transferkit import cli, load_model
+from transferkit import cli, list_heads, load_model
 from transferkit.cli import main, parse_freeze, parse_pretrained
 from transferkit.data import make_shapes_folder, make_shapes_segmentation_folder
 from transferkit.tasks import get_task
@@ -96,18 +96,19 @@ def test_train_without_val_split_or_matplotlib(
 ) -> None:
     data = tmp_path / "data"
     shutil.copytree(shapes / "train", data / "train")
-    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if the plots extra were not installed
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if a broken install lacked matplotlib
     out = tmp_path / "run"
     out.mkdir()
-    (out / "history.png").write_bytes(PNG)  # from an earlier run into the same folder
+    (out / "transferkit.json").write_text("{}")  # an earlier run into the same folder ...
+    (out / "history.png").write_bytes(PNG)  # ... whose plots must not pass for this one's
     result = run(
         "train", "--data", data, "--backbone", "resnet18", "--pretrained", "false", "--freeze", "all",
-        "--epochs", 1, "--batch-size", 8, "--image-size", 32, "--out", out,
+        "--epochs", 1, "--batch-size", 8, "--image-size", 32, "--out", out, "--overwrite",
     )  # fmt: skip
     assert result.code == 0, result.err
     assert "no val split" in result.out
     notes = [line for line in result.out.splitlines() if "matplotlib" in line]
-    assert len(notes) == 1 and '.[plots]"' in notes[0]
+    assert len(notes) == 1 and "pip install matplotlib" in notes[0]
     assert (out / "model.safetensors").is_file() and not (out / "history.png").exists()
     assert "val_loss" not in json.loads((out / "history.json").read_text())[0]
 
@@ -206,13 +207,26 @@ def test_predict_top_k_and_single_file(trained: tuple[Path, Result], shapes: Pat
 
 
 def test_list_names_with_patterns() -> None:
-    assert run("list", "necks").out.split() == ["fpn_lite", "identity"]
-    assert run("list", "heads").out.split() == ["fcn", "linear"]
+    assert run("list", "necks").out.split() == ["aspp", "fpn_lite", "identity", "pan"]
+    heads = ["deeplabv3plus", "fasterrcnn", "fcn", "fcos", "linear", "retinanet", "ssdlite"]
+    assert run("list", "heads").out.split() == heads
     found = run("list", "backbones", "resnet1").out.split()
     assert "torchvision/resnet18" in found and all("resnet1" in name for name in found)
     assert run("list", "backbones", "torchvision/resnet1?").out.split() == ["torchvision/resnet18"]
     line = assert_one_line_error(run("list", "backbones", "no_such_net"))
     assert "no backbones match 'no_such_net'" in line
+
+
+def test_list_weights_of_a_backbone_marks_the_default() -> None:
+    assert run("list", "weights", "resnet50").out.splitlines() == [
+        "IMAGENET1K_V1",
+        "IMAGENET1K_V2  (default: --pretrained true)",
+    ]
+    timm_tags = run("list", "weights", "timm/resnet50").out.splitlines()
+    assert timm_tags[0].split() == ["a1_in1k", "(default:", "--pretrained", "true)"]
+    assert "a2_in1k" in timm_tags
+    assert "needs a backbone name" in assert_one_line_error(run("list", "weights"))
+    assert "resnet18" in assert_one_line_error(run("list", "weights", "resnet181"))
 
 
 # ------------------------------------------------------------------------------------------ errors
@@ -312,15 +326,13 @@ def test_parse_pretrained(tmp_path: Path) -> None:
 # -------------------------------------------------------------------------------------------- demo
 
 
-def test_demo_quick_without_matplotlib_reuses_its_folder(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_demo_quick_leaves_the_plots_and_reuses_its_folder(tmp_path: Path) -> None:
+    """What the README promises of its first command: the model and the two plots (matplotlib is a
+    dependency; .ci/run checks the same in a fresh virtual environment)."""
     out = tmp_path / "demo"
     stale = out / "data" / "train" / "old"
     stale.mkdir(parents=True)
     (out / "data" / ".transferkit-demo").write_text("from an earlier demo")
-    # As on a fresh install without the plots extra: the demo runs, skips the plots, says how to get them.
-    monkeypatch.setitem(sys.modules, "matplotlib", None)
     result = run("demo", "--quick", "--out", out)
     assert result.code == 0, result.err
     assert "Traceback" not in result.err and "epoch 1/1" in result.err  # the progress bar
@@ -332,11 +344,13 @@ def test_demo_quick_without_matplotlib_reuses_its_folder(
     assert f"val accuracy {accuracy:.2f}" in result.out
     predictions = result.out.split("[5/5]")[1].split("What happened")[0].strip().splitlines()[1:]
     assert len(predictions) == 3 and all(re.search(r"\.jpg: \w+ \d\.\d{3}", p) for p in predictions)
-    notes = [line for line in result.out.splitlines() if "matplotlib" in line]
-    assert len(notes) == 1 and 'pip install -e ".[plots]"' in notes[0]
-    assert "history.png" not in result.out and not list(out.glob("*.png"))
+    assert "matplotlib" not in result.out
+    for name in ("history.png", "predictions.png"):
+        assert (out / name).read_bytes().startswith(PNG), name
+        assert f"{out / name} " in result.out  # the summary points to it
     for name in ("config.json", "model.safetensors", "transferkit.json", "history.json"):
         assert (out / name).is_file()
+    assert load_model(out).classes == ["circle", "square", "triangle"]
     assert not stale.exists()  # the previous demo's data was replaced, not mixed in
     assert len(list((out / "data" / "val").rglob("*.jpg"))) == 6
 
@@ -356,4 +370,11 @@ SCRIPT = Path(sys.executable).parent / "transferkit"
 def test_console_script_is_installed() -> None:
     result = subprocess.run([str(SCRIPT), "list", "heads"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["fcn", "linear"]
+    assert result.stdout.split() == list_heads() and "fcn" in list_heads()
+
+
+def test_matplotlib_is_a_core_dependency() -> None:
+    """``pip install -e .`` alone must bring what draws the README's plots."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
+    assert "matplotlib" in [re.split(r"[<>=!~ \[]", d)[0] for d in project["dependencies"]]

@@ -27,6 +27,7 @@ import inspect
 import os
 import re
 import shlex
+import shutil
 import traceback
 from pathlib import Path
 from types import ModuleType
@@ -191,7 +192,29 @@ def doc_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, offline_weights: Pa
         monkeypatch.setattr(data, name, _small_images(getattr(data, name)))
     for registry in (BACKBONES, NECKS, HEADS):
         monkeypatch.setattr(registry, "_entries", dict(registry._entries))
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", _HubIntoCache)  # push_to_hub lands in the local cache
     return tmp_path
+
+
+class _HubIntoCache:
+    """Stands in for huggingface_hub.HfApi: an upload becomes a snapshot in the (offline) Hub cache."""
+
+    def __init__(self, token: str | None = None) -> None:
+        self.token = token
+
+    def create_repo(self, repo_id: str, private: bool = False, exist_ok: bool = False) -> str:
+        return f"https://huggingface.co/{repo_id}"
+
+    def upload_folder(self, repo_id: str, folder_path: str, commit_message: str) -> None:
+        from huggingface_hub import constants
+
+        repo = Path(constants.HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}"
+        shutil.rmtree(repo, ignore_errors=True)
+        shutil.copytree(folder_path, repo / "snapshots" / FAKE_COMMIT)
+        (repo / "refs").mkdir(parents=True)
+        (repo / "refs" / "main").write_text(FAKE_COMMIT)
 
 
 # ------------------------------------------------------------------------------------------ running

@@ -37,6 +37,7 @@ SMALL = ["--synthetic", "--image-size", "32", "--workers", "0", "--batch-size", 
 TESTED = {
     "classify_folder.py",
     "segment_fcn.py",
+    "detect_folder.py",
     "gradual_unfreeze.py",
     "two_phase_finetune.py",
     "train_ddp.py",
@@ -66,9 +67,9 @@ def test_classify_folder(tmp_path: Path, offline_weights: Path) -> None:
     )
     history = result["history"]
     assert [row["epoch"] for row in history] == [0, 1]
-    assert {p.name for p in (tmp_path / "run").iterdir()} >= {
-        "config.json", "model.safetensors", "classes.json", "history.json",
-    }  # fmt: skip
+    saved = {p.name for p in (tmp_path / "run").iterdir()}
+    assert saved >= {"config.json", "model.safetensors", "history.json"}
+    assert load_model(tmp_path / "run").classes == result["classes"] == ["circle", "square"]
     # The saved model is the best epoch's (restore_best), as its reloaded val accuracy shows.
     best = min(history, key=lambda row: row["val_loss"])
     assert result["metrics"]["acc"] == pytest.approx(best["val_acc"])
@@ -92,6 +93,17 @@ def test_classify_folder_rejects_a_bad_freeze(capsys: pytest.CaptureFixture[str]
     with pytest.raises(SystemExit):
         load_example("classify_folder.py").parse_args(["--freeze", "last_n"])
     assert "last_n:K" in capsys.readouterr().err
+
+
+def test_detect_folder(tmp_path: Path, offline_weights: Path) -> None:
+    out = tmp_path / "boxes"
+    argv = [*SMALL, "--image-size", "64", "--epochs", "1", "--draw", "2", "--out", str(out)]  # fmt: skip
+    result = load_example("detect_folder.py").main([*argv, "--format", "voc"])
+    assert 0.0 <= result["history"][0]["val_map_50"] <= 1.0 and set(result["metrics"]) == {"map", "map_50"}
+    assert result["picture"].read_bytes().startswith(b"\x89PNG")
+    model = load_model(out)
+    assert model.task == "detection" and model.classes == ["circle", "square", "triangle"]
+    assert model.freeze_state()["bn"] == "frozen_all"  # pretrained=True (the cached fake weights)
 
 
 def test_segment_fcn(tmp_path: Path, offline_weights: Path) -> None:

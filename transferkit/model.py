@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
-import json
 import os
-import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from .arguments import check_build_arguments, check_part_kwargs
 from .backbones import create_backbone, resolve_name
+from .classes import check_class_names
 from .features import FeatureInfo
 from .freeze import FreezeState, block_modules, is_norm, param_groups, summary_table
 from .heads import HEADS
 from .necks import NECKS
+from .serialization import load_model, save_model
+from .tasks import get_task
 
 __all__ = ["TransferModel", "build_model", "load_model"]
 
@@ -37,7 +40,7 @@ class TransferModel(nn.Module):
         backbone: Returns a list of feature maps and has ``feature_info`` and ``blocks``.
         neck: Maps the list of maps to a list of maps; has ``feature_info``.
         head: Maps the list and the input size to the output; its ``task`` is
-            ``"classification"`` or ``"segmentation"``.
+            ``"classification"``, ``"segmentation"`` or ``"detection"``.
         config: The `build_model` arguments that rebuild this architecture.
 
     Examples:
@@ -55,23 +58,47 @@ class TransferModel(nn.Module):
         self.neck = neck
         self.head = head
         self.config = config
-        self._freeze = FreezeState()
         self._block_modules = block_modules(backbone, backbone.blocks)
+        self._freeze = FreezeState(bn=self._default_bn())
+        self._apply_freeze()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits ``[N, num_classes]`` (classification) or ``[N, num_classes, H, W]`` (segmentation)."""
+    def forward(self, x: torch.Tensor, targets: Any = None) -> Any:
+        """Logits ``[N, K]`` or ``[N, K, H, W]``; detection: the loss dict (training, with ``targets``)
+        or one ``{"boxes", "scores", "labels"}`` per image. ``targets`` reach the head only when given."""
         features = self.neck(self.backbone(x))
-        return self.head(features, tuple(x.shape[-2:]))
+        if targets is None:
+            return self.head(features, tuple(x.shape[-2:]))
+        return self.head(features, tuple(x.shape[-2:]), targets)
 
     @property
     def task(self) -> str:
-        """``"classification"`` or ``"segmentation"``, from the head."""
+        """``"classification"``, ``"segmentation"`` or ``"detection"``, from the head."""
         return getattr(self.head, "task", "classification")
 
     @property
     def num_classes(self) -> int:
         """Output classes of the head."""
         return int(self.config["num_classes"])
+
+    @property
+    def classes(self) -> list[str]:
+        """Class names by output index (``"0" .. "K-1"`` until known); see `transferkit.classes`."""
+        names = self.config.get("classes")
+        return list(names) if names is not None else [str(i) for i in range(self.num_classes)]
+
+    @classes.setter
+    def classes(self, names: Sequence[str] | None) -> None:
+        self.config["classes"] = check_class_names(names, self.num_classes)
+
+    def predict(self, images: Any, *, top_k: int = 5, image_size: int | None = None) -> Any:
+        """Top classes with probabilities (or masks) for images: `transferkit.predict.predict_images`.
+
+        >>> model.predict("bee.jpg", top_k=2)  # doctest: +SKIP
+        [('bees', 0.968), ('ants', 0.032)]
+        """
+        from .predict import predict_images
+
+        return predict_images(self, images, top_k=top_k, image_size=image_size)
 
     @property
     def data_config(self) -> dict[str, Any]:
@@ -104,7 +131,7 @@ class TransferModel(nn.Module):
         n: int | None = None,
         step: int | None = None,
         every: int | None = None,
-        bn: str = "frozen",
+        bn: str | None = None,
     ) -> None:
         """Freeze backbone blocks; the neck and head always train.
 
@@ -116,14 +143,21 @@ class TransferModel(nn.Module):
             step: Blocks unfrozen per stage (``gradual``, default 1).
             every: Epochs per stage (``gradual``, default 1).
             bn: ``"frozen"`` keeps the norm layers of frozen blocks in eval mode (running statistics
-                fixed) through any ``train()``; ``"train"`` lets them update their statistics.
+                fixed) through any ``train()``; ``"train"`` lets them update their statistics;
+                ``"frozen_all"`` fixes every backbone norm layer (statistics and affine parameters), as
+                torchvision's detectors do. Default: the task's (``frozen_all`` for detection with
+                pretrained weights, else ``frozen``).
 
         Raises:
             ValueError: an unknown policy, an argument the policy does not take, or ``n`` outside
                 ``[0, len(model.blocks)]``.
         """
+        bn = self._default_bn() if bn is None else bn
         self._freeze = FreezeState.make(policy, len(self.blocks), bn, n=n, step=step, every=every)
         self._apply_freeze()
+
+    def _default_bn(self) -> str:
+        return get_task(self.task).default_bn(self.config.get("pretrained", True))
 
     def unfreeze(self) -> None:
         """Let everything train."""
@@ -147,26 +181,7 @@ class TransferModel(nn.Module):
             ValueError: the state does not come from `freeze_state`, or does not fit this backbone
                 (for example ``n`` larger than ``len(model.blocks)``).
         """
-        state = dict(state)
-        unknown = sorted(set(state) - {"policy", "n", "step", "every", "bn", "epoch"})
-        if unknown:
-            raise ValueError(
-                f"not a freeze state: unexpected keys {', '.join(unknown)}; "
-                "pass what model.freeze_state() returned"
-            )
-        epoch = state.get("epoch", 0)
-        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
-            raise ValueError(f"freeze state epoch must be an int >= 0, got {epoch!r}")
-        freeze = FreezeState.make(
-            state.get("policy", "none"),
-            len(self.blocks),
-            state.get("bn", "frozen"),
-            n=state.get("n"),
-            step=state.get("step"),
-            every=state.get("every"),
-        )
-        freeze.epoch = epoch
-        self._freeze = freeze
+        self._freeze = FreezeState.from_dict(state, len(self.blocks))
         self._apply_freeze()
 
     def _apply_freeze(self) -> None:
@@ -175,20 +190,22 @@ class TransferModel(nn.Module):
         for block, params in self.backbone.blocks.items():
             for p in params:
                 named[p].requires_grad_(block in trainable)
+        if self._freeze.bn == "frozen_all":  # as FrozenBatchNorm2d: the affine parameters stay too
+            for norm in filter(is_norm, self.backbone.modules()):
+                norm.requires_grad_(False)
         for p in [*self.neck.parameters(), *self.head.parameters()]:
             p.requires_grad_(True)
         self.train(self.training)
 
     def train(self, mode: bool = True) -> TransferModel:
-        """Set train/eval mode; frozen blocks stay in eval mode (norm layers too unless ``bn="train"``)."""
+        """Set train/eval mode; frozen blocks stay in eval mode (norm layers too unless ``bn="train"``;
+        under ``bn="frozen_all"`` every backbone norm layer)."""
         super().train(mode)
         if mode:
             trainable = set(self.trainable_blocks)
             for block, modules in self._block_modules.items():
-                if block in trainable:
-                    continue
                 for m in modules:
-                    if not (self._freeze.bn == "train" and is_norm(m)):
+                    if self._freeze.keeps_eval(block in trainable, is_norm(m)):
                         m.training = False
         return self
 
@@ -229,7 +246,7 @@ class TransferModel(nn.Module):
         rows = []
         for block, params in self.backbone.blocks.items():
             norms = [m for m in self._block_modules[block] if is_norm(m)]
-            frozen_norms = block not in trainable and self._freeze.bn == "frozen"
+            frozen_norms = self._freeze.keeps_eval(block in trainable, norm=True)
             mode = "-" if not norms else "eval (frozen)" if frozen_norms else "train"
             rows.append((block, sum(named[p].numel() for p in params), block in trainable, mode))
         for part in ("neck", "head"):
@@ -240,26 +257,20 @@ class TransferModel(nn.Module):
 
     def save(self, directory: str | os.PathLike[str]) -> Path:
         """Write ``config.json`` and ``model.safetensors`` (weights and freeze state) to ``directory``."""
-        from safetensors.torch import save_model
+        return save_model(self, directory)
 
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        metadata = {"freeze_state": json.dumps(self.freeze_state())}
-        _atomic_write(directory / "model.safetensors", lambda p: save_model(self, p, metadata=metadata))
-        text = json.dumps(self.config, indent=2, default=str) + "\n"
-        _atomic_write(directory / "config.json", lambda p: Path(p).write_text(text))
-        return directory
+    def export(self, path: str | os.PathLike[str], *, input_size: Sequence[int] | None = None) -> Path:
+        """Write an ONNX (``.onnx``), ``torch.export`` (``.pt2``) or TorchScript (``.ts``) file; see
+        `transferkit.export.export`."""
+        from .export import export
 
+        return export(self, path, input_size=input_size)
 
-def _atomic_write(path: Path, write: Any) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    def push_to_hub(self, repo_id: str, **kwargs: Any) -> str:
+        """Upload the saved model and a model card to the Hugging Face Hub (`transferkit.hub.push_to_hub`)."""
+        from .hub import push_to_hub
+
+        return push_to_hub(self, repo_id, **kwargs)
 
 
 def _check_backbone(backbone: nn.Module) -> None:
@@ -281,26 +292,34 @@ def build_model(
     pretrained: bool | str | os.PathLike[str] = True,
     in_chans: int = 3,
     out_indices: list[int] | tuple[int, ...] | None = None,
+    output_stride: int | None = None,
     backbone_kwargs: dict[str, Any] | None = None,
     neck_kwargs: dict[str, Any] | None = None,
     head_kwargs: dict[str, Any] | None = None,
+    classes: Sequence[str] | None = None,
 ) -> TransferModel:
     """Compose a pretrained backbone, a neck and a head into a `TransferModel`.
 
     Args:
         backbone: ``"resnet18"`` (torchvision when it has the name, else timm), ``"torchvision/..."``,
             ``"timm/..."``, a registered name, or an ``nn.Module`` with ``feature_info`` (and ``blocks``).
-        neck: ``"identity"`` or ``"fpn_lite"`` (see ``list_necks()``).
-        head: ``"linear"`` (classification) or ``"fcn"`` (segmentation) (see ``list_heads()``).
+        neck: ``"identity"``, ``"fpn_lite"``, ``"pan"`` or ``"aspp"`` (see ``list_necks()``).
+        head: ``"linear"`` (classification), ``"fcn"`` or ``"deeplabv3plus"`` (segmentation), ``"fcos"``,
+            ``"retinanet"``, ``"fasterrcnn"`` or ``"ssdlite"`` (detection) (see ``list_heads()``).
         num_classes: Output classes, >= 1.
         pretrained: ``True`` (the source's default weights), ``False``, a weights tag
             (``"IMAGENET1K_V2"``, ``"a1_in1k"``) or a path to a ``.safetensors``/``.pth``/``.pt`` file
             holding the original model's state_dict (its classifier keys are ignored).
         in_chans: Input channels.
         out_indices: Which backbone levels to use (default: all).
+        output_stride: Stride of the backbone's coarsest level: 8, 16 or 32 (default: the backbone's
+            own). Lower than native dilates the last stages (torchvision's Bottleneck ResNets, timm models
+            that take ``output_stride``), which keep their levels; others raise ValueError.
         backbone_kwargs: Passed to the torchvision/timm model builder.
-        neck_kwargs: Passed to the neck (``out_channels`` for ``fpn_lite``).
+        neck_kwargs: Passed to the neck (``out_channels``, ASPP's ``rates``).
         head_kwargs: Passed to the head (``dropout``, ...).
+        classes: Class names by output index (``len(classes) == num_classes``); default: taken from the
+            training data by the Trainer, else ``"0" .. "K-1"`` (see ``model.classes``).
 
     Returns:
         The model; ``model.config`` rebuilds it with ``build_model(**model.config)``.
@@ -310,33 +329,55 @@ def build_model(
         >>> model(torch.randn(2, 3, 64, 64)).shape
         torch.Size([2, 3, 64, 64])
     """
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"num_classes must be an int >= 1, got {num_classes!r}")
+    check_build_arguments(locals())  # types and ranges, before anything is built
+    classes = check_class_names(classes, num_classes)
     backbone_kwargs = dict(backbone_kwargs or {})
-    clash = sorted({"pretrained", "in_chans", "out_indices"} & set(backbone_kwargs))
+    clash = sorted({"pretrained", "in_chans", "out_indices", "output_stride"} & set(backbone_kwargs))
     if clash:
         raise ValueError(f"pass {', '.join(clash)} to build_model directly, not in backbone_kwargs")
     neck_cls, head_cls = NECKS.get(neck), HEADS.get(head)
+    check_part_kwargs("neck_kwargs", neck_cls, neck_kwargs, given=1)
+    check_part_kwargs("head_kwargs", head_cls, head_kwargs, given=2)
     if isinstance(backbone, nn.Module):
         _check_backbone(backbone)
+        if output_stride is not None:
+            raise ValueError("output_stride applies to backbones built by name; a module is used as it is")
         name = f"<module {type(backbone).__name__}>"
         built = backbone
     else:
         name = resolve_name(backbone)
         if isinstance(pretrained, os.PathLike):
             pretrained = os.fspath(pretrained)
-        built = create_backbone(
-            name, pretrained=pretrained, in_chans=in_chans, out_indices=out_indices, **backbone_kwargs
-        )
+        stride = {"output_stride": output_stride} if output_stride is not None else {}
+        try:
+            built = create_backbone(
+                name,
+                pretrained=pretrained,
+                in_chans=in_chans,
+                out_indices=out_indices,
+                **stride,
+                **backbone_kwargs,
+            )
+        except TypeError as err:  # the torchvision / timm builder refused a keyword argument
+            if not backbone_kwargs:
+                raise
+            raise TypeError(f"backbone_kwargs {backbone_kwargs!r} do not fit {name}: {err}") from err
         _check_backbone(built)
         # library backbones report the arguments they resolved (torchvision's transform_input, timm's levels)
         resolved = getattr(built, "config", {})
         backbone_kwargs.update(
-            {k: v for k, v in resolved.items() if k not in ("pretrained", "in_chans", "out_indices")}
+            {
+                k: v
+                for k, v in resolved.items()
+                if k not in ("pretrained", "in_chans", "out_indices", "output_stride")
+            }
         )
         out_indices = resolved.get("out_indices", out_indices)
     neck_module = neck_cls(built.feature_info, **(neck_kwargs or {}))
     head_module = head_cls(neck_module.feature_info, num_classes, **(head_kwargs or {}))
+    prune = getattr(neck_module, "prune", None)
+    if prune is not None and hasattr(head_module, "levels"):
+        prune(set(head_module.levels))  # no layer the head never reads: every parameter gets a gradient
     config = {
         "backbone": name,
         "neck": neck,
@@ -345,40 +386,10 @@ def build_model(
         "pretrained": pretrained,
         "in_chans": in_chans,
         "out_indices": list(out_indices) if out_indices is not None else None,
+        "output_stride": output_stride,
         "backbone_kwargs": backbone_kwargs,
         "neck_kwargs": dict(neck_kwargs or {}),
         "head_kwargs": dict(head_kwargs or {}),
+        "classes": classes,
     }
     return TransferModel(built, neck_module, head_module, config)
-
-
-def load_model(directory: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> TransferModel:
-    """Load a model written by `TransferModel.save`: same architecture, weights and freeze state.
-
-    Examples:
-        >>> model.save("runs/ants_bees")  # doctest: +SKIP
-        >>> model = load_model("runs/ants_bees")  # doctest: +SKIP
-    """
-    from safetensors import safe_open
-    from safetensors.torch import load_model as load_weights
-
-    directory = Path(directory)
-    config_path, weights_path = directory / "config.json", directory / "model.safetensors"
-    for path in (config_path, weights_path):
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"{path} not found: load_model expects a directory written by model.save()"
-            )
-    config = json.loads(config_path.read_text())
-    if str(config.get("backbone", "")).startswith("<module"):
-        raise ValueError(
-            f"{directory} holds a model with a custom backbone module; rebuild it and load the weights"
-        )
-    model = build_model(**{**config, "pretrained": False})
-    model.config["pretrained"] = config["pretrained"]
-    load_weights(model, str(weights_path), strict=True, device=str(map_location))
-    with safe_open(str(weights_path), framework="pt") as f:
-        freeze = (f.metadata() or {}).get("freeze_state")
-    if freeze:
-        model.load_freeze_state(json.loads(freeze))
-    return model

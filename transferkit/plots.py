@@ -1,4 +1,4 @@
-"""Training curves and prediction grids, drawn with matplotlib (the optional ``plots`` extra).
+"""Training curves and prediction grids, drawn with matplotlib (a dependency, imported only to draw).
 
 matplotlib is imported only when a plot is drawn, and only through its object-oriented ``Figure`` (never
 ``pyplot``), so importing this module costs nothing, no global backend is switched, and figures do not
@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.utils.data import Subset
 
+from .classes import dataset_classes
 from .tasks import get_task
 
 if TYPE_CHECKING:
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 __all__ = ["INSTALL_HINT", "plot_history", "require_matplotlib", "show_predictions"]
 
-INSTALL_HINT = 'pip install "transferkit[plots]" (or pip install -e ".[plots]" in a source checkout)'
+INSTALL_HINT = "pip install matplotlib (a transferkit dependency missing from this environment)"
 
 _GOOD, _BAD = "#1a7f37", "#cf222e"  # title colours of right and wrong predictions
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -198,9 +198,10 @@ def _history_title(history: Sequence[Mapping[str, Any]]) -> str:
 # ----------------------------------------------------------------------------------------- predictions
 
 
-def _take(loader: Iterable[Any], limit: int) -> tuple[Tensor, Tensor | None]:
-    """Up to ``limit`` inputs (and targets, when batches carry them) from the first batches of ``loader``."""
-    inputs, targets = [], []
+def _take(loader: Iterable[Any], limit: int) -> tuple[Tensor, list[Any] | None]:
+    """Up to ``limit`` inputs, and their targets one per image (a class, a mask, a dict of boxes) when
+    every batch carries them, from the first batches of ``loader``."""
+    inputs, targets, with_targets = [], [], True
     seen = 0
     for batch in loader:
         if isinstance(batch, (tuple, list)):
@@ -208,25 +209,24 @@ def _take(loader: Iterable[Any], limit: int) -> tuple[Tensor, Tensor | None]:
         else:
             x, y = batch, None
         inputs.append(x[: limit - seen])
-        if y is not None:
-            targets.append(torch.as_tensor(y)[: limit - seen])
+        with_targets = with_targets and y is not None
+        targets += list(y[: limit - seen]) if y is not None else []
         seen += len(inputs[-1])
         if seen >= limit:
             break
     if not inputs:
         raise ValueError("the loader yielded no batches; pass a loader with at least one image")
-    y_all = torch.cat(targets) if len(targets) == len(inputs) else None
-    return torch.cat(inputs), y_all
+    return torch.cat(inputs), targets if with_targets else None
 
 
 @torch.no_grad()
-def _logits(model: nn.Module, inputs: Tensor) -> Tensor:
+def _logits(model: nn.Module, inputs: Tensor) -> Any:
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
     was_training = model.training
     model.eval()
     try:
-        return model(inputs.to(device)).float().cpu()
+        return model(inputs.to(device))
     finally:
         model.train(was_training)
 
@@ -242,14 +242,13 @@ def _display_images(model: nn.Module, inputs: Tensor) -> np.ndarray:
     return images[:, :3].permute(0, 2, 3, 1).numpy()
 
 
-def _class_names(classes: Sequence[str] | None, loader: Any, num_classes: int) -> list[str]:
-    dataset = getattr(loader, "dataset", None)
-    while isinstance(dataset, Subset):
-        dataset = dataset.dataset
-    names = classes if classes is not None else getattr(dataset, "classes", None)
-    if names is None or len(names) != num_classes:
-        return [str(i) for i in range(num_classes)]
-    return [str(name) for name in names]
+def _class_names(classes: Sequence[str] | None, model: nn.Module, loader: Any, num_classes: int) -> list[str]:
+    """``classes``, else the model's names (``model.classes``), else the dataset's, else the indices."""
+    own = getattr(model, "config", {}).get("classes")
+    for names in (classes, own, dataset_classes(loader)):
+        if names is not None and len(names) == num_classes:
+            return [str(name) for name in names]
+    return [str(i) for i in range(num_classes)]
 
 
 def _grid(fig: Figure, panels: int, columns: int) -> list[Axes]:
@@ -297,18 +296,19 @@ def show_predictions(
     right and red when wrong; the figure title counts the right ones. Segmentation (``model.task``): each
     image appears twice, the true mask overlaid and then the predicted one (a class named ``background``
     stays clear, 255 = ignore is never tinted), titled with the pixel accuracy; a legend names the colours.
-
+    Detection: predicted boxes (solid, with class and score) over true ones (dashed), see `detection_plots`.
     Images are shown as the model saw them (after the loader's transforms), with the normalisation of
     ``model.data_config`` undone. The model runs in eval mode without gradients on its own device; its
     train/eval mode is restored afterwards.
 
     Args:
-        model: A classification (logits ``[N, K]``) or segmentation (``[N, K, H, W]``) model.
+        model: A classification (logits ``[N, K]``), segmentation (``[N, K, H, W]``) or detection model.
         loader: Yields ``(images [B, 3, H, W], targets)`` (or images alone: titles then show predictions
             only); the first ``max_images`` images are drawn.
         path: Where to write the PNG (parent folders are created); None only returns the figure.
         max_images: How many images to draw.
-        classes: Class names by index; default ``loader.dataset.classes``, else the indices.
+        classes: Class names by index; default ``model.classes`` when it has names, else
+            ``loader.dataset.classes``, else the indices.
         columns: Panels per row.
 
     Returns:
@@ -328,11 +328,11 @@ def show_predictions(
         raise ValueError(f"max_images and columns must be >= 1, got {max_images} and {columns}")
     require_matplotlib()
     inputs, targets = _take(loader, max_images)
-    logits = _logits(model, inputs)
-    images = _display_images(model, inputs)
-    names = _class_names(classes, loader, logits.shape[1])
-    task = get_task(getattr(model, "task", "segmentation" if logits.ndim == 4 else "classification"))
-    fig = task.draw_predictions(images, logits, targets, names, columns)
+    raw = _logits(model, inputs)
+    task = get_task(getattr(model, "task", None) or ("segmentation" if raw.ndim == 4 else "classification"))
+    outputs = task.float_outputs(raw, torch.device("cpu"))
+    names = _class_names(classes, model, loader, getattr(model, "num_classes", None) or outputs.shape[1])
+    fig = task.draw_predictions(_display_images(model, inputs), outputs, targets, names, columns)
     _save(fig, path)
     return fig
 

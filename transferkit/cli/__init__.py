@@ -1,10 +1,11 @@
-"""The ``transferkit`` command: train, eval, predict, list and demo.
+"""The ``transferkit`` command: train, eval, predict, export, list and demo.
 
 Every subcommand is a thin layer over the library (``build_model``, the data loaders, ``Trainer``), so a
 run on the command line and the same run in Python give the same model. A trained run folder holds what
-``model.save`` writes (``config.json``, ``model.safetensors``) plus ``transferkit.json`` (the task, the class
-names and the image size, which ``eval`` and ``predict`` read back), ``history.json`` and, when matplotlib
-is installed, ``history.png`` and ``predictions.png``.
+``model.save`` writes (``config.json`` with the class names, ``model.safetensors``) plus
+``transferkit.json`` (the task, the image size and the training options, which ``eval``, ``predict`` and
+``train --resume`` read back), ``history.json``, ``history.png`` and ``predictions.png``; while training
+it also holds the Trainer's checkpoint, so an interrupted run continues with ``train --resume``.
 
 Errors are printed as one line on stderr with a non-zero exit status (1 for a failed command, 2 for bad
 arguments); set ``TRANSFERKIT_DEBUG=1`` to see the traceback instead.
@@ -17,7 +18,9 @@ Examples:
     $ transferkit train --data hymenoptera_data --backbone resnet18 --freeze last_n:2 --epochs 5 --out runs/ab
     $ transferkit eval --model runs/ab --data hymenoptera_data
     $ transferkit predict --model runs/ab bee.jpg ant.jpg
+    $ transferkit train --resume --out runs/ab
     $ transferkit list backbones convnext
+    $ transferkit list weights resnet50
     $ transferkit demo
 """
 
@@ -29,7 +32,7 @@ import sys
 from collections.abc import Sequence
 
 from .. import __version__
-from . import demo, evaluate, listing, predict, train
+from . import demo, evaluate, export, listing, predict, train
 from .evaluate import evaluate_folder
 from .options import FreezeSpec, UsageError, _Parser, parse_freeze, parse_pretrained
 from .predict import predict_files
@@ -46,7 +49,7 @@ __all__ = [
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``transferkit`` argument parser (subcommands train, eval, predict, list, demo).
+    """The ``transferkit`` argument parser (subcommands train, eval, predict, export, list, demo).
 
     Examples:
         >>> args = build_parser().parse_args(["list", "heads"])
@@ -56,13 +59,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="transferkit", description="Transfer learning on images from the command line.")
     parser.add_argument("--version", action="version", version=f"transferkit {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for command in (train, evaluate, predict, listing, demo):  # the order --help lists them in
+    for command in (train, evaluate, predict, export, listing, demo):  # the order --help lists them in
         command.add_parser(commands)
     return parser
 
 
 def _one_line(err: BaseException) -> str:
     return " ".join(str(err).split()) or type(err).__name__
+
+
+def _usage_error(err: UsageError) -> int:
+    print(f"{err.prog}: error: {_one_line(err)} (see {err.prog} --help)", file=sys.stderr)
+    return 2
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -77,13 +85,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
-    except UsageError as err:
-        print(f"{err.prog}: error: {_one_line(err)} (see {err.prog} --help)", file=sys.stderr)
-        return 2
     except SystemExit as exit:  # --help and --version
         return int(exit.code or 0)
+    except UsageError as err:
+        return _usage_error(err)
     try:
         return args.func(args)
+    except UsageError as err:  # options that only the command itself can check (train --resume)
+        return _usage_error(err)
     except KeyboardInterrupt:
         print(f"transferkit {args.command}: interrupted", file=sys.stderr)
         return 130

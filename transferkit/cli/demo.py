@@ -55,6 +55,10 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     demo.add_argument("--epochs", type=_positive_int, default=None, help=f"default {DEMO['full'].epochs}")
     demo.add_argument("--quick", action="store_true", help="a few images, 1 epoch: a smoke test in seconds")
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument(
+        "--task", choices=("classification", "detection"), default="classification",
+        help="classification (default: class folders) or detection (boxes, FCOS)",
+    )  # fmt: skip
     demo.set_defaults(func=_cmd_demo)
 
 
@@ -76,6 +80,14 @@ def _unfrozen_at(history: list[dict[str, Any]]) -> list[int]:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    if args.task == "detection":  # the demo's own --task option; each demo is a module of its own
+        from .demo_detection import run_detection_demo
+
+        return run_detection_demo(args)
+    return _classification_demo(args)
+
+
+def _classification_demo(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     settings = DEMO["quick" if args.quick else "full"]
     epochs = args.epochs or settings.epochs
@@ -103,7 +115,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     freeze = parse_freeze(settings.freeze)
     torch.manual_seed(args.seed)
-    model = build_model(DEMO_BACKBONE, num_classes=DEMO_CLASSES, pretrained=False)
+    model = build_model(DEMO_BACKBONE, num_classes=DEMO_CLASSES, pretrained=False)  # names: from the data
     freeze.apply(model)
     # The default training crops (down to 35% of the image, made for photos and pretrained weights) cut
     # these small centred shapes apart, and a randomly initialised network then needs several times more
@@ -126,7 +138,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         f"start and {step} more unfreeze every {_count(every, 'epoch')}; the head always trains:",
         model.freeze_summary(),
         "",
-        f"[3/5] training {_count(epochs, 'epoch')} on {_describe_data(loaders, classes)}",
+        f"[3/5] training {_count(epochs, 'epoch')} on {_describe_data(loaders, classes)}; the class names "
+        "come with the data and are saved with the model",
     )
     meta = {
         "task": model.task,
@@ -182,7 +195,7 @@ def _summary(
     if not plots:
         del files["history.png"], files["predictions.png"]
     places = {str(out / name): text for name, text in files.items()}
-    places[f"{out}/"] = "the model: config.json + model.safetensors, transferkit.json (classes, image size)"
+    places[f"{out}/"] = "the model: config.json (with the class names) + model.safetensors, transferkit.json"
     places[f"{data}/"] = "the generated images"
     width = max(map(len, places))
     return [

@@ -53,13 +53,15 @@ def evaluate_folder(
 
     Args:
         model: The trained model; ``model.task`` says how the folder is laid out.
-        meta: Its run metadata (``task``, ``classes``, ``image_size``), as ``transferkit.json`` holds it.
+        meta: Its run metadata (``image_size``), as ``transferkit.json`` holds it; the class names are
+            the model's own (``model.classes``).
         split_dir: ``<class>/*.jpg`` folders (classification) or ``images/`` + ``masks/`` (segmentation).
         batch_size: Images per forward pass.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ...
 
     Returns:
-        ``Trainer.evaluate``'s metrics (``loss``, ``acc``, and ``miou`` for segmentation) and the image count.
+        ``Trainer.evaluate``'s metrics (``loss``, ``acc``, and ``miou`` for segmentation; ``map`` and
+        ``map_50`` for detection) and the image count.
 
     Raises:
         ValueError: The folder has classes the model does not know.
@@ -68,15 +70,17 @@ def evaluate_folder(
         >>> evaluate_folder(model, meta, Path("hymenoptera_data/val"))  # doctest: +SKIP
         ({'loss': 0.2011, 'acc': 0.9412}, 153)
     """
-    dataset = get_task(model.task).folder_dataset(split_dir, model, meta["classes"], meta["image_size"])
-    loader = DataLoader(dataset, batch_size=batch_size)
+    task = get_task(model.task)
+    dataset = task.folder_dataset(split_dir, model, model.classes, meta["image_size"])
+    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=task.collate_fn)
     return Trainer(model, device=device).evaluate(loader), len(dataset)
 
 
 def _metric_lines(metrics: dict[str, float]) -> list[str]:
     """``label  value`` lines, loss first; with ``miou`` present, ``acc`` is the pixel accuracy."""
     labels = {"loss": "loss", "acc": "accuracy", "miou": "mIoU", "top5": "top-5 accuracy"}
-    order = ["loss", "miou", "acc", "top5"]
+    labels.update(map="mAP@[.5:.95]", map_50="mAP@0.5")  # COCO box mAP (detection)
+    order = ["loss", "miou", "acc", "top5", "map", "map_50"]
     keys = [k for k in order if k in metrics] + [k for k in metrics if k not in order]
     label_of = {k: labels.get(k, k) for k in keys}
     if "miou" in metrics:
@@ -89,5 +93,5 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     model, meta = _load_run(args.model)
     split_dir = _eval_split(_existing_dir(args.data, "--data"), args.split)
     metrics, count = evaluate_folder(model, meta, split_dir, batch_size=args.batch_size, device=args.device)
-    _say(f"{split_dir}: {count} images, {len(meta['classes'])} classes", *_metric_lines(metrics))
+    _say(f"{split_dir}: {count} images, {len(model.classes)} classes", *_metric_lines(metrics))
     return 0

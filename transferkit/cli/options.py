@@ -122,7 +122,29 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def _device(text: str) -> str:
+    """``--device``, checked against this machine before any work starts."""
+    from ..training.distributed import resolve_device
+
+    if text != "auto":
+        try:
+            resolve_device(text, 0)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+    return text
+
+
 def _add_device(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:1..."
+        "--device", type=_device, default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:1..."
     )

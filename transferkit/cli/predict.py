@@ -1,21 +1,25 @@
 """``transferkit predict``: the top classes of image files, with probabilities, from a trained run folder.
 
 The model's task turns its outputs into one score per class and image (for segmentation: the share of
-pixels predicted as each class), so every task prints the same ranked line per image.
+pixels predicted as each class), so every task prints the same ranked line per image; a detector prints
+its boxes (class, score, ``[x1, y1, x2, y2]`` in the image's pixels) and draws them over the images
+(``--draw``, by default ``predicted_boxes.png`` in the run folder). An unreadable file is reported on
+stderr and skipped; the command fails (exit status 1) only when no file can be read.
 """
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable, Sequence
+import sys
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
 
 from ..model import TransferModel
+from ..predict import read_image
 from ..tasks import get_task
 from ..training import Trainer
 from .options import _add_device, _positive_int
@@ -31,6 +35,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     predict.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders of images")
     predict.add_argument("--top-k", type=_positive_int, default=3)
     predict.add_argument("--batch-size", type=_positive_int, default=32)
+    predict.add_argument(
+        "--draw", default=None, metavar="PNG", help="picture of the predicted boxes (detection models)"
+    )
     _add_device(predict)
     predict.set_defaults(func=_cmd_predict)
 
@@ -52,24 +59,29 @@ def _image_files(paths: Sequence[str]) -> list[Path]:
     return files
 
 
-class _ImageFiles(Dataset):
-    """Image files through an evaluation transform; an unreadable file raises `OSError` naming it."""
-
-    def __init__(self, files: Sequence[Path], transform: Callable[[Image.Image], torch.Tensor]) -> None:
-        self.files = list(files)
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def __getitem__(self, index: int) -> torch.Tensor:
-        path = self.files[index]
-        try:
-            with Image.open(path) as file:
-                image = file.convert("RGB")
-        except (OSError, SyntaxError, ValueError) as err:
-            raise OSError(f"cannot read image {path}: {err}") from err
-        return self.transform(image)
+def _readable_batches(
+    files: Sequence[Path],
+    transform: Callable[[Image.Image], torch.Tensor],
+    batch_size: int,
+    on_error: Callable[[Path, OSError], None] | None,
+) -> Iterator[tuple[list[Path], list[Image.Image], torch.Tensor]]:
+    """``(paths, images, inputs [B, C, H, W])`` of the readable files, in order; the others go to
+    ``on_error``."""
+    for start in range(0, len(files), batch_size):
+        paths, images, inputs = [], [], []
+        for path in files[start : start + batch_size]:
+            try:
+                image = read_image(path)
+                inputs.append(transform(image))
+            except OSError as err:
+                if on_error is None:
+                    raise
+                on_error(path, err)
+                continue
+            paths.append(path)
+            images.append(image)
+        if paths:
+            yield paths, images, torch.stack(inputs)
 
 
 def predict_files(
@@ -80,37 +92,73 @@ def predict_files(
     top_k: int = 3,
     batch_size: int = 32,
     device: str = "auto",
+    on_error: Callable[[Path, OSError], None] | None = None,
+    draw: Path | None = None,
 ) -> list[str]:
-    """One line per image: its top classes with probabilities (segmentation: predicted pixel shares).
+    """One line per image: its top classes with probabilities (segmentation: predicted pixel shares;
+    detection: its boxes in the image's pixels, see `transferkit.tasks.Task.describe`).
 
     Args:
-        model: The trained model; ``model.task`` says how its outputs become class scores.
-        meta: Its run metadata (``task``, ``classes``, ``image_size``), as ``transferkit.json`` holds it.
+        model: The trained model; ``model.task`` says how its outputs become class scores, and
+            ``model.classes`` names them.
+        meta: Its run metadata (``image_size``), as ``transferkit.json`` holds it.
         files: Image paths.
         top_k: Classes per line.
         batch_size: Images per forward pass.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ...
+        on_error: Called with the path and the error of each unreadable file, which is then skipped;
+            None raises the first error.
+        draw: Where to write a picture of the predictions over the images (detection models).
+
+    Raises:
+        OSError: A file cannot be read and ``on_error`` is None, or no file can be read at all.
 
     Examples:
         >>> predict_files(model, meta, [Path("bee.jpg")], top_k=2)  # doctest: +SKIP
         ['bee.jpg: bees 0.968  ants 0.032']
     """
     task = get_task(model.task)
-    dataset = _ImageFiles(files, task.image_transform(model, meta["image_size"]))
-    logits = Trainer(model, device=device, progress=False).predict(DataLoader(dataset, batch_size=batch_size))
-    scores, unit = task.class_scores(logits)
-    classes = meta["classes"]
-    k = min(top_k, len(classes))
-    lines = []
-    for path, row in zip(files, scores):
-        values, indices = row.topk(k)
-        ranked = "  ".join(f"{classes[i]} {v:.3f}" for v, i in zip(values.tolist(), indices.tolist()))
-        lines.append(f"{path}: {ranked}{unit}")
+    transform = task.image_transform(model, meta["image_size"])
+    trainer = Trainer(model, device=device, progress=False)
+    classes = model.classes
+    lines, errors, drawn = [], [], []
+
+    def skip(path: Path, err: OSError) -> None:
+        errors.append(err)
+        on_error(path, err)  # type: ignore[misc]
+
+    for paths, images, inputs in _readable_batches(files, transform, batch_size, skip if on_error else None):
+        input_size = tuple(inputs.shape[-2:])
+        for path, image, output in zip(paths, images, trainer.predict([inputs])):
+            size = (image.height, image.width)
+            lines.append(f"{path}: {task.describe(output, classes, top_k, size, input_size)}")
+            if draw is not None:
+                drawn.append((image, task.prediction(output, classes, top_k, size, input_size)))
+    if not lines:
+        first = " ".join(str(errors[0]).split()) if errors else "no files"
+        raise OSError(f"none of the {len(files)} image file(s) could be read: {first}")
+    if draw is not None:
+        task.draw_answers([image for image, _ in drawn], [answer for _, answer in drawn], classes, draw)
     return lines
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
     model, meta = _load_run(args.model)
     files = _image_files(args.images)
-    _say(*predict_files(model, meta, files, top_k=args.top_k, batch_size=args.batch_size, device=args.device))
+    picture = get_task(model.task).predict_picture
+    if args.draw and picture is None:
+        raise ValueError(f"--draw pictures a detector's boxes; {args.model} holds a {model.task} model")
+    draw = Path(args.draw) if args.draw else Path(args.model) / picture if picture else None
+    failed: list[str] = []
+
+    def report(path: Path, err: OSError) -> None:
+        failed.append(f"transferkit predict: skipped {path}: {' '.join(str(err).split())}")
+
+    lines = predict_files(
+        model, meta, files, top_k=args.top_k, batch_size=args.batch_size, device=args.device,
+        on_error=report, draw=draw,
+    )  # fmt: skip
+    _say(*lines, *([f"boxes drawn in {draw}"] if draw is not None else []))
+    for line in failed:
+        print(line, file=sys.stderr)
     return 0

@@ -1,25 +1,41 @@
 """Run folders: train a model and save it with what the other commands read back, and load one again.
 
-A run folder holds what ``model.save`` writes (``config.json``, ``model.safetensors``) plus `META_FILE`
-(the task, the class names and the image size), `HISTORY_FILE` and, when matplotlib is installed,
-``history.png`` and ``predictions.png``. ``train`` and ``demo`` write one with `_fit_and_save`; ``eval``,
-``predict`` and ``demo`` read one with `_load_run`. Also here: the printing helpers every command uses.
+A run folder holds what ``model.save`` writes (``config.json``, ``model.safetensors``; the class names
+travel in the config) plus `META_FILE` (the task, the image size and the training arguments, written
+before training starts so that ``train --resume`` can read them), `HISTORY_FILE`, ``history.png`` and
+``predictions.png``; while training, `CHECKPOINT_DIR` holds the Trainer's checkpoint. ``train`` and
+``demo`` write one with `_fit_and_save`; ``eval``, ``predict`` and ``demo`` read one with `_load_run`.
+Also here: the printing helpers every command uses.
 """
 
 from __future__ import annotations
 
 import json
+import shlex
+import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from ..hub import is_hub_spec
 from ..model import TransferModel, load_model
-from ..training import Trainer
+from ..tasks import get_task
+from ..training import CSVLogger, TensorBoard, Trainer
 
 META_FILE = "transferkit.json"
 HISTORY_FILE = "history.json"
+HISTORY_CSV = "history.csv"
+CHECKPOINT_DIR = "checkpoint"  # the Trainer's last.pt while a run trains; removed when it is done
+
+
+class Interrupted(Exception):
+    """Ctrl-C during training; the run folder's checkpoint holds the ``epochs_done`` completed epochs."""
+
+    def __init__(self, epochs_done: int) -> None:
+        super().__init__(f"interrupted after {epochs_done} epoch(s)")
+        self.epochs_done = epochs_done
 
 
 def _say(*lines: str) -> None:
@@ -42,26 +58,51 @@ def _describe_data(loaders: dict[str, DataLoader], classes: list[str]) -> str:
     return f"{sizes} images, {len(classes)} classes ({', '.join(classes)})"
 
 
+def _resume_command(out: Path) -> str:
+    return f"transferkit train --resume --out {shlex.quote(str(out))}"
+
+
+def _read_meta(directory: Path) -> dict[str, Any]:
+    path = directory / META_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _write_meta(directory: Path, meta: dict[str, Any]) -> None:
+    (directory / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+
+
 def _load_run(folder: str) -> tuple[TransferModel, dict[str, Any]]:
-    """The model in a run folder and its ``transferkit.json`` (defaults when the folder lacks one)."""
+    """The model in a run folder and its ``transferkit.json`` (defaults when the folder lacks one).
+
+    The class names are the model's own (``model.classes``); run folders saved before the names
+    travelled with the model get them from ``transferkit.json``.
+    """
+    if is_hub_spec(folder):
+        model = load_model(folder)
+        return model, {"task": model.task, "classes": model.classes, "image_size": None}
     directory = _existing_dir(folder, "--model")
-    model = load_model(directory)
-    meta_path = directory / META_FILE
-    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-    meta["task"] = model.task
-    meta.setdefault("image_size", None)
-    classes = meta.get("classes") or [str(i) for i in range(model.num_classes)]
-    if len(classes) != model.num_classes:
-        raise ValueError(
-            f"{meta_path} lists {len(classes)} classes but the model has {model.num_classes} outputs; "
-            "the run folder is inconsistent, train again or fix the 'classes' list"
+    meta = _read_meta(directory)
+    if meta.get("status") == "training" and not (directory / "model.safetensors").is_file():
+        raise FileNotFoundError(
+            f"{directory} holds a run that has not finished (interrupted, or still training); finish it "
+            f"with: {_resume_command(directory)}"
         )
-    meta["classes"] = list(classes)
+    model = load_model(directory)
+    if model.config.get("classes") is None and meta.get("classes"):
+        if len(meta["classes"]) != model.num_classes:
+            raise ValueError(
+                f"{directory / META_FILE} lists {len(meta['classes'])} classes but the model has "
+                f"{model.num_classes} outputs; the run folder is inconsistent, train again or fix 'classes'"
+            )
+        model.classes = meta["classes"]
+    meta.update(task=model.task, classes=model.classes)
+    meta.setdefault("image_size", None)
     return model, meta
 
 
 def _history_table(history: list[dict[str, Any]], num_blocks: int) -> str:
-    keys = [k for k in ("train_loss", "val_loss", "val_acc", "val_miou") if any(k in row for row in history)]
+    shown = ("train_loss", "val_loss", "val_acc", "val_miou", "val_map", "val_map_50")
+    keys = [k for k in shown if any(k in row for row in history)]
     lines = ["epoch  blocks  " + "  ".join(f"{k:>10}" for k in keys)]
     for row in history:
         values = "  ".join(f"{row[k]:>10.4f}" if k in row else f"{'-':>10}" for k in keys)
@@ -70,10 +111,12 @@ def _history_table(history: list[dict[str, Any]], num_blocks: int) -> str:
     return "\n".join(lines)
 
 
-def _best_row(history: list[dict[str, Any]]) -> dict[str, Any]:
-    """The epoch whose weights the Trainer keeps: lowest ``val_loss`` (it restores the best by default)."""
-    if all("val_loss" in row for row in history):
-        return min(history, key=lambda row: row["val_loss"])
+def _best_row(history: list[dict[str, Any]], monitor: str = "val_loss") -> dict[str, Any]:
+    """The epoch whose weights the Trainer keeps (it restores the best by default): lowest ``monitor``
+    when it is a loss, else highest (detection's ``val_map``); the last epoch without validation."""
+    if monitor.startswith("val_") and all(monitor in row for row in history):
+        sign = 1 if monitor.endswith("loss") else -1
+        return min(history, key=lambda row: sign * row[monitor])
     return history[-1]
 
 
@@ -92,17 +135,19 @@ def _write_plots(
             stale.unlink(missing_ok=True)
         return []
     plots.plot_history(history, written[0])
-    plots.show_predictions(model, _spread(loader.dataset, 16), written[1], classes=classes)
-    return written
+    spread = _spread(loader.dataset, 16, get_task(model.task).collate_fn)
+    plots.show_predictions(model, spread, written[1], classes=classes)
+    return written + get_task(model.task).draw_metrics(model, loader, out)
 
 
-def _spread(dataset: Dataset, count: int) -> DataLoader:
+def _spread(dataset: Dataset, count: int, collate_fn: Any = None) -> DataLoader:
     """One batch of ``count`` samples spread evenly through ``dataset``.
 
     Folder datasets are ordered by class, so the first ``count`` samples would all show the same class.
     """
     step = max(1, len(dataset) // count)
-    return DataLoader(Subset(dataset, range(0, len(dataset), step)[:count]), batch_size=count)
+    subset = Subset(dataset, range(0, len(dataset), step)[:count])
+    return DataLoader(subset, batch_size=count, collate_fn=collate_fn)
 
 
 def _fit_and_save(
@@ -115,34 +160,62 @@ def _fit_and_save(
     lr: float,
     device: str,
     seed: int,
+    checkpoint: bool = False,
+    resume: bool = False,
+    label_smoothing: float = 0.0,
+    tensorboard: bool = False,
 ) -> tuple[list[dict[str, Any]], list[Path]]:
     """Train, print the epoch table, save the model, its metadata, the history and the plots.
 
+    ``meta`` goes to `META_FILE` first (``"status": "training"``), and with ``checkpoint`` the Trainer
+    checkpoints into `CHECKPOINT_DIR` every epoch (``resume`` continues from there). Epochs are counted
+    from 1 in everything written for people, ``best_epoch`` included; ``history.json`` keeps the
+    Trainer's 0-based ``epoch`` index.
+
     Returns:
         The history (one dict per epoch) and the plot files written (none without matplotlib).
+
+    Raises:
+        Interrupted: Ctrl-C during training; the checkpoint is kept.
     """
-    trainer = Trainer(model, epochs=epochs, lr=lr, device=device, seed=seed)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_meta(out, {**meta, "status": "training"})
+    checkpoints = out / CHECKPOINT_DIR if checkpoint else None
+    callbacks: list[Any] = [CSVLogger(out / HISTORY_CSV)]  # written as it goes: readable mid-run
+    if tensorboard:
+        callbacks.append(TensorBoard(out / "tb"))
+    trainer = Trainer(
+        model, epochs=epochs, lr=lr, device=device, seed=seed, checkpoint_dir=checkpoints, resume=resume,
+        label_smoothing=label_smoothing, callbacks=callbacks,
+    )  # fmt: skip
     started = time.perf_counter()
-    history = trainer.fit(loaders)
+    try:
+        history = trainer.fit(loaders)
+    except KeyboardInterrupt:
+        raise Interrupted(len(trainer.history)) from None
     elapsed = time.perf_counter() - started
     _say("", _history_table(history, len(model.blocks)))
-    best = _best_row(history)
-    if "val_loss" in best:
+    monitor = trainer.best.monitor
+    best = _best_row(history, monitor)
+    took = f"{elapsed:.0f}s since resuming" if resume else f"{elapsed:.0f}s"
+    if monitor in best and monitor.startswith("val_"):
         metrics = ", ".join(f"{k} {v:.4f}" for k, v in best.items() if k.startswith("val_"))
-        kept = f"kept the weights of epoch {best['epoch'] + 1} (lowest val_loss): {metrics}"
-        _say(f"trained {_count(len(history), 'epoch')} in {elapsed:.0f}s; {kept}")
+        which = "lowest" if monitor.endswith("loss") else "highest"
+        kept = f"kept the weights of epoch {best['epoch'] + 1} ({which} {monitor}): {metrics}"
+        _say(f"trained {_count(len(history), 'epoch')} in {took}; {kept}")
     else:
-        _say(
-            f"trained {_count(len(history), 'epoch')} in {elapsed:.0f}s (no val split: kept the last weights)"
-        )
-    out.mkdir(parents=True, exist_ok=True)
+        _say(f"trained {_count(len(history), 'epoch')} in {took} (no val split: kept the last weights)")
     model.save(out)
     meta = {
         **meta,
-        "best_epoch": best["epoch"],
+        "classes": model.classes,
+        "status": "done",
+        "best_epoch": best["epoch"] + 1,  # as printed: epochs count from 1
         "metrics": {k: v for k, v in best.items() if k.startswith("val_")},
     }
-    (out / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    _write_meta(out, meta)
     (out / HISTORY_FILE).write_text(json.dumps(history, indent=2) + "\n")
-    plots = _write_plots(out, history, model, loaders.get("val", loaders["train"]), meta["classes"])
+    plots = _write_plots(out, history, model, loaders.get("val", loaders["train"]), model.classes)
+    if checkpoints is not None:
+        shutil.rmtree(checkpoints, ignore_errors=True)  # a finished run needs no optimizer state
     return history, plots

@@ -7,6 +7,7 @@ names are read before the model is built, so a bad layout fails before any weigh
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,17 +22,24 @@ from ..tasks import IGNORE_INDEX, Task, get_task
 from .options import (
     FREEZE_GRAMMAR,
     _add_device,
+    _non_negative_float,
     _positive_float,
     _positive_int,
     parse_freeze,
     parse_pretrained,
 )
+from .resume import TRAIN_DEFAULTS, has_checkpoint, new_run_arguments, prepare_new_run, resumed_arguments
 from .runs import (
+    HISTORY_CSV,
     HISTORY_FILE,
     META_FILE,
+    Interrupted,
+    _count,
     _describe_data,
     _existing_dir,
     _fit_and_save,
+    _read_meta,
+    _resume_command,
     _say,
 )
 
@@ -39,31 +47,44 @@ from .runs import (
 def add_parser(commands: argparse._SubParsersAction) -> None:
     """Add the ``train`` subcommand to ``commands``."""
     train = commands.add_parser("train", help="fine-tune a backbone on an image folder")
+    train.add_argument("--data", help="root/train/<class>/*.jpg (+ root/val/...); masks for fcn")
+    train.add_argument("--backbone", help="e.g. resnet18, timm/convnext_tiny (transferkit list)")
+    train.add_argument("--neck", help="identity (default; fpn_lite for detection heads), fpn_lite, pan, aspp")
     train.add_argument(
-        "--data", required=True, help="root/train/<class>/*.jpg (+ root/val/...); masks for fcn"
+        "--head", help="linear (classification, default), fcn (segmentation), fcos/retinanet/... (detection)"
     )
     train.add_argument(
-        "--backbone", required=True, help="e.g. resnet18, timm/convnext_tiny (transferkit list)"
+        "--pretrained", type=parse_pretrained, help="true (default), false, a weights tag or a file"
     )
-    train.add_argument("--neck", default="identity", help="identity (default) or fpn_lite")
-    train.add_argument(
-        "--head", default="linear", help="linear (classification, default) or fcn (segmentation)"
-    )
-    train.add_argument(
-        "--pretrained",
-        type=parse_pretrained,
-        default=True,
-        help="true (default), false, a weights tag or a file",
-    )
-    train.add_argument(
-        "--freeze", type=parse_freeze, default=parse_freeze("none"), help=f"{FREEZE_GRAMMAR} (default: none)"
-    )
-    train.add_argument("--epochs", type=_positive_int, default=10)
-    train.add_argument("--lr", type=_positive_float, default=1e-3, help="head learning rate (default 1e-3)")
-    train.add_argument("--batch-size", type=_positive_int, default=32)
-    train.add_argument("--image-size", type=_positive_int, default=None, help="default: the backbone's size")
+    train.add_argument("--freeze", type=parse_freeze, help=f"{FREEZE_GRAMMAR} (default: none)")
+    train.add_argument("--epochs", type=_positive_int, help="default 10")
+    train.add_argument("--lr", type=_positive_float, help="head learning rate (default 1e-3)")
+    train.add_argument("--batch-size", type=_positive_int, help="default 32")
+    train.add_argument("--image-size", type=_positive_int, help="default: the backbone's size")
     train.add_argument("--out", default="runs/transferkit", help="run folder (default runs/transferkit)")
-    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--seed", type=int, help="default 0")
+    train.add_argument(
+        "--augment",
+        help="light (default: crop and flip), none, or randaugment, trivialaugment, autoaugment, "
+        "randomerasing on top of light, joined with + (segmentation and detection: light or none)",
+    )
+    train.add_argument(
+        "--mixup", type=_non_negative_float, help="MixUp alpha (classification; default 0: off)"
+    )
+    train.add_argument(
+        "--cutmix", type=_non_negative_float, help="CutMix alpha (classification; default 0: off)"
+    )
+    train.add_argument("--label-smoothing", type=_non_negative_float, help="default 0")
+    train.add_argument(
+        "--log",
+        choices=("csv", "tensorboard"),
+        help="csv: history.csv (default); tensorboard: also tb/ events",
+    )
+    existing = train.add_mutually_exclusive_group()
+    existing.add_argument(
+        "--resume", action="store_true", help="continue the interrupted run in --out (its options are saved)"
+    )
+    existing.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
     _add_device(train)
     train.set_defaults(func=_cmd_train)
 
@@ -100,8 +121,10 @@ def _folder_loaders(
     data: Path, task: Task, model: TransferModel | None, args: argparse.Namespace
 ) -> dict[str, DataLoader]:
     """The task's loaders for ``--data``; without a model (ImageNet transforms) only to read the classes."""
+    options = {"augment": "light", "mixup": 0.0, "cutmix": 0.0}  # given to the loaders only when changed
+    changed = {k: getattr(args, k) for k, v in options.items() if getattr(args, k, v) not in (None, v)}
     return task.folder_loaders(
-        data, model, batch_size=args.batch_size, image_size=args.image_size, seed=args.seed
+        data, model, batch_size=args.batch_size, image_size=args.image_size, seed=args.seed, **changed
     )
 
 
@@ -110,48 +133,89 @@ def _image_size_text(model: TransferModel, image_size: int | None) -> str:
     return f"{size}px"
 
 
+def _run_arguments(args: argparse.Namespace) -> argparse.Namespace | None:
+    """The run's options: the saved ones with ``--resume`` (None when that run is done), else the given.
+
+    A new run checks that ``--out`` may take it (empty, or ``--overwrite``) before anything is built.
+    """
+    out = Path(args.out)
+    if args.resume:
+        saved = resumed_arguments(out, args)
+        if _read_meta(out).get("status") == "done":
+            _say(f"{out} finished all {_count(saved['epochs'], 'epoch')} already; nothing to resume")
+            return None
+        values = saved
+    else:
+        values = new_run_arguments(args)
+        if args.neck is None:  # the head's task picks the neck: detection heads read a pyramid
+            values["neck"] = get_task(_head_task(values["head"])).default_neck
+        prepare_new_run(out, overwrite=args.overwrite)
+    run = argparse.Namespace(**values)
+    run.freeze = parse_freeze(run.freeze)
+    run.out, run.device, run.resume = out, args.device, args.resume
+    return run
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
-    data = _existing_dir(args.data, "--data")
-    task = get_task(_head_task(args.head))
-    classes = _data_classes(data, task, args)
-    torch.manual_seed(args.seed)
+    run = _run_arguments(args)
+    if run is None:
+        return 0
+    data = _existing_dir(run.data, "--data")
+    task = get_task(_head_task(run.head))
+    classes = _data_classes(data, task, run)
+    torch.manual_seed(run.seed)
     try:
         model = build_model(
-            args.backbone,
-            neck=args.neck,
-            head=args.head,
+            run.backbone,
+            neck=run.neck,
+            head=run.head,
             num_classes=len(classes),
-            pretrained=args.pretrained,
+            pretrained=run.pretrained,
+            classes=classes,
         )
     except PretrainedUnavailableError as err:
         raise PretrainedUnavailableError(
             f"{err} On the command line: --pretrained PATH or --pretrained false."
         ) from err
-    args.freeze.apply(model)
-    loaders = _folder_loaders(data, task, model, args)
+    run.freeze.apply(model)
+    loaders = _folder_loaders(data, task, model, run)
     _say(
-        f"transferkit train: {model.config['backbone']} + {args.neck} neck + {args.head} head ({task.name}), "
-        f"pretrained={args.pretrained}, {_image_size_text(model, args.image_size)}",
+        f"transferkit train: {model.config['backbone']} + {run.neck} neck + {run.head} head ({task.name}), "
+        f"pretrained={run.pretrained}, {_image_size_text(model, run.image_size)}",
         f"data: {data}: {_describe_data(loaders, classes)}",
-        f"freeze: {args.freeze.text} ({len(model.trainable_blocks)} of {len(model.blocks)} backbone blocks "
+        f"freeze: {run.freeze.text} ({len(model.trainable_blocks)} of {len(model.blocks)} backbone blocks "
         "train at the start)",
         model.freeze_summary(),
     )
+    if run.resume:
+        _say(f"resuming the run in {run.out}/ after its last completed epoch")
+    arguments = {k: getattr(run, k) for k in TRAIN_DEFAULTS}
     meta = {
         "task": task.name,
         "classes": list(classes),
-        "image_size": args.image_size,
-        "data": str(data.resolve()),
-        "freeze": args.freeze.text,
-        "epochs": args.epochs,
-        "lr": args.lr,
-        "batch_size": args.batch_size,
+        **arguments,
+        "freeze": run.freeze.text,
         "transferkit_version": __version__,
     }
-    out = Path(args.out)
-    _, plots = _fit_and_save(
-        model, loaders, out, meta=meta, epochs=args.epochs, lr=args.lr, device=args.device, seed=args.seed
-    )
-    files = ["config.json", "model.safetensors", META_FILE, HISTORY_FILE, *(p.name for p in plots)]
-    _say(f"saved to {out}/: {', '.join(files)}")
+    try:
+        _, plots = _fit_and_save(
+            model, loaders, run.out, meta=meta, epochs=run.epochs, lr=run.lr, device=run.device,
+            seed=run.seed, checkpoint=True, resume=run.resume, label_smoothing=run.label_smoothing,
+            tensorboard=run.log == "tensorboard",
+        )  # fmt: skip
+    except Interrupted as stop:
+        done = (
+            f"after {stop.epochs_done} of {run.epochs} epochs"
+            if has_checkpoint(run.out)
+            else "during its first epoch (no checkpoint yet)"
+        )
+        print(
+            f"transferkit train: interrupted {done}; {run.out}/ keeps the run. Continue it with: "
+            f"{_resume_command(run.out)}",
+            file=sys.stderr,
+        )
+        return 130
+    files = ["config.json", "model.safetensors", META_FILE, HISTORY_FILE, HISTORY_CSV]
+    files += [p.name for p in plots] + (["tb/"] if run.log == "tensorboard" else [])
+    _say(f"saved to {run.out}/: {', '.join(files)}")
     return 0

@@ -2,7 +2,9 @@
 
 - ``transforms``: ``build_transforms`` and ``build_segmentation_transforms`` from a data config;
 - ``folders``: ``ClassFolder``, ``SegmentationFolder`` and the loaders that read the folder layouts;
-- ``synthetic``: ``SyntheticShapes`` and the writers that save it as such folders.
+- ``synthetic``: ``SyntheticShapes`` and the writers that save it as such folders;
+- ``detection``: ``DetectionFolder`` (COCO or Pascal VOC), its box-aware transforms, the padding collate
+  and ``detection_folder_loaders``; ``synthetic_detection``: shapes with boxes, and their folder writer.
 
 Examples:
     >>> import tempfile
@@ -18,8 +20,17 @@ Examples:
 
 from __future__ import annotations
 
-from .folders import ClassFolder, SegmentationFolder, image_folder_loaders, segmentation_folder_loaders
+from .detection import (
+    DetectionFolder,
+    build_detection_transforms,
+    collate_detection,
+    detection_folder_loaders,
+    pad_images,
+)
+from .folders import ClassFolder, SegmentationFolder
+from .loaders import image_folder_loaders, segmentation_folder_loaders
 from .synthetic import SHAPES, SyntheticShapes, make_shapes_folder, make_shapes_segmentation_folder
+from .synthetic_detection import SyntheticShapesDetection, make_shapes_detection_folder
 from .transforms import (
     DEFAULT_DATA_CONFIG,
     IMAGENET_MEAN,
@@ -34,12 +45,19 @@ __all__ = [
     "IMAGENET_STD",
     "SHAPES",
     "ClassFolder",
+    "DetectionFolder",
     "SegmentationFolder",
     "SyntheticShapes",
+    "SyntheticShapesDetection",
+    "build_detection_transforms",
     "build_segmentation_transforms",
     "build_transforms",
+    "collate_detection",
+    "detection_folder_loaders",
     "image_folder_loaders",
+    "make_shapes_detection_folder",
     "make_shapes_folder",
     "make_shapes_segmentation_folder",
+    "pad_images",
     "segmentation_folder_loaders",
 ]

@@ -2,13 +2,25 @@
 
 A head is called as ``head(features, input_size)``; ``input_size`` is the input's ``(H, W)``. Each head
 declares its ``task`` (see `transferkit.tasks`): ``classification.py`` holds the heads that give logits
-``[N, K]``, ``segmentation.py`` those that give masks ``[N, K, H, W]``.
+``[N, K]``, ``segmentation.py`` those that give masks ``[N, K, H, W]``, ``detection.py`` torchvision's
+detectors, called as ``head(features, input_size, targets=None)``: the loss dict in training, boxes per
+image in eval mode (``detection_parts.py`` holds what they share).
 """
 
 from __future__ import annotations
 
 from .classification import LinearHead
+from .detection import FasterRCNNHead, FCOSHead, RetinaNetHead, SSDLiteHead
 from .registry import HEADS
-from .segmentation import FCNHead
+from .segmentation import DeepLabV3PlusHead, FCNHead
 
-__all__ = ["HEADS", "FCNHead", "LinearHead"]
+__all__ = [
+    "HEADS",
+    "DeepLabV3PlusHead",
+    "FCNHead",
+    "FCOSHead",
+    "FasterRCNNHead",
+    "LinearHead",
+    "RetinaNetHead",
+    "SSDLiteHead",
+]

@@ -73,8 +73,17 @@ class PrefixCaches:
 
     def check(self, train: Any, start: int, epochs: int) -> None:
         """Fail before training when caching cannot work: bad loader, norm layers, unsplittable backbone."""
+        from ..tasks import get_task
+
+        task = get_task(self.model.task)
+        if not task.cacheable:
+            raise ValueError(
+                f"cache_features=True does not support {task.name} models: the cached path runs the head "
+                "without the targets a detector's training step needs (and boxes move with every "
+                "augmenting flip or resize); use cache_features=False"
+            )
         freeze = self.model.freeze_state()
-        if freeze.get("bn", "frozen") != "frozen":
+        if freeze.get("bn", "frozen") not in ("frozen", "frozen_all"):
             raise ValueError(
                 "cache_features=True needs the frozen blocks' norm layers in eval mode, but the model was "
                 "frozen with bn='train' (their statistics change every batch); freeze with bn='frozen' "

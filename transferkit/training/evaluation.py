@@ -7,10 +7,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
-from torch import Tensor
 
 from .feature_cache import CachedBatch
-from .loaders import progress
+from .loaders import progress, refuse_dataset, split_batch
 
 if TYPE_CHECKING:
     from .trainer import Trainer
@@ -20,43 +19,50 @@ __all__ = ["evaluate_batches", "predict_batches"]
 
 @torch.no_grad()
 def evaluate_batches(trainer: Trainer, loader: Iterable[Any]) -> dict[str, float]:
-    """Sample-weighted mean loss and the task's metrics over ``loader``, summed over every rank."""
-    model, device = trainer.model, trainer.device
+    """Sample-weighted mean loss and the task's metrics over ``loader``, summed over every rank.
+
+    A task without a validation loss (detection: the model gives detections in eval mode) reports its
+    metrics only."""
+    model, device, has_loss = trainer.model, trainer.device, trainer.task.has_val_loss
     meter = trainer.task.meter(model.num_classes, device)
     dtype = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
     sums = torch.zeros(2, device=device, dtype=dtype)  # [loss * samples, samples]
     ones = torch.ones((), device=device, dtype=dtype)
     was_training = model.training
     model.eval()
-    for step, (inputs, targets) in enumerate(progress(loader, "eval", not trainer.show_progress)):
+    for step, batch in enumerate(progress(loader, "eval", not trainer.show_progress)):
+        inputs, targets = split_batch(batch, trainer.task, f"evaluation batch {step + 1}")
         if not isinstance(inputs, CachedBatch):
-            trainer._check_targets(targets, f"evaluation batch {step}")
+            trainer.task.check_batch(inputs, targets, model.num_classes, f"evaluation batch {step + 1}")
         inputs, targets = trainer._to_device(inputs, targets)
         with trainer._autocast():
             outputs = trainer._forward(model, inputs)
-            loss = trainer.loss_fn(outputs, targets)
+            loss = trainer.loss_fn(outputs, targets) if has_loss else ones * 0
         sums += torch.stack([loss.to(dtype), ones]) * trainer.task.num_samples(targets)
-        meter.update(outputs.float(), targets)
+        meter.update(trainer.task.float_outputs(outputs), targets)
     model.train(was_training)
     if trainer.world_size > 1:
         for tensor in (sums, *meter.state):
             dist.all_reduce(tensor)
     loss_sum, samples = sums.tolist()
-    return {"loss": loss_sum / samples, **meter.compute()}
+    return {**({"loss": loss_sum / samples} if has_loss else {}), **meter.compute()}
 
 
 @torch.no_grad()
-def predict_batches(trainer: Trainer, loader: Iterable[Any]) -> Tensor:
-    """The model's outputs for every batch of ``loader`` (inputs alone or ``(inputs, targets)``)."""
+def predict_batches(trainer: Trainer, loader: Iterable[Any]) -> Any:
+    """The model's outputs for every batch of ``loader`` (inputs alone or ``(inputs, targets)``): a tensor,
+    or for detection one dict of boxes, scores and labels per image (`transferkit.tasks.Task.collect`)."""
+    refuse_dataset(loader, "predict")
     model = trainer.model
     was_training = model.training
     model.eval()
     outputs = []
-    for batch in progress(loader, "predict", not trainer.show_progress):
-        inputs = batch[0] if isinstance(batch, (tuple, list)) else batch
+    for step, batch in enumerate(progress(loader, "predict", not trainer.show_progress)):
+        inputs = trainer.task.as_batch(batch[0] if isinstance(batch, (tuple, list)) else batch)
+        trainer.task.check_inputs(inputs, f"predict batch {step + 1}")
         inputs = inputs.to(trainer.device, non_blocking=True, memory_format=trainer.memory_format)
         with trainer._autocast():
-            outputs.append(trainer._forward(model, inputs).float().cpu())
+            outputs.append(trainer.task.float_outputs(trainer._forward(model, inputs), torch.device("cpu")))
     model.train(was_training)
     if not outputs:
         raise ValueError("predict() got an empty loader; pass a loader with at least one batch")

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from torch.utils.data import DistributedSampler
 from tqdm.auto import tqdm
 
+from ..classes import fill_classes
 from ..tasks import get_task
 from .arguments import check_trainer_arguments
 from .best import BestEpoch
@@ -31,8 +32,9 @@ from .callbacks import Callbacks
 from .checkpoint import restore, resume_from, rollback_point, save_checkpoint, seed_everything
 from .distributed import init_distributed, resolve_device, resolve_precision, shard_loader, wrap
 from .evaluation import evaluate_batches, predict_batches
-from .loaders import check_length, split_loaders
+from .loaders import check_length, split_batch, split_loaders
 from .optim import build_optimizer, build_scheduler
+from .running_loss import LossParts, sync_losses
 
 if TYPE_CHECKING:
     from ..model import TransferModel
@@ -75,8 +77,8 @@ class Trainer:
         checkpoint_dir: Directory for ``last.pt``, written atomically after every epoch (rank 0 only).
         resume: Continue from ``checkpoint_dir/last.pt`` when it exists.
         early_stopping: Patience: stop after this many epochs without improvement of ``monitor``.
-        monitor: History key to track; the task's default is ``"val_loss"`` (``"train_loss"`` without
-            validation);
+        monitor: History key to track; the task's default is ``"val_loss"`` (detection: ``"val_map"``;
+            ``"train_loss"`` without validation);
             keys ending in ``loss`` are minimised, others (``val_acc``, ``val_miou``) maximised.
         restore_best: With validation, end with the weights of the best epoch.
         progress: Show a tqdm bar per epoch; False prints nothing.
@@ -86,6 +88,8 @@ class Trainer:
         seed: Seeds torch, random and numpy (plus the rank) at the start of ``fit``, and the sampler.
         backbone_lr_mult: Extra learning-rate factor for the whole backbone.
         compile: Train through ``torch.compile(model)``.
+        label_smoothing: Cross-entropy label smoothing of the task's default loss (0: none); the
+            validation loss is smoothed alike, so ``val_loss`` stays comparable with ``train_loss``.
 
     Examples:
         >>> model = build_model("resnet18", num_classes=2, pretrained=False)  # logits [N, 2]
@@ -123,24 +127,16 @@ class Trainer:
         compile: bool = False,
         cache_budget: int = DEFAULT_CACHE_BUDGET,
         cache_dir: str | os.PathLike[str] | None = None,
+        label_smoothing: float = 0.0,
     ) -> None:
-        check_trainer_arguments(
-            epochs=epochs,
-            grad_accum=grad_accum,
-            early_stopping=early_stopping,
-            scheduler=scheduler,
-            precision=precision,
-            resume=resume,
-            checkpoint_dir=checkpoint_dir,
-            cache_budget=cache_budget,
-        )
+        check_trainer_arguments(locals())  # every argument by name, before anything is built
         self.model, self.task, self.epochs, self.grad_accum = model, get_task(model.task), epochs, grad_accum
         self.clip_grad_norm, self.scheduler_spec = clip_grad_norm, scheduler
         self.cache_features, self.resume, self.early_stopping = cache_features, resume, early_stopping
         self.monitor, self.restore_best, self.callbacks = monitor, restore_best, Callbacks(callbacks)
         self.seed, self.compile, self.cache_dir = seed, compile, cache_dir
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
-        self.loss_fn = loss or self.task.loss
+        self.loss_fn = loss or self.task.training_loss(label_smoothing)
 
         self.device = resolve_device(device, int(os.environ.get("LOCAL_RANK", "0")))
         self.rank, self.world_size = init_distributed(self.device)
@@ -189,16 +185,23 @@ class Trainer:
 
         Args:
             loaders: ``{"train": loader, "val": loader}``, a ``(train, val)`` tuple or a train loader;
-                batches are ``(inputs [N, C, H, W], targets)`` with targets ``[N]`` or masks ``[N, H, W]``.
+                batches are ``(inputs [N, C, H, W] float, targets)`` with targets ``[N]`` or masks
+                ``[N, H, W]`` (``[N, 1, H, W]`` and uint8 masks are taken too). A model without class
+                names (``model.classes``) takes them from the train loader's ``dataset.classes`` here.
 
         Returns:
             The history: per epoch ``epoch``, ``train_loss`` (mean batch loss), ``lr`` (the head's, at the
             epoch's start), ``trainable_blocks`` (count), ``seconds``, and with validation ``val_loss``
             plus ``val_acc`` (and ``val_top5`` above 5 classes) or ``val_miou`` and ``val_acc``.
+            Detection: ``train_loss_<part>`` for each part of the loss dict, and ``val_map`` and
+            ``val_map_50`` (COCO mAP) without a ``val_loss``; targets are lists of box dicts.
 
         Raises:
-            ValueError: An empty loader, targets outside ``[0, num_classes)`` (the model keeps the weights
-                of the last complete epoch), or an unknown ``monitor``.
+            ValueError: An empty loader, targets outside ``[0, num_classes)`` or float targets for the
+                default loss (the model keeps the weights of the last complete epoch), or an unknown
+                ``monitor``.
+            TypeError: A Dataset where a loader belongs, or batches that are not ``(inputs, targets)``
+                with float inputs (dicts, uint8 images).
             FloatingPointError: A non-finite loss; the model keeps the weights of the last good epoch.
             CheckpointError: ``resume=True`` and ``last.pt`` is damaged or was written for another model
                 (nothing is changed, the file is kept).
@@ -207,6 +210,7 @@ class Trainer:
         for name, loader in (("train", train), ("val", val)):
             if loader is not None:
                 check_length(loader, name)
+        fill_classes(self.model, train)
         if self.seed is not None:
             seed_everything(self.seed + self.rank)
         train, val = self._shard(train, train=True), self._shard(val, train=False)
@@ -256,7 +260,7 @@ class Trainer:
                 tqdm(total=len(train), desc=desc, disable=not self.show_progress) as bar,
             ):
                 try:
-                    row["train_loss"] = self._train_epoch(net, batches, bar)
+                    row.update(self._train_epoch(net, batches, bar))
                 except (ValueError, FloatingPointError):
                     restore(self.model, last_good, self.device)  # bad data or divergence: keep the last good
                     raise
@@ -272,14 +276,15 @@ class Trainer:
             self.callbacks.emit("on_epoch_end", self)
         self.callbacks.emit("on_fit_end", self)
 
-    def _train_epoch(self, net: nn.Module, loader: Iterable[Any], bar: Any) -> float:
-        """One pass over ``loader``; returns the mean batch loss (over all ranks)."""
+    def _train_epoch(self, net: nn.Module, loader: Iterable[Any], bar: Any) -> dict[str, float]:
+        """One pass over ``loader``; the mean batch loss (over all ranks) and of each part of the loss."""
         self.model.train()
-        n, pending, loss_total = len(loader), [], 0.0  # type: ignore[arg-type]
-        for step, (inputs, targets) in enumerate(loader):
-            self.step = step
+        n, pending, loss_total, parts = len(loader), [], 0.0, LossParts()  # type: ignore[arg-type]
+        for step, batch in enumerate(loader):
+            self.step, where = step, f"epoch {self.epoch + 1}, batch {step + 1}"
+            inputs, targets = split_batch(batch, self.task, where)
             if not isinstance(inputs, CachedBatch):  # cached targets were checked when cached
-                self._check_targets(targets, f"epoch {self.epoch}, step {step}")
+                self.task.check_batch(inputs, targets, self.model.num_classes, where)
             inputs, targets = self._to_device(inputs, targets)
             window_start = step - step % self.grad_accum
             window = min(self.grad_accum, n - window_start)  # the epoch's last window may be short
@@ -287,15 +292,17 @@ class Trainer:
             accumulate = net.no_sync() if self.world_size > 1 and not steps_now else contextlib.nullcontext()
             with accumulate:
                 with self._autocast():
-                    loss = self.loss_fn(self._forward(net, inputs), targets)
+                    outputs = self._forward(net, inputs, targets)
+                    loss = self.loss_fn(outputs, targets)
                 self.scaler.scale(loss / window).backward()
+            parts.add(self.task.loss_parts(outputs))
             if steps_now:
                 self._optimizer_step()
             self.loss = loss.detach()
             pending.append(self.loss)
             bar.update()
             if len(pending) == _SYNC_EVERY or step + 1 == n:
-                loss_total += self._sync_losses(pending, first_step=step + 1 - len(pending))
+                loss_total += sync_losses(pending, step + 1 - len(pending), self.epoch, self.world_size)
                 bar.set_postfix(loss=f"{loss_total / (step + 1):.4f}")
                 pending = []
             self.callbacks.emit("on_batch_end", self)
@@ -304,9 +311,9 @@ class Trainer:
             # its own batch statistics; share rank 0's so that validation and the final weights agree.
             for buffer in self.model.buffers():
                 dist.broadcast(buffer, src=0)
-        return loss_total / n
+        return {"train_loss": loss_total / n, **parts.means(self.world_size)}
 
-    def _forward(self, net: nn.Module, inputs: Tensor | CachedBatch) -> Tensor:
+    def _forward(self, net: nn.Module, inputs: Tensor | CachedBatch, targets: Any = None) -> Any:
         """Logits for a batch. The one place the frozen prefix runs, so cached features can replace it.
 
         Frozen parameters have ``requires_grad=False`` and inputs never require grad, so autograd records
@@ -315,7 +322,7 @@ class Trainer:
         """
         if isinstance(inputs, CachedBatch):
             return self._cache.net(*inputs.state, input_size=inputs.input_size)  # type: ignore[misc]
-        return net(inputs)
+        return self.task.forward(net, inputs, targets)
 
     def _batches(self, loader: Any, role: str) -> Any:
         """``loader`` itself, or with ``cache_features`` this epoch's batches from the feature cache."""
@@ -331,26 +338,13 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)  # frozen params keep grad None: AdamW skips them
         self.scheduler.step()
 
-    def _sync_losses(self, pending: list[Tensor], first_step: int) -> float:
-        """The bounded-rate host sync: the sum of the pending losses (mean over ranks), checked finite."""
-        losses = torch.stack(pending).float()
-        if self.world_size > 1:
-            dist.all_reduce(losses)  # a NaN on any rank shows on every rank: all raise together
-            losses /= self.world_size
-        bad = (~losses.isfinite()).nonzero()
-        if len(bad):
-            raise FloatingPointError(
-                f"non-finite loss at epoch {self.epoch}, step {first_step + int(bad[0])}; the model keeps "
-                "the weights of the last good epoch. Lower lr, set clip_grad_norm, or check the inputs."
-            )
-        return losses.sum().item()
-
     # ------------------------------------------------------------------------------ evaluate, predict
     def evaluate(self, loader: Iterable[Any]) -> dict[str, float]:
         """Loss and metrics over ``loader`` (all ranks under DDP): ``{"loss", "acc", ...}``.
 
         Classification reports ``acc`` (and ``top5`` with more than 5 classes); segmentation ``miou`` and
-        pixel ``acc``. The loss is averaged over samples.
+        pixel ``acc``; detection ``map`` and ``map_50`` (COCO mAP, no loss). The loss is averaged over
+        samples.
 
         Examples:
             >>> trainer.evaluate(val_loader)
@@ -359,8 +353,9 @@ class Trainer:
         check_length(loader, "evaluation")
         return evaluate_batches(self, self._shard(loader, train=False))
 
-    def predict(self, loader: Iterable[Any]) -> Tensor:
-        """Outputs for every batch of ``loader``, in loader order, on the CPU in float32.
+    def predict(self, loader: Iterable[Any]) -> Any:
+        """Outputs for every batch of ``loader``, in loader order, on the CPU in float32 (detection: a list
+        with one ``{"boxes", "scores", "labels"}`` per image).
 
         Batches may be inputs alone or ``(inputs, targets)``. Each rank predicts the whole loader.
 

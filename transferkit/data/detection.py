@@ -1,0 +1,269 @@
+"""Detection data: COCO and Pascal VOC folders, box-aware transforms, and the batch collate.
+
+Two layouts are read (the split folders are ``train`` and optionally ``val``), with the standard library
+only (``json``, ``xml.etree``; no pycocotools):
+
+- COCO: ``root/<split>/images/*`` + ``root/<split>/annotations.json`` (``images``, ``annotations`` with
+  ``bbox`` ``[x, y, w, h]`` in pixels, ``categories``); category ids become contiguous indices ``0..K-1``
+  in category-id order, their names ``dataset.classes``; ``iscrowd`` objects are dropped; images without
+  annotations are kept (no boxes).
+- Pascal VOC: ``root/<split>/images/<stem>.*`` + ``root/<split>/annotations/<stem>.xml`` (``object`` with
+  ``name``, ``bndbox``, ``difficult``); ``difficult`` objects are dropped; classes come from
+  ``root/classes.txt`` when present, else the sorted object names of the train split. VOC's 1-based
+  ``xmin``/``ymin`` become 0-based pixel edges (``x1 = xmin - 1``, ``x2 = xmax``).
+
+Boxes are ``xyxy`` pixels. A box of zero or negative size, or reaching more than a pixel outside its
+image, is an error naming the file and the annotation; boxes within that pixel are clipped to the image.
+
+Examples:
+    >>> import tempfile
+    >>> from transferkit.data import make_shapes_detection_folder
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> root = make_shapes_detection_folder(tmp.name, per_split={"train": 4, "val": 2}, image_size=64)
+    >>> loaders = detection_folder_loaders(root, batch_size=2, image_size=64)
+    >>> images, targets = next(iter(loaders["train"]))
+    >>> images.shape, sorted(targets[0]), loaders["train"].dataset.classes
+    (torch.Size([2, 3, 64, 64]), ['boxes', 'labels'], ['circle', 'square', 'triangle'])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as TF
+
+from .detection_formats import read_coco, read_voc
+from .folders import _load_rgb, _require_dir
+from .loaders import _pick_data_config, _read_classes
+from .transforms import _resolve_preprocess, _tensor_steps
+
+__all__ = [
+    "DetectionFolder",
+    "build_detection_transforms",
+    "collate_detection",
+    "detection_folder_loaders",
+    "pad_images",
+]
+
+Target = dict[str, Tensor]
+DetectionTransform = Callable[[Image.Image, dict[str, Any]], tuple[Tensor, Target]]
+_LAYOUT = (
+    "root/train/images/* with root/train/annotations.json (COCO) or root/train/annotations/<stem>.xml "
+    "(Pascal VOC), and optionally the same under root/val/"
+)
+
+
+# --------------------------------------------------------------------------------------------- batches
+def pad_images(images: Sequence[Tensor]) -> Tensor:
+    """Images ``[C, H, W]`` of any sizes as one batch, zero-padded at the bottom and right.
+
+    Padding only there keeps every pixel (and so every box) at its coordinates.
+
+    Examples:
+        >>> pad_images([torch.ones(3, 4, 6), torch.ones(3, 5, 2)]).shape
+        torch.Size([2, 3, 5, 6])
+    """
+    height = max(int(image.shape[-2]) for image in images)
+    width = max(int(image.shape[-1]) for image in images)
+    return torch.stack(
+        [F.pad(image, (0, width - image.shape[-1], 0, height - image.shape[-2])) for image in images]
+    )
+
+
+def collate_detection(batch: Sequence[tuple[Tensor, Target]]) -> tuple[Tensor, list[Target]]:
+    """The detection ``collate_fn``: ``(images [N, C, H, W] padded, list of N target dicts)``.
+
+    Examples:
+        >>> sample = (torch.zeros(3, 8, 8), {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0).long()})
+        >>> images, targets = collate_detection([sample, sample])
+        >>> images.shape, len(targets)
+        (torch.Size([2, 3, 8, 8]), 2)
+    """
+    images, targets = zip(*batch)
+    return pad_images(images), list(targets)
+
+
+# ------------------------------------------------------------------------------------------ transforms
+class _BoxTransform:
+    """A v2 pipeline over ``(image, {"boxes": BoundingBoxes, "labels"})``, returning plain tensors."""
+
+    def __init__(self, transform: v2.Compose) -> None:
+        self.transform = transform
+
+    def __call__(self, image: Image.Image, target: Mapping[str, Any]) -> tuple[Tensor, Target]:
+        image = TF.to_image(image)
+        boxes = tv_tensors.BoundingBoxes(
+            torch.as_tensor(target["boxes"], dtype=torch.float32).reshape(-1, 4),
+            format="XYXY",
+            canvas_size=tuple(image.shape[-2:]),
+        )
+        labels = torch.as_tensor(target["labels"], dtype=torch.int64)
+        image, out = self.transform(image, {"boxes": boxes, "labels": labels})
+        return image, {"boxes": out["boxes"].float(), "labels": out["labels"].long()}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.transform})"
+
+
+def build_detection_transforms(
+    data_config: Mapping[str, Any], train: bool, image_size: int | None = None
+) -> DetectionTransform:
+    """Joint image + boxes transforms for detection, normalised once from the backbone's ``data_config``.
+
+    Both resize the image to the config's input size (``image_size`` square if given), boxes with it, as a
+    fixed resize that every batch shares. Train adds a light colour jitter and a horizontal flip, then
+    drops boxes the flip or resize made smaller than a pixel (``SanitizeBoundingBoxes``).
+
+    Args:
+        data_config: The backbone's ``model.data_config``.
+        train: Whether to build the augmenting training pipeline.
+        image_size: Square side that overrides ``input_size``.
+
+    Returns:
+        ``(PIL image, {"boxes": [M, 4] xyxy pixels, "labels": [M]}) -> (float [3, H, W], target)``.
+
+    Examples:
+        >>> from transferkit.data import DEFAULT_DATA_CONFIG
+        >>> t = build_detection_transforms(DEFAULT_DATA_CONFIG, train=False, image_size=32)
+        >>> image, target = t(Image.new("RGB", (64, 48)), {"boxes": [[0, 0, 32, 24]], "labels": [1]})
+        >>> image.shape, target["boxes"].tolist()
+        (torch.Size([3, 32, 32]), [[0.0, 0.0, 16.0, 16.0]])
+    """
+    pre = _resolve_preprocess(data_config, image_size)
+    resize = v2.Resize(pre.size, interpolation=pre.interpolation, antialias=True)
+    if train:
+        steps = [
+            v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.02),
+            v2.RandomHorizontalFlip(),
+            resize,
+            v2.ClampBoundingBoxes(),
+            v2.SanitizeBoundingBoxes(min_size=1.0),
+        ]
+    else:
+        steps = [resize, v2.ClampBoundingBoxes()]
+    return _BoxTransform(v2.Compose([*steps, *_tensor_steps(pre)]))
+
+
+class DetectionFolder(Dataset):
+    """Images with boxes from one split folder, COCO (``annotations.json``) or VOC (``annotations/``).
+
+    Args:
+        root: The split folder holding ``images/`` and the annotations.
+        transform: Joint ``(image, target) -> (image, target)`` callable, e.g. from
+            `build_detection_transforms`. Without it items are ``(PIL image, target)``.
+        classes: Class names by index, e.g. the train split's (a split may lack some, not add one).
+            Default: the COCO categories in id order, or the sorted VOC object names.
+
+    Raises:
+        FileNotFoundError: The folder lacks ``images/`` or any annotations, or an image file is missing.
+        ValueError: Unreadable annotations, an unknown image id or class, or a box that does not fit its
+            image (the message names the file and the annotation).
+
+    Examples:
+        >>> import tempfile
+        >>> from transferkit.data import make_shapes_detection_folder
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> root = make_shapes_detection_folder(tmp.name, per_split={"train": 3}, format="voc")
+        >>> ds = DetectionFolder(root / "train")
+        >>> image, target = ds[0]
+        >>> image.size, target["boxes"].shape[1], target["labels"].dtype
+        ((64, 64), 4, torch.int64)
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        transform: DetectionTransform | None = None,
+        classes: Sequence[str] | None = None,
+    ) -> None:
+        root = Path(root)
+        _require_dir(root / "images", _LAYOUT)
+        coco, voc = (root / "annotations.json").is_file(), (root / "annotations").is_dir()
+        if coco == voc:
+            what = "both annotations.json and annotations/" if coco else "no annotations"
+            raise FileNotFoundError(f"{root} has {what}; the layout is {_LAYOUT}")
+        self.samples, self.classes = (read_coco if coco else read_voc)(root, classes)
+        self.root, self.format, self.transform = root, "coco" if coco else "voc", transform
+        if not self.samples:
+            raise ValueError(f"{root} holds no images")
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[Any, Target]:
+        path, boxes, labels, declared = self.samples[index]
+        image = _load_rgb(path)
+        if declared is not None and image.size != tuple(declared):
+            raise ValueError(
+                f"image {path} is {image.size[0]}x{image.size[1]} but its annotation says "
+                f"{declared[0]}x{declared[1]}; the boxes would not fit it"
+            )
+        target = {"boxes": boxes.clone(), "labels": labels.clone()}
+        return (image, target) if self.transform is None else self.transform(image, target)
+
+
+# --------------------------------------------------------------------------------------------- loaders
+def detection_folder_loaders(
+    root: str | Path,
+    model: nn.Module | None = None,
+    *,
+    data_config: Mapping[str, Any] | None = None,
+    batch_size: int = 8,
+    image_size: int | None = None,
+    num_workers: int = 0,
+    seed: int = 0,
+    augment: bool | str = True,
+) -> dict[str, DataLoader]:
+    """Loaders for a detection folder, COCO or VOC (see the module docstring for both layouts).
+
+    Args:
+        root: Dataset root with ``train/`` (and optionally ``val/``).
+        model: A ``TransferModel`` whose ``data_config`` sets size, mean, std and interpolation.
+        data_config: Preprocessing config to use instead of a model's.
+        batch_size: Images per batch.
+        image_size: Square side overriding the config's input size.
+        num_workers: DataLoader worker processes.
+        seed: Seed of the train shuffling order.
+        augment: ``True``/``"light"`` (flip and colour jitter) or ``False``/``"none"`` (val's transform).
+
+    Returns:
+        ``{"train": loader}`` plus ``"val"`` when ``root/val`` exists; batches are ``(images [B, 3, H, W],
+        [{"boxes": [M, 4], "labels": [M]}, ...])`` (`collate_detection`); names in ``dataset.classes``.
+
+    Raises:
+        FileNotFoundError: ``root/train`` or its ``images/`` or annotations are missing.
+        ValueError: As `DetectionFolder`, or an ``augment`` other than the geometric choices.
+    """
+    if augment not in (True, False, "light", "none"):
+        raise ValueError(f"augment for detection is True/'light' or False/'none', got {augment!r}")
+    root, config = Path(root), _pick_data_config(model, data_config)
+    _require_dir(root / "train", _LAYOUT)
+    classes = _read_classes(root / "classes.txt")
+    loaders = {}
+    for split in ("train", "val"):
+        if not (root / split).is_dir():
+            continue
+        train = split == "train"
+        transform = build_detection_transforms(config, train and augment in (True, "light"), image_size)
+        dataset = DetectionFolder(root / split, transform, classes=classes)
+        classes = dataset.classes  # val uses the train split's indices
+        loaders[split] = DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=train,
+            generator=torch.Generator().manual_seed(seed) if train else None,
+            num_workers=num_workers,
+            collate_fn=collate_detection,
+            pin_memory=torch.cuda.is_available(),
+            persistent_workers=num_workers > 0,
+        )
+    return loaders

@@ -1,0 +1,157 @@
+"""The glue the detection heads share: level selection, anchors at true strides, the train/eval contract.
+
+See `transferkit.heads.detection` for the heads. Nothing here is a detector: these are the few pieces
+between transferkit's feature levels and torchvision's detection modules.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.image_list import ImageList
+from torchvision.ops.feature_pyramid_network import LastLevelP6P7
+
+from ..features import FeatureInfo
+
+__all__ = ["DetectionHead", "detection_levels"]
+
+Detections = list[dict[str, Tensor]]
+
+
+class _Unused(nn.Module):
+    """Stands in for the backbone and transform of a torchvision detector: transferkit supplies both."""
+
+    def __init__(self, out_channels: int = 0) -> None:
+        super().__init__()
+        self.out_channels = out_channels  # the torchvision constructors read it
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError(
+            "this part of the torchvision detector is not used: transferkit's backbone and neck give the "
+            "features, and its data pipeline resizes and normalises the images; call the TransferModel"
+        )
+
+
+class _LevelAnchors(nn.Module):
+    """torchvision's `AnchorGenerator` laid out at the levels' true strides (from ``feature_info``).
+
+    ``AnchorGenerator.forward`` derives each stride as ``image size // map size``, which is wrong for
+    sizes that are not multiples of the coarsest stride and for the extra P6/P7 levels; the grid and the
+    anchor shapes are still the generator's own.
+    """
+
+    def __init__(self, generator: AnchorGenerator, strides: Sequence[int]) -> None:
+        super().__init__()
+        self.generator, self.strides = generator, [int(s) for s in strides]
+
+    def forward(self, images: ImageList, feature_maps: list[Tensor]) -> list[Tensor]:
+        device = feature_maps[0].device
+        self.generator.set_cell_anchors(torch.float32, device)  # float32 even under autocast: pixels
+        grids = [list(f.shape[-2:]) for f in feature_maps]
+        strides = [[torch.tensor(s, device=device), torch.tensor(s, device=device)] for s in self.strides]
+        anchors = torch.cat(self.generator.grid_anchors(grids, strides))
+        return [anchors for _ in images.image_sizes]
+
+
+def detection_levels(feature_info: FeatureInfo, min_stride: int) -> list[int]:
+    """The levels a detection head reads: one per distinct stride >= ``min_stride`` (the deepest of each).
+
+    A ViT's levels all have stride 16: it gives one level, and the head's extra coarse levels make the
+    simple pyramid on top of it. With no level that coarse, the coarsest level is used.
+
+    Examples:
+        >>> detection_levels(FeatureInfo((64, 64, 128, 256, 512), (2, 4, 8, 16, 32)), min_stride=8)
+        [2, 3, 4]
+        >>> detection_levels(FeatureInfo((192, 192, 192), (16, 16, 16)), min_stride=8)
+        [2]
+    """
+    last_of_stride = {r: i for i, r in enumerate(feature_info.reductions) if r >= min_stride}
+    return sorted(last_of_stride.values()) or [len(feature_info) - 1]
+
+
+def _shared_channels(feature_info: FeatureInfo, levels: list[int], head: str) -> int:
+    channels = {feature_info.channels[i] for i in levels}
+    if len(channels) != 1:
+        raise ValueError(
+            f"head {head!r} shares one predictor across levels, so the levels it reads need equal channels, "
+            f"but levels {levels} have {[feature_info.channels[i] for i in levels]}; use neck='fpn_lite' or "
+            "neck='pan' (out_channels on every level), or head='ssdlite' (any channels)"
+        )
+    return channels.pop()
+
+
+def _targets_in(targets: Detections, offset: int) -> Detections:
+    """Targets in torchvision's label convention (``offset`` 1 keeps class 0 for the background)."""
+    return [{"boxes": t["boxes"].float(), "labels": t["labels"].long() + offset} for t in targets]
+
+
+class DetectionHead(nn.Module):
+    """What the four detection heads share: level selection, extra levels, the train/eval contract.
+
+    Subclasses set ``levels``, ``strides`` (of every map the detector sees) and ``extra`` in their
+    ``__init__`` and implement ``losses`` and ``detect``.
+    """
+
+    task = "detection"
+    label_offset = 0  # 1 where torchvision's softmax keeps class 0 for the background
+
+    def _pyramid(self, features: list[Tensor]) -> list[Tensor]:
+        maps = [features[i] for i in self.levels]
+        if self.extra is not None:  # torchvision's extra FPN blocks take (results, inputs, names)
+            maps, _ = self.extra(list(maps), list(maps), [str(i) for i in range(len(maps))])
+        return maps
+
+    def forward(
+        self, features: list[Tensor], input_size: tuple[int, int], targets: Detections | None = None
+    ) -> dict[str, Tensor] | Detections:
+        """The loss dict (training, with targets) or one detection dict per image (eval)."""
+        maps, size = self._pyramid(features), (int(input_size[0]), int(input_size[1]))
+        if self.training:
+            if targets is None:
+                raise ValueError(
+                    f"{type(self).__name__} is in training mode but got no targets: call "
+                    "model(images, targets) with one {'boxes', 'labels'} dict per image, or model.eval() "
+                    "for detections"
+                )
+            return self.losses(maps, size, _targets_in(targets, self.label_offset))
+        return [{**d, "labels": d["labels"] - self.label_offset} for d in self.detect(maps, size)]
+
+    def losses(self, maps: list[Tensor], size: tuple[int, int], targets: Detections) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    def detect(self, maps: list[Tensor], size: tuple[int, int]) -> Detections:
+        raise NotImplementedError
+
+
+def _images(maps: list[Tensor], size: tuple[int, int]) -> ImageList:
+    """An ImageList for torchvision's parts: only its shape and sizes are read, so it holds no pixels."""
+    n = maps[0].shape[0]
+    return ImageList(maps[0].new_empty((n, 0, *size)), [size] * n)
+
+
+class _DenseHead(DetectionHead):
+    """FCOS and RetinaNet: a shared per-level predictor over anchors, torchvision's loss and NMS."""
+
+    def _setup(self, feature_info: FeatureInfo, min_stride: int, name: str) -> int:
+        self.levels = detection_levels(feature_info, min_stride)
+        channels = _shared_channels(feature_info, self.levels, name)
+        coarsest = feature_info.reductions[self.levels[-1]]
+        self.strides = [feature_info.reductions[i] for i in self.levels] + [2 * coarsest, 4 * coarsest]
+        self.extra = LastLevelP6P7(channels, channels)
+        return channels
+
+    def _outputs(self, maps: list[Tensor], size: tuple[int, int]) -> tuple[dict, list[Tensor], list[int]]:
+        outputs = self.detector.head(maps)
+        anchors = self.anchors(_images(maps, size), maps)
+        per_location = outputs["cls_logits"].shape[1] // sum(m.shape[-2] * m.shape[-1] for m in maps)
+        return outputs, anchors, [m.shape[-2] * m.shape[-1] * per_location for m in maps]
+
+    def detect(self, maps: list[Tensor], size: tuple[int, int]) -> Detections:
+        outputs, anchors, counts = self._outputs(maps, size)
+        split = {k: list(v.split(counts, dim=1)) for k, v in outputs.items()}
+        per_level = [list(a.split(counts)) for a in anchors]
+        return self.detector.postprocess_detections(split, per_level, [size] * len(anchors))

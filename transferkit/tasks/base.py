@@ -1,0 +1,257 @@
+"""The `Task` base class, the task registry and `get_task`; each task lives in its own module here."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import torch
+from PIL import Image
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+
+from ..registry import Registry
+
+if TYPE_CHECKING:
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    from ..model import TransferModel
+
+__all__ = ["IGNORE_INDEX", "TASKS", "Meter", "Task", "get_task"]
+
+IGNORE_INDEX = 255  # mask value of unlabelled pixels
+TASKS = Registry("task")
+
+
+class Meter(Protocol):
+    """An epoch metric: ``update`` per batch, ``compute`` at the end; ``state`` tensors sum across ranks."""
+
+    state: tuple[Tensor, ...]
+
+    def update(self, outputs: Tensor, targets: Tensor) -> None: ...
+
+    def compute(self) -> dict[str, float]: ...
+
+
+class Task:
+    """What one task needs from the training loop, the metrics, the CLI and the plots.
+
+    Subclasses set ``name`` (the ``task`` their heads declare) and override what differs.
+    """
+
+    name: str = ""
+    collate_fn: Callable[[list[Any]], Any] | None = None  # None: the DataLoader's default collate
+
+    def check_inputs(self, inputs: Any, where: str) -> None:
+        """Raise naming ``where`` unless ``inputs`` is a float batch ``[N, C, H, W]``."""
+        if not isinstance(inputs, Tensor):
+            raise TypeError(
+                f"the inputs at {where} are a {type(inputs).__name__}, not a tensor; batches must be "
+                "(images [N, C, H, W] float, targets)"
+            )
+        if inputs.ndim == 3:
+            raise ValueError(
+                f"the inputs at {where} are one image {list(inputs.shape)}, not a batch [N, C, H, W]; "
+                "was a Dataset passed where a loader belongs? Wrap it: DataLoader(dataset, batch_size=32)"
+            )
+        if inputs.ndim != 4:
+            raise ValueError(f"the inputs at {where} have shape {list(inputs.shape)}; expected [N, C, H, W]")
+        if not inputs.is_floating_point():
+            raise TypeError(
+                f"the inputs at {where} are {inputs.dtype} images; the model takes float images scaled to "
+                "[0, 1] and normalised with model.data_config's mean and std: convert with "
+                "images.float() / 255 and normalise (transferkit.data's transforms do both)"
+            )
+
+    def check_targets(self, targets: Tensor, num_classes: int, where: str) -> None:
+        """Raise ``ValueError`` naming ``where`` when a target lies outside the classes."""
+        if targets.is_floating_point():
+            return  # soft targets for a custom loss; the default loss refuses them (`_require_indices`)
+        if targets.ndim != 1:
+            raise ValueError(
+                f"the targets at {where} have shape {list(targets.shape)}; classification takes class "
+                "indices [N] (for [N, 1], use targets.squeeze(1))"
+            )
+        bad = (targets < 0) | (targets >= num_classes)
+        if bad.any():
+            raise ValueError(
+                f"target value {int(targets[bad][0])} at {where} is outside [0, {num_classes}) for "
+                f"num_classes={num_classes}; fix the labels or build the model with the right num_classes."
+            )
+
+    def to_device(self, targets: Tensor, device: torch.device) -> Tensor:
+        """Targets on ``device``; integer labels as int64, as the losses want them."""
+        targets = targets.to(device, non_blocking=True)
+        return targets if targets.is_floating_point() else targets.long()
+
+    def num_samples(self, targets: Tensor) -> int:
+        """Samples in a batch (weights the batch's loss in the epoch mean)."""
+        return len(targets)
+
+    def loss(self, outputs: Tensor, targets: Tensor) -> Tensor:
+        """The default training loss."""
+        raise NotImplementedError
+
+    def training_loss(self, label_smoothing: float = 0.0) -> Callable[[Any, Any], Tensor]:
+        """The default loss with ``label_smoothing``, for tasks whose loss takes it (cross-entropy ones).
+
+        Raises:
+            ValueError: ``label_smoothing`` for a task whose loss has no such option.
+        """
+        if not label_smoothing:
+            return self.loss
+        if "label_smoothing" not in inspect.signature(self.loss).parameters:
+            raise ValueError(
+                f"label_smoothing applies to cross-entropy losses; the {self.name} loss has none"
+            )
+        return functools.partial(self.loss, label_smoothing=label_smoothing)
+
+    def meter(self, num_classes: int, device: torch.device) -> Meter:
+        """A fresh epoch metric."""
+        raise NotImplementedError
+
+    def default_monitor(self, has_val: bool) -> str:
+        """The history key that picks the best epoch when the Trainer is given none."""
+        return "val_loss" if has_val else "train_loss"
+
+    def collect(self, outputs: Sequence[Tensor]) -> Tensor:
+        """What ``Trainer.predict`` returns from the per-batch outputs (on the CPU, in loader order)."""
+        return torch.cat(list(outputs))
+
+    def prediction(
+        self,
+        output: Tensor,
+        classes: list[str],
+        top_k: int,
+        size: tuple[int, int],
+        input_size: tuple[int, int] | None = None,
+    ) -> Any:
+        """What ``model.predict`` returns for one image from its output (``size``: the image's ``(H, W)``,
+        ``input_size``: the ``(H, W)`` the model saw it at)."""
+        raise NotImplementedError
+
+    # --------------------------------------------------------------------------------- data folders
+    def folder_loaders(self, root: Path, model: TransferModel | None, **kwargs: Any) -> dict[str, DataLoader]:
+        """``{"train": ..., "val": ...}`` for a dataset folder of this task (see `transferkit.data`)."""
+        raise NotImplementedError
+
+    def folder_dataset(
+        self, split_dir: Path, model: TransferModel, classes: list[str], image_size: int | None
+    ) -> Dataset:
+        """One split folder with the model's evaluation transforms and fixed class indices."""
+        raise NotImplementedError
+
+    def image_transform(
+        self, model: TransferModel, image_size: int | None
+    ) -> Callable[[Image.Image], Tensor]:
+        """The evaluation transform of a single image, as ``predict`` sees it."""
+        raise NotImplementedError
+
+    def class_scores(self, outputs: Tensor) -> tuple[Tensor, str]:
+        """Per-image class scores ``[N, K]`` for a ranked listing, and the unit they are in."""
+        raise NotImplementedError
+
+    predict_picture: str | None = None  # what ``transferkit predict`` draws into the run folder, if anything
+    default_neck = "identity"  # the neck ``transferkit train`` builds when given none
+
+    def describe(
+        self, output: Any, classes: list[str], top_k: int, size: tuple[int, int], input_size: tuple[int, int]
+    ) -> str:
+        """One image's output as ``transferkit predict`` prints it: the ``top_k`` classes with their scores.
+
+        ``size`` is the image's own ``(H, W)``, ``input_size`` the one the model saw.
+        """
+        scores, unit = self.class_scores(output[None])
+        values, indices = scores[0].topk(min(top_k, len(classes)))
+        return "  ".join(f"{classes[i]} {v:.3f}" for v, i in zip(values.tolist(), indices.tolist())) + unit
+
+    def draw_answers(
+        self, images: list[Image.Image], answers: list[Any], classes: list[str], path: Path
+    ) -> None:
+        """Write a picture of `prediction` answers over their images (``transferkit predict --draw``)."""
+        raise ValueError(
+            f"--draw pictures are drawn for detection models; for a {self.name} model see the run "
+            "folder's predictions.png (transferkit.plots.show_predictions)"
+        )
+
+    def draw_metrics(self, model: nn.Module, loader: Any, folder: Path) -> list[Path]:
+        """Per-class pictures for a run folder (the CLI writes them next to the curves); written files."""
+        return []
+
+    def draw_predictions(
+        self, images: np.ndarray, outputs: Tensor, targets: Tensor | None, names: list[str], columns: int
+    ) -> Figure:
+        """The figure `transferkit.plots.show_predictions` draws: images ``[N, H, W, 3]`` with outputs."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------------ what the loop calls
+    has_val_loss: bool = True  # False: evaluation reports only the metric (detection models in eval mode)
+    cacheable: bool = True  # False: Trainer(cache_features=True) is refused for this task
+
+    def as_batch(self, inputs: Any) -> Any:
+        """The inputs as the model takes them (detection: a list of images padded into one batch)."""
+        return inputs
+
+    def check_batch(self, inputs: Any, targets: Any, num_classes: int, where: str) -> None:
+        """`check_targets`, plus what needs the inputs too (detection: boxes inside the images)."""
+        self.check_targets(targets, num_classes, where)
+
+    def forward(self, net: nn.Module, inputs: Any, targets: Any) -> Any:
+        """The training and evaluation forward pass; detection passes the targets in training mode."""
+        return net(inputs)
+
+    def loss_parts(self, outputs: Any) -> dict[str, Tensor]:
+        """Named parts of the loss for the history (``train_loss_<part>``); none for a single loss."""
+        return {}
+
+    def float_outputs(self, outputs: Any, device: torch.device | None = None) -> Any:
+        """The outputs in float32 (on ``device`` when given), as metrics and ``predict`` take them."""
+        outputs = outputs.float()
+        return outputs if device is None else outputs.to(device)
+
+    def default_bn(self, pretrained: Any) -> str:
+        """The ``bn`` mode a model of this task starts with and ``freeze()`` uses when given none."""
+        return "frozen"
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+def _require_indices(targets: Tensor, index_ndim: int, expected: str, name: str) -> None:
+    """The default losses take class indices: float targets shaped like indices are a mistake to explain.
+
+    Float targets with a class dimension (``[N, K]``, ``[N, K, H, W]``) are probabilities and pass.
+    """
+    if not targets.is_floating_point():
+        return
+    one_channel = index_ndim == 3 and targets.ndim == 4 and targets.shape[1] == 1
+    if targets.ndim != index_ndim and not one_channel:
+        return
+    fix = f"{name}.squeeze(1).long()" if one_channel else f"{name}.long()"
+    raise ValueError(
+        f"the targets are {targets.dtype} of shape {list(targets.shape)}; the default loss (cross-entropy) "
+        f"takes {expected} as integers: convert with {fix} (round first if they were interpolated), or "
+        "pass loss= for float targets"
+    )
+
+
+def get_task(name: str) -> Task:
+    """The `Task` object for a task name (``model.task``).
+
+    Raises:
+        ValueError: An unknown name; the message names the known tasks and the closest match.
+
+    Examples:
+        >>> get_task("classification")
+        ClassificationTask()
+    """
+    if name not in TASKS:
+        raise ValueError(
+            f"unknown task {name!r}; the known tasks are {TASKS.names()}. A head declares its task with a "
+            "'task' attribute; register a new one with transferkit.tasks.TASKS.register(name)."
+        )
+    return TASKS.get(name)()
