@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import re
 import shutil
 import subprocess
 import sys
-from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 import pytest
+from cli_runner import Result, run
 from PIL import Image
 
 from transferkit import cli, list_heads, load_model
@@ -23,19 +21,6 @@ from transferkit.data import make_shapes_folder, make_shapes_segmentation_folder
 from transferkit.tasks import get_task
 
 PNG = b"\x89PNG\r\n\x1a\n"
-
-
-class Result(NamedTuple):
-    code: int
-    out: str
-    err: str
-
-
-def run(*argv: object) -> Result:
-    out, err = io.StringIO(), io.StringIO()
-    with redirect_stdout(out), redirect_stderr(err):
-        code = main([str(a) for a in argv])
-    return Result(code, out.getvalue(), err.getvalue())
 
 
 def assert_one_line_error(result: Result, code: int = 1) -> str:

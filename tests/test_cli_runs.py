@@ -7,7 +7,6 @@ so all three compute with the same kernels and the weights can be compared bit f
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
@@ -15,31 +14,16 @@ import signal
 import subprocess
 import sys
 import time
-from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
-from typing import NamedTuple
 
 import pytest
+from cli_runner import Result, run
 
 from transferkit import Trainer, build_model, load_model
-from transferkit.cli import main
 from transferkit.cli.resume import prepare_new_run
 from transferkit.data import image_folder_loaders, make_shapes_folder
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-class Result(NamedTuple):
-    code: int
-    out: str
-    err: str
-
-
-def run(*argv: object) -> Result:
-    out, err = io.StringIO(), io.StringIO()
-    with redirect_stdout(out), redirect_stderr(err):
-        code = main([str(a) for a in argv])
-    return Result(code, out.getvalue(), err.getvalue())
 
 
 @pytest.fixture(scope="module")

@@ -141,23 +141,9 @@ def _classification_demo(args: argparse.Namespace) -> int:
         f"[3/5] training {_count(epochs, 'epoch')} on {_describe_data(loaders, classes)}; the class names "
         "come with the data and are saved with the model",
     )
-    meta = {
-        "task": model.task,
-        "classes": list(classes),
-        "image_size": settings.image_size,
-        "data": str(data.resolve()),
-        "freeze": freeze.text,
-        "epochs": epochs,
-        "lr": settings.lr,
-        "batch_size": settings.batch_size,
-        "transferkit_version": __version__,
-    }
-    history, plots = _fit_and_save(
-        model, loaders, out, meta=meta, epochs=epochs, lr=settings.lr, device="auto", seed=args.seed
+    history, plots, reloaded, meta, metrics, count = _train_and_reload(
+        model, loaders, out, data=data, freeze=freeze.text, epochs=epochs, settings=settings, seed=args.seed
     )
-
-    reloaded, meta = _load_run(str(out))
-    metrics, count = evaluate_folder(reloaded, meta, data / "val")
     _say(
         "",
         f"[4/5] evaluation of the saved model, reloaded from {out}/, on the {count} val images "
@@ -173,6 +159,40 @@ def _classification_demo(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - started
     _say("", *_summary(out, data, classes, history, plots, accuracy=metrics["acc"], seconds=seconds))
     return 0
+
+
+def _train_and_reload(
+    model: Any,
+    loaders: dict[str, Any],
+    out: Path,
+    *,
+    data: Path,
+    freeze: str,
+    epochs: int,
+    settings: DemoSettings,
+    seed: int,
+) -> tuple[list[dict[str, Any]], Any, Any, dict[str, Any], dict[str, float], int]:
+    """Train and save as ``transferkit train`` does, then reload the run folder and evaluate it on val.
+
+    Returns ``(history, plots, reloaded model, run meta, val metrics, val image count)``.
+    """
+    meta = {
+        "task": model.task,
+        "classes": list(loaders["train"].dataset.classes),
+        "image_size": settings.image_size,
+        "data": str(data.resolve()),
+        "freeze": freeze,
+        "epochs": epochs,
+        "lr": settings.lr,
+        "batch_size": settings.batch_size,
+        "transferkit_version": __version__,
+    }
+    history, plots = _fit_and_save(
+        model, loaders, out, meta=meta, epochs=epochs, lr=settings.lr, device="auto", seed=seed
+    )
+    reloaded, meta = _load_run(str(out))
+    metrics, count = evaluate_folder(reloaded, meta, data / "val")
+    return history, plots, reloaded, meta, metrics, count
 
 
 def _summary(

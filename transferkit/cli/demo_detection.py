@@ -14,13 +14,13 @@ from pathlib import Path
 
 import torch
 
-from .. import __version__, build_model
+from .. import build_model
 from ..data import make_shapes_detection_folder
 from ..tasks import get_task
-from .demo import DEMO_MARKER, DemoSettings, _fresh_demo_data
-from .evaluate import _metric_lines, evaluate_folder
+from .demo import DEMO_MARKER, DemoSettings, _fresh_demo_data, _train_and_reload
+from .evaluate import _metric_lines
 from .predict import predict_files
-from .runs import _count, _describe_data, _fit_and_save, _load_run, _say
+from .runs import _count, _describe_data, _say
 
 DETECTION_CLASSES = 3
 DETECTION_HEAD = "fcos"
@@ -72,22 +72,16 @@ def run_detection_demo(args: argparse.Namespace) -> int:
         f"[3/5] training {_count(epochs, 'epoch')} on {_describe_data(loaders, classes)}; flips and colour "
         "jitter move the boxes with the images; the loss is FCOS's classification + box + centre-ness",
     )
-    meta = {
-        "task": model.task,
-        "classes": list(classes),
-        "image_size": settings.image_size,
-        "data": str(data.resolve()),
-        "freeze": settings.freeze,
-        "epochs": epochs,
-        "lr": settings.lr,
-        "batch_size": settings.batch_size,
-        "transferkit_version": __version__,
-    }
-    history, plots = _fit_and_save(
-        model, loaders, out, meta=meta, epochs=epochs, lr=settings.lr, device="auto", seed=args.seed
+    history, plots, reloaded, meta, metrics, count = _train_and_reload(
+        model,
+        loaders,
+        out,
+        data=data,
+        freeze=settings.freeze,
+        epochs=epochs,
+        settings=settings,
+        seed=args.seed,
     )
-    reloaded, meta = _load_run(str(out))
-    metrics, count = evaluate_folder(reloaded, meta, data / "val")
     _say(
         "",
         f"[4/5] COCO box mAP of the saved model, reloaded from {out}/, on the {count} val images "
