@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Iterator
 
@@ -9,6 +10,11 @@ import torch
 
 def pytest_configure(config: pytest.Config) -> None:
     warnings.filterwarnings("ignore", category=UserWarning, module="torchvision")
+    # The suite's inputs are tiny (32-96 px): a second thread gains nothing there, and two threads on a
+    # busy 2-core runner stall each other (a 4 s test took 52 s). Subprocesses (CLI runs, torchrun) inherit
+    # the setting through the environment; tests that time threads set their own count.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(1)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
