@@ -178,41 +178,16 @@ def test_decompression_bomb_over_the_configured_limit_names_the_file_and_the_lim
 
 
 # --------------------------------------------------------------------- model.predict, transferkit predict
-# transferkit/predict.py (issue #11) reads files with its own read_image, without the folder loaders' EXIF
-# rotation, 16-bit scaling and decompression-bomb message; those cases are xfail there until it reads
-# images as the loaders do (prediction must see the pixels training saw).
-_PREDICT_GAPS = {
-    "exif orientation 6 (rotated 90 cw)",
-    "exif orientation 8 (rotated 90 ccw)",
-    "exif orientation 3 (upside down)",
-    "16-bit grayscale png",
-}
-
-
-@pytest.mark.parametrize(
-    "case",
-    [
-        pytest.param(c, marks=pytest.mark.xfail(reason="predict.read_image differs from the loaders (#11)"))
-        if c in _PREDICT_GAPS
-        else c
-        for c in LOADS
-    ],
-)
+# model.predict and `transferkit predict` read files as the folder loaders do: prediction sees the pixels
+# training saw.
+@pytest.mark.parametrize("case", list(LOADS))
 def test_predict_reads_odd_images_as_training_does(case: str, tmp_path: Path) -> None:
     name, make, expected = LOADS[case]
     path = _write(tmp_path / name, make)
     _check_loaded(pil_to_tensor(read_image(path)), expected)
 
 
-@pytest.mark.parametrize(
-    "case",
-    [
-        pytest.param(c, marks=pytest.mark.xfail(reason="predict.read_image lets PIL's bomb error out (#11)"))
-        if c.startswith("decompression bomb")
-        else c
-        for c in FAILS
-    ],
-)
+@pytest.mark.parametrize("case", list(FAILS))
 def test_predict_names_an_unreadable_image(case: str, tmp_path: Path) -> None:
     name, make = FAILS[case]
     path = _write(tmp_path / name, make)

@@ -19,6 +19,7 @@ from PIL import Image
 from torch import Tensor
 from torchvision.transforms.v2 import functional as TF
 
+from .data.folders import _load_rgb
 from .tasks import Task, get_task
 
 if TYPE_CHECKING:
@@ -36,12 +37,7 @@ def read_image(path: str | os.PathLike[str]) -> Image.Image:
         >>> read_image("bee.jpg").mode  # doctest: +SKIP
         'RGB'
     """
-    try:
-        with Image.open(path) as file:
-            return file.convert("RGB")
-    # PIL reports broken files as OSError, SyntaxError (PNG chunks) or ValueError depending on the codec.
-    except (OSError, SyntaxError, ValueError) as err:
-        raise OSError(f"cannot read image {path}: {err}") from err
+    return _load_rgb(path)  # exactly as the folder loaders read it: upright, 8-bit, bomb-checked
 
 
 def _as_input(image: Any, transform: Any, index: int) -> tuple[Tensor, tuple[int, int]]:

@@ -58,7 +58,10 @@ def parse_pretrained(text: str) -> bool | str:
         return True
     if lowered in ("false", "no", "0", "none"):
         return False
-    path = Path(text).expanduser()
+    try:
+        path = Path(text).expanduser()
+    except RuntimeError:  # "~someone" with no such user: not a path to expand, so take it as written
+        path = Path(text)
     if path.is_file():
         return str(path)
     if path.suffix.lower() in WEIGHT_SUFFIXES:
