@@ -227,6 +227,12 @@ def test_pretrained_detectors_start_with_every_backbone_norm_frozen(monkeypatch)
     )
     model.train()
     assert all(not m.training for m in norms)
+    model.unfreeze()  # everything trains, as the freezing contract says: norm layers included
+    assert model.freeze_state()["bn"] == "frozen" and all(p.requires_grad for p in model.parameters())
+    model.train()
+    assert all(m.training for m in norms)
+    model.freeze("none")  # every block trains, the task's norm default stays
+    assert model.freeze_state()["bn"] == "frozen_all"
     model.freeze("none", bn="frozen")  # opting out
     assert all(p.requires_grad for m in norms for p in m.parameters())
 

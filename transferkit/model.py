@@ -160,8 +160,8 @@ class TransferModel(nn.Module):
         return get_task(self.task).default_bn(self.config.get("pretrained", True))
 
     def unfreeze(self) -> None:
-        """Let everything train."""
-        self.freeze("none")
+        """Let everything train, norm layers included (also a pretrained detector's, see `freeze`)."""
+        self.freeze("none", bn="frozen")
 
     def apply_schedule(self, epoch: int) -> None:
         """Set the trainable blocks for ``epoch`` (from 0); only ``gradual`` changes with it."""
