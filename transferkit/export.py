@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from .tasks import get_task
+
 if TYPE_CHECKING:
     from .model import TransferModel
 
@@ -60,7 +62,8 @@ def export(
 
     Raises:
         ValueError: An unknown suffix.
-        ExportError: The exporter failed for this model (the message says which and what to try).
+        ExportError: The task's models cannot be exported (detection), or the exporter failed for this
+            model (the message says which and what to try).
 
     Examples:
         >>> path = export(model, "runs/ab/model.onnx", input_size=(224, 224))  # doctest: +SKIP
@@ -76,6 +79,9 @@ def export(
             f"cannot export to {path}: unknown suffix {path.suffix!r}; use one of {sorted(EXPORT_FORMATS)} "
             f"({', '.join(EXPORT_FORMATS.values())})"
         )
+    refusal = get_task(model.task).export_refusal
+    if refusal is not None:
+        raise ExportError(f"cannot export this {model.task} model to {path}: {refusal}.")
     height, width = tuple(input_size) if input_size is not None else model.data_config["input_size"][-2:]
     device = next(model.parameters()).device
     example = torch.randn(2, model.config.get("in_chans", 3), height, width, device=device)

@@ -191,6 +191,8 @@ class Task:
     # ------------------------------------------------------------------------ what the loop calls
     has_val_loss: bool = True  # False: evaluation reports only the metric (detection models in eval mode)
     cacheable: bool = True  # False: Trainer(cache_features=True) is refused for this task
+    # Why `model.export` cannot write this task's models (None: it can); the refusal quotes it.
+    export_refusal: str | None = None
 
     def as_batch(self, inputs: Any) -> Any:
         """The inputs as the model takes them (detection: a list of images padded into one batch)."""

@@ -108,6 +108,11 @@ class DetectionTask(Task):
     name = "detection"
     has_val_loss = False
     cacheable = False
+    export_refusal = (
+        "the detection heads' post-processing (score threshold, NMS) returns a different number of boxes "
+        "per image, which ONNX, torch.export and TorchScript tracing cannot capture from one example; "
+        "share the saved run folder (model.save / push_to_hub, then load_model) instead"
+    )
     collate_fn = staticmethod(collate_detection)
 
     def as_batch(self, inputs: Any) -> Any:
