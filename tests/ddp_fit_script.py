@@ -19,7 +19,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, TensorDataset
 
 from transferkit import Trainer, build_model
-from transferkit.data import SyntheticShapes
+from transferkit.data import SyntheticShapes, SyntheticShapesDetection, collate_detection
 
 POLICIES = {"last_n": {"policy": "last_n", "n": 2}, "gradual": {"policy": "gradual", "n": 0, "step": 1}}
 
@@ -48,7 +48,25 @@ def main(out: Path) -> None:
         result = {"initial": initial, "final": model.state_dict(), "history": history}
         result["world_size"] = trainer.world_size
         torch.save(result, out / f"result_{name}_rank{rank}.pt")
+    detection(out, rank)
     dist.destroy_process_group()
+
+
+def detection(out: Path, rank: int) -> None:
+    """FCOS for one epoch; val has 5 images, so the ranks hold 3 and 2 of them when mAP is computed."""
+    torch.manual_seed(rank)
+    model = build_model("resnet18", neck="fpn_lite", head="fcos", num_classes=3, pretrained=False)
+    data = {
+        name: SyntheticShapesDetection(n, image_size=64, seed=s)
+        for name, n, s in (("train", 8, 0), ("val", 5, 1))
+    }
+    loaders = {
+        name: DataLoader(ds, batch_size=2, shuffle=name == "train", collate_fn=collate_detection,
+                         generator=torch.Generator().manual_seed(0))
+        for name, ds in data.items()
+    }  # fmt: skip
+    history = Trainer(model, epochs=1, lr=1e-3, seed=0, progress=False).fit(loaders)
+    torch.save({"final": model.state_dict(), "history": history}, out / f"result_detection_rank{rank}.pt")
 
 
 if __name__ == "__main__":

@@ -93,3 +93,19 @@ def test_only_rank_0_writes_and_prints(ddp_run: Path) -> None:
     log0, log1 = [(ddp_run / f"log_rank{r}.txt").read_text() for r in (0, 1)]
     assert "epoch 2/2" in log0
     assert log1 == ""
+
+
+def test_detection_map_is_computed_over_every_rank_s_images(ddp_run: Path) -> None:
+    from ddp_fit_script import SyntheticShapesDetection, collate_detection
+
+    results = _results(ddp_run, "detection")
+    rank0, rank1 = results
+    assert all(torch.equal(rank0["final"][k], rank1["final"][k]) for k in rank0["final"])
+    assert rank0["history"][0]["val_map"] == rank1["history"][0]["val_map"]
+    model = build_model("resnet18", neck="fpn_lite", head="fcos", num_classes=3, pretrained=False)
+    model.load_state_dict(results[0]["final"])
+    val = DataLoader(
+        SyntheticShapesDetection(5, image_size=64, seed=1), batch_size=2, collate_fn=collate_detection
+    )
+    metrics = Trainer(model, progress=False).evaluate(val)  # one process, all 5 images
+    assert metrics["map"] == pytest.approx(results[0]["history"][0]["val_map"], abs=1e-6)

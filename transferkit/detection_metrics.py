@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 
 __all__ = ["COCO_BACKEND", "DetectionMeter"]
@@ -26,21 +27,22 @@ __all__ = ["COCO_BACKEND", "DetectionMeter"]
 COCO_BACKEND = "faster_coco_eval"
 
 
-def _boxes(t: dict[str, Tensor], device: torch.device | str | None) -> Tensor:
-    return t["boxes"].detach().float().reshape(-1, 4).to(device)
+def _boxes(t: dict[str, Tensor]) -> Tensor:
+    return t["boxes"].detach().float().reshape(-1, 4).cpu()
 
 
 class DetectionMeter:
     """COCO mAP@[.5:.95] (``map``) and mAP@0.5 (``map_50``) of box detections over an epoch.
 
-    ``state`` is empty: torchmetrics gathers its own lists across processes when ``compute`` runs, so
-    every rank must call ``compute``. Images without ground truth count as in COCO (their detections are
-    false positives); with no ground-truth box at all both values are -1, as torchmetrics reports.
+    ``state`` is empty: the boxes themselves are gathered from every process when ``compute`` runs (ranks
+    may hold different numbers of images), so every rank must call ``compute``. Images without ground
+    truth count as in COCO (their detections are false positives); with no ground-truth box at all both
+    values are -1, as torchmetrics reports.
 
     Args:
         num_classes: Unused (COCO's evaluation finds the classes in the data); kept so every task's
             meter takes the same arguments.
-        device: Where the accumulated boxes live.
+        device: Unused (the boxes are kept on the CPU, where the COCO evaluation runs).
         backend: torchmetrics' COCO backend, ``"faster_coco_eval"`` or ``"pycocotools"``.
     """
 
@@ -52,35 +54,48 @@ class DetectionMeter:
         device: torch.device | str | None = None,
         backend: str = COCO_BACKEND,
     ) -> None:
-        from torchmetrics.detection import MeanAveragePrecision
-
-        self.device = device
-        self.metric = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", backend=backend).to(device)
+        self.backend = backend
+        self.preds: list[dict[str, Tensor]] = []
+        self.truth: list[dict[str, Tensor]] = []
         self.updates = 0
 
     def update(self, outputs: Sequence[dict[str, Tensor]], targets: Sequence[dict[str, Tensor]]) -> None:
         """Adds a batch: one ``{"boxes", "scores", "labels"}`` and one ``{"boxes", "labels"}`` per image."""
         if len(outputs) != len(targets):
             raise ValueError(f"{len(outputs)} detections for {len(targets)} targets; one of each per image")
-        preds = [
-            {"boxes": _boxes(o, self.device), "scores": o["scores"].detach().float().to(self.device),
-             "labels": o["labels"].long().to(self.device)}
+        self.preds += [
+            {
+                "boxes": _boxes(o),
+                "scores": o["scores"].detach().float().cpu(),
+                "labels": o["labels"].long().cpu(),
+            }
             for o in outputs
-        ]  # fmt: skip
-        truth = [
-            {"boxes": _boxes(t, self.device), "labels": t["labels"].long().to(self.device)} for t in targets
         ]
-        self.metric.update(preds, truth)
+        self.truth += [{"boxes": _boxes(t), "labels": t["labels"].long().cpu()} for t in targets]
         self.updates += 1
 
     def compute(self) -> dict[str, float]:
         """``{"map": ..., "map_50": ...}``, fractions in [0, 1] (-1 without any ground-truth box)."""
-        if not self.updates:
+        from torchmetrics.detection import MeanAveragePrecision
+
+        preds, truth = _gathered(self.preds), _gathered(self.truth)
+        if not preds:
             raise ValueError("DetectionMeter has seen no images; call update() before compute().")
-        result = self.metric.compute()
+        metric = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", backend=self.backend)
+        metric.sync_on_compute = False  # every rank already holds every image
+        metric.update(preds, truth)
+        result = metric.compute()
         return {"map": float(result["map"]), "map_50": float(result["map_50"])}
 
     def reset(self) -> None:
         """Forgets the accumulated images for a new epoch."""
-        self.metric.reset()
-        self.updates = 0
+        self.preds, self.truth, self.updates = [], [], 0
+
+
+def _gathered(items: list[dict[str, Tensor]]) -> list[dict[str, Tensor]]:
+    """``items`` from every process of the default group, rank by rank (``items`` itself without one)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return items
+    everyone: list[list[dict[str, Tensor]] | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, items)
+    return [item for part in everyone for item in (part or [])]
