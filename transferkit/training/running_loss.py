@@ -7,10 +7,10 @@ cost no sync until the epoch ends; they become ``train_loss_<part>`` in the hist
 
 Examples:
     >>> parts = LossParts()
-    >>> parts.add({"classification": torch.tensor(1.0), "bbox_regression": torch.tensor(0.5)})
-    >>> parts.add({"classification": torch.tensor(3.0), "bbox_regression": torch.tensor(0.5)})
+    >>> parts.add({"objectness": torch.tensor(1.0), "box_reg": torch.tensor(0.5)})
+    >>> parts.add({"objectness": torch.tensor(3.0), "box_reg": torch.tensor(0.5)})
     >>> parts.means()
-    {'train_loss_classification': 2.0, 'train_loss_bbox_regression': 0.5}
+    {'train_loss_objectness': 2.0, 'train_loss_box_reg': 0.5}
 """
 
 from __future__ import annotations
