@@ -2,6 +2,7 @@
 
 - ``transforms``: ``build_transforms`` and ``build_segmentation_transforms`` from a data config;
 - ``folders``: ``ClassFolder``, ``SegmentationFolder`` and the loaders that read the folder layouts;
+- ``image_cache``: ``CachedFolder`` and ``ImageCache``, images decoded once (``cache_images=True``);
 - ``synthetic``: ``SyntheticShapes`` and the writers that save it as such folders;
 - ``detection``: ``DetectionFolder`` (COCO or Pascal VOC), its box-aware transforms, the padding collate
   and ``detection_folder_loaders``; ``synthetic_detection``: shapes with boxes, and their folder writer.
@@ -28,7 +29,8 @@ from .detection import (
     pad_images,
 )
 from .folders import ClassFolder, SegmentationFolder
-from .loaders import image_folder_loaders, segmentation_folder_loaders
+from .image_cache import CachedFolder, ImageCache
+from .loaders import default_num_workers, image_folder_loaders, segmentation_folder_loaders
 from .synthetic import SHAPES, SyntheticShapes, make_shapes_folder, make_shapes_segmentation_folder
 from .synthetic_detection import SyntheticShapesDetection, make_shapes_detection_folder
 from .transforms import (
@@ -44,8 +46,10 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "SHAPES",
+    "CachedFolder",
     "ClassFolder",
     "DetectionFolder",
+    "ImageCache",
     "SegmentationFolder",
     "SyntheticShapes",
     "SyntheticShapesDetection",
@@ -53,6 +57,7 @@ __all__ = [
     "build_segmentation_transforms",
     "build_transforms",
     "collate_detection",
+    "default_num_workers",
     "detection_folder_loaders",
     "image_folder_loaders",
     "make_shapes_detection_folder",

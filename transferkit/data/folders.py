@@ -13,6 +13,7 @@ Errors name the offending file or folder, and the expected layout when the folde
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -41,14 +42,18 @@ _SEGMENTATION_LAYOUT = "root/train/images/<stem>.jpg + root/train/masks/<stem>.p
 _WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")  # 16-bit (and 32-bit int) single-channel images
 
 
-def _load_rgb(path: str | Path) -> Image.Image:
+def _load_rgb(path: str | Path, min_side: int | None = None) -> Image.Image:
     """The image at ``path`` as 8-bit RGB, turned upright as its EXIF orientation says (as viewers show it).
 
     16-bit images are scaled to 8 bits (PIL's own conversion would clip everything above 255 to white).
-    PIL's decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``) stays in force.
+    PIL's decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``) stays in force. With ``min_side``, a
+    JPEG decodes at the smallest of 1/8, 1/4 or 1/2 scale (PIL's ``draft``, the DCT's own downscaling)
+    whose sides both stay >= ``min_side``, or at full size; other formats always decode at full size.
     """
     try:
         with Image.open(path) as image:
+            if min_side:
+                image.draft(None, (min_side, min_side))
             ImageOps.exif_transpose(image, in_place=True)
             if image.mode in _WIDE_MODES:
                 pixels = np.clip(np.asarray(image, dtype=np.int64), 0, 65535) >> 8
@@ -110,6 +115,8 @@ class ClassFolder(ImageFolder):
         transform: ``PIL image -> tensor`` callable, e.g. from ``build_transforms``.
         classes: Class names by index, e.g. the training split's: the folder may lack some of them but
             may not add one. Default: its own sorted sub-folder names.
+        decode_side: Smallest side JPEGs must keep when decoded at a reduced scale (see ``_load_rgb``);
+            None decodes every image at full size.
 
     Raises:
         ValueError: If a sub-folder is not in ``classes``, or a class folder holds no images.
@@ -125,11 +132,17 @@ class ClassFolder(ImageFolder):
     """
 
     def __init__(
-        self, root: Path, transform: Callable[[Image.Image], Tensor], classes: Sequence[str] | None = None
+        self,
+        root: Path,
+        transform: Callable[[Image.Image], Tensor],
+        classes: Sequence[str] | None = None,
+        decode_side: int | None = None,
     ) -> None:
         self._train_classes = None if classes is None else list(classes)
+        self.decode_side = decode_side
+        loader = _load_rgb if decode_side is None else functools.partial(_load_rgb, min_side=decode_side)
         # Emptiness is checked (with the folder named) in find_classes; a val split may lack a class.
-        super().__init__(str(root), transform=transform, loader=_load_rgb, allow_empty=True)
+        super().__init__(str(root), transform=transform, loader=loader, allow_empty=True)
 
     def find_classes(self, directory: str | Path) -> tuple[list[str], dict[str, int]]:
         found = _class_dirs(Path(directory))
