@@ -57,10 +57,11 @@ def test_mismatched_file_names_missing_and_unexpected_keys(tmp_path: Path) -> No
     assert "unexpected keys" in str(info.value) and "layer1.0.conv3.weight" in str(info.value)
 
 
-def test_wrong_in_chans_for_weights_file(tmp_path: Path) -> None:
-    path, _ = _torchvision_file(tmp_path, ".safetensors")
-    with pytest.raises(WeightsMismatchError, match="in_chans"):
-        tk.build_model("resnet18", num_classes=2, pretrained=path, in_chans=1)
+def test_three_channel_file_loads_into_in_chans_1(tmp_path: Path) -> None:
+    path, state = _torchvision_file(tmp_path, ".safetensors")  # adapted, not refused (test_input_channels)
+    model = tk.build_model("resnet18", num_classes=2, pretrained=path, in_chans=1)
+    stem = model.backbone.state_dict()["body.conv1.weight"]
+    assert torch.equal(stem, state["conv1.weight"].sum(1, keepdim=True))
 
 
 class _Exploit:

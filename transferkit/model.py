@@ -154,6 +154,7 @@ class TransferModel(nn.Module):
         """
         bn = self._default_bn() if bn is None else bn
         self._freeze = FreezeState.make(policy, len(self.blocks), bn, n=n, step=step, every=every)
+        self._freeze_chosen = True  # the Trainer's default recipe never overrides it
         self._apply_freeze()
 
     def _default_bn(self) -> str:
@@ -182,6 +183,7 @@ class TransferModel(nn.Module):
                 (for example ``n`` larger than ``len(model.blocks)``).
         """
         self._freeze = FreezeState.from_dict(state, len(self.blocks))
+        self._freeze_chosen = True
         self._apply_freeze()
 
     def _apply_freeze(self) -> None:

@@ -14,6 +14,8 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
+from .input_channels import adapt_input_conv
+
 __all__ = [
     "PretrainedUnavailableError",
     "WeightsMismatchError",
@@ -107,6 +109,7 @@ def load_matching(
     source: str,
     rename: Callable[[str], str | None] = lambda k: k,
     ignore: Iterable[str] = (),
+    input_convs: Iterable[str] = (),
 ) -> None:
     """Load ``state`` into ``module`` strictly, after renaming keys and dropping ignored ones.
 
@@ -117,6 +120,8 @@ def load_matching(
         rename: Maps an original key to its key in ``module``; None for a key of the original model that
             ``module`` does not use (the parts a feature extractor leaves out).
         ignore: Key prefixes the file may hold that ``module`` does not need (the classifier).
+        input_convs: Keys of ``module`` (after renaming) holding a first convolution's kernel; one with
+            other input channels than ``module``'s is adapted (`transferkit.input_channels`).
 
     Raises:
         WeightsMismatchError: naming the missing and unexpected keys, or the mismatched shapes.
@@ -134,6 +139,10 @@ def load_matching(
             mapped[new] = value
         elif not key.startswith(ignore):
             unexpected.append(key)
+    for key in set(input_convs) & set(mapped):
+        have, want = mapped[key].shape, target[key].shape
+        if len(have) == len(want) == 4 and (have[0], *have[2:]) == (want[0], *want[2:]):
+            mapped[key] = adapt_input_conv(mapped[key], want[1])
     missing = [k for k in target if k not in mapped]
     if missing or unexpected:
         # a file of another architecture has its keys skipped as parts this model does not use; name them
@@ -151,8 +160,8 @@ def load_matching(
         raise WeightsMismatchError(
             f"{source} does not fit this model: {len(wrong)} tensors have other shapes, "
             f"e.g. {k!r} is {got} in "
-            f"the file but {want} in the model. A different in_chans or model variant? Build the model the "
-            f"weights were made for (in_chans=3 for ImageNet weights), or use pretrained=False."
+            f"the file but {want} in the model. Another model variant? Build the model the weights were made "
+            f"for, or use pretrained=False."
         )
     module.load_state_dict(mapped, strict=True)
 

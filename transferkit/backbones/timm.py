@@ -124,7 +124,8 @@ class TimmBackbone(Backbone):
             (``"resnet18.a1_in1k"``).
         pretrained: ``True`` (the default tag's weights), ``False``, a tag (``"a1_in1k"``) or a path
             to a file holding the timm model's state_dict.
-        in_chans: Input channels.
+        in_chans: Input channels; a pretrained first convolution for 3 is adapted to them
+            (`transferkit.input_channels.adapt_input_conv`).
         out_indices: Which of the model's feature levels to return (default: timm's choice).
         output_stride: The coarsest level's stride, 8, 16 or 32 (default: the model's own); passed to
             timm, whose models that take it dilate their last stages and keep every level.
@@ -229,12 +230,15 @@ class TimmBackbone(Backbone):
         classifier = full.pretrained_cfg.get("classifier") or ()
         classifier = (classifier,) if isinstance(classifier, str) else tuple(classifier)
         known = set(full.state_dict())
+        first = full.pretrained_cfg.get("first_conv") or ()
+        first = (first,) if isinstance(first, str) else tuple(first)
         load_matching(
             self.body,
             read_state_dict(path),
             source=f"weights for {model} ({path})",
             rename=lambda k: mapping.get(k) if k in known else k,
             ignore=tuple(f"{c}." for c in classifier),
+            input_convs=tuple(mapping.get(f"{c}.weight", f"{c}.weight") for c in first),
         )
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:

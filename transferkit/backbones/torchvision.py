@@ -60,11 +60,11 @@ def _data_config(weights: Any, in_chans: int) -> dict[str, Any]:
     }
 
 
-def _first_conv(model: nn.Module) -> tuple[nn.Module, str, nn.Conv2d]:
+def _first_conv(model: nn.Module) -> tuple[str, nn.Conv2d]:
+    """The first convolution (the one that reads the image) and its path."""
     for path, module in model.named_modules():
         if isinstance(module, nn.Conv2d):
-            parent_path, _, attr = path.rpartition(".")
-            return model.get_submodule(parent_path), attr, module
+            return path, module
     raise ValueError("no Conv2d found to adapt in_chans")
 
 
@@ -75,7 +75,8 @@ class TorchvisionBackbone(Backbone):
         name: A torchvision classification model name, e.g. ``"resnet18"``.
         pretrained: ``True`` (the default weights), ``False``, a weights tag (``"IMAGENET1K_V2"``) or a
             path to a file holding the torchvision model's state_dict.
-        in_chans: Input channels; other than 3 replaces the first convolution.
+        in_chans: Input channels; other than 3 replaces the first convolution, whose pretrained kernel
+            is adapted (`transferkit.input_channels.adapt_input_conv`).
         out_indices: Which levels to return (default: all).
         output_stride: The coarsest level's stride, 8, 16 or 32 (default: the model's own). Below the
             native 32, the last stages dilate instead of striding (``replace_stride_with_dilation``; the
@@ -136,8 +137,9 @@ class TorchvisionBackbone(Backbone):
 
         model = tvm.get_model(name, weights=None, **build_kwargs)
         if in_chans != 3:
-            parent, attr, conv = _first_conv(model)
-            setattr(parent, attr, _with_in_chans(conv, in_chans))
+            path, conv = _first_conv(model)
+            parent, _, attr = path.rpartition(".")
+            setattr(model.get_submodule(parent), attr, _with_in_chans(conv, in_chans))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # train/eval graphs differ for dropout-free models: expected
             self.body = create_feature_extractor(
@@ -219,7 +221,8 @@ def _load_body(body: nn.Module, model: nn.Module, path: str | os.PathLike[str], 
             return key  # loaded, or reported as unexpected
         return None
 
-    load_matching(body, read_state_dict(path), source=source, rename=rename)
+    first = f"{_first_conv(model)[0]}.weight"  # a file for 3 channels fits another in_chans, adapted
+    load_matching(body, read_state_dict(path), source=source, rename=rename, input_convs=(first,))
 
 
 def _to_map(f: torch.Tensor | None, layout: str) -> torch.Tensor | None:

@@ -1,4 +1,4 @@
-"""The ``transferkit`` command: train, eval, predict, export, list and demo.
+"""The ``transferkit`` command: train, lr-find, eval, predict, export, list and demo.
 
 Every subcommand is a thin layer over the library (``build_model``, the data loaders, ``Trainer``), so a
 run on the command line and the same run in Python give the same model. A trained run folder holds what
@@ -10,12 +10,13 @@ it also holds the Trainer's checkpoint, so an interrupted run continues with ``t
 Errors are printed as one line on stderr with a non-zero exit status (1 for a failed command, 2 for bad
 arguments); set ``TRANSFERKIT_DEBUG=1`` to see the traceback instead.
 
-Each subcommand lives in its own module (``train``, ``evaluate``, ``predict``, ``listing``, ``demo``) with
-an ``add_parser`` that `build_parser` calls; ``options`` holds the argument types they share and ``runs``
-the reading and writing of run folders.
+Each subcommand lives in its own module (``train``, ``lr_find``, ``evaluate``, ``predict``, ``listing``,
+``demo``) with an ``add_parser`` that `build_parser` calls; ``options`` holds the argument types they
+share and ``runs`` the reading and writing of run folders.
 
 Examples:
     $ transferkit train --data hymenoptera_data --backbone resnet18 --freeze last_n:2 --epochs 5 --out runs/ab
+    $ transferkit lr-find --data hymenoptera_data --backbone resnet18
     $ transferkit eval --model runs/ab --data hymenoptera_data
     $ transferkit predict --model runs/ab bee.jpg ant.jpg
     $ transferkit train --resume --out runs/ab
@@ -32,7 +33,7 @@ import sys
 from collections.abc import Sequence
 
 from .. import __version__
-from . import demo, evaluate, export, listing, predict, train
+from . import demo, evaluate, export, listing, lr_find, predict, train
 from .evaluate import evaluate_folder
 from .options import FreezeSpec, UsageError, _Parser, parse_freeze, parse_pretrained
 from .predict import predict_files
@@ -49,7 +50,7 @@ __all__ = [
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``transferkit`` argument parser (subcommands train, eval, predict, export, list, demo).
+    """The ``transferkit`` argument parser (subcommands train, lr-find, eval, predict, export, list, demo).
 
     Examples:
         >>> args = build_parser().parse_args(["list", "heads"])
@@ -59,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="transferkit", description="Transfer learning on images from the command line.")
     parser.add_argument("--version", action="version", version=f"transferkit {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for command in (train, evaluate, predict, export, listing, demo):  # the order --help lists them in
+    for command in (train, lr_find, evaluate, predict, export, listing, demo):  # the order --help lists
         command.add_parser(commands)
     return parser
 

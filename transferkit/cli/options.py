@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from ..model import TransferModel
 
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt")
-FREEZE_GRAMMAR = "all, none, last_n:K or gradual[:N[:STEP[:EVERY]]]"
+FREEZE_GRAMMAR = "auto, all, none, last_n:K or gradual[:N[:STEP[:EVERY]]]"
 
 
 class UsageError(Exception):
@@ -38,8 +38,15 @@ class FreezeSpec(NamedTuple):
     kwargs: dict[str, int]
     text: str
 
-    def apply(self, model: TransferModel) -> None:
-        """Freeze ``model`` with this policy (``model.freeze`` checks the numbers against its blocks)."""
+    def apply(self, model: TransferModel, train_loader: Any = None) -> None:
+        """Freeze ``model`` with this policy (``model.freeze`` checks the numbers against its blocks);
+        ``auto`` is the Trainer's default recipe (`transferkit.training.recipe`), which counts the
+        images per class of ``train_loader`` when given."""
+        if self.policy == "auto":
+            from ..training.recipe import apply_default_recipe
+
+            apply_default_recipe(model, train_loader)
+            return
         model.freeze(self.policy, **self.kwargs)
 
 
@@ -73,7 +80,7 @@ def parse_pretrained(text: str) -> bool | str:
 
 
 def parse_freeze(text: str) -> FreezeSpec:
-    """``--freeze``: ``all``, ``none``, ``last_n:K`` or ``gradual[:N[:STEP[:EVERY]]]`` -> `FreezeSpec`.
+    """``--freeze``: ``auto``, ``all``, ``none``, ``last_n:K`` or ``gradual[:N[:STEP[:EVERY]]]``.
 
     The numbers are checked against the backbone (``K <= len(model.blocks)``) by ``model.freeze``.
 
@@ -85,7 +92,7 @@ def parse_freeze(text: str) -> FreezeSpec:
         FreezeSpec(policy='gradual', kwargs={'n': 2, 'step': 1, 'every': 3}, text='gradual:2:1:3')
     """
     policy, *numbers = text.strip().split(":")
-    names = {"all": (), "none": (), "last_n": ("n",), "gradual": ("n", "step", "every")}
+    names = {"auto": (), "all": (), "none": (), "last_n": ("n",), "gradual": ("n", "step", "every")}
     if policy not in names:
         raise argparse.ArgumentTypeError(f"unknown freeze policy {policy!r}; use {FREEZE_GRAMMAR}")
     if policy == "last_n" and len(numbers) != 1:

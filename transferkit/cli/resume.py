@@ -26,7 +26,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "neck": "identity",
     "head": "linear",
     "pretrained": True,
-    "freeze": "none",
+    "freeze": "auto",
     "epochs": 10,
     "lr": 1e-3,
     "batch_size": 32,

@@ -56,7 +56,11 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     train.add_argument(
         "--pretrained", type=parse_pretrained, help="true (default), false, a weights tag or a file"
     )
-    train.add_argument("--freeze", type=parse_freeze, help=f"{FREEZE_GRAMMAR} (default: none)")
+    train.add_argument(
+        "--freeze",
+        type=parse_freeze,
+        help=f"{FREEZE_GRAMMAR} (default auto: a pretrained classifier trains its top third of blocks)",
+    )
     train.add_argument("--epochs", type=_positive_int, help="default 10")
     train.add_argument("--lr", type=_positive_float, help="head learning rate (default 1e-3)")
     train.add_argument("--batch-size", type=_positive_int, help="default 32")
@@ -177,8 +181,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         raise PretrainedUnavailableError(
             f"{err} On the command line: --pretrained PATH or --pretrained false."
         ) from err
-    run.freeze.apply(model)
     loaders = _folder_loaders(data, task, model, run)
+    run.freeze.apply(model, loaders["train"])
     _say(
         f"transferkit train: {model.config['backbone']} + {run.neck} neck + {run.head} head ({task.name}), "
         f"pretrained={run.pretrained}, {_image_size_text(model, run.image_size)}",

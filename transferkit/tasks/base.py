@@ -193,6 +193,9 @@ class Task:
     cacheable: bool = True  # False: Trainer(cache_features=True) is refused for this task
     # Why `model.export` cannot write this task's models (None: it can); the refusal quotes it.
     export_refusal: str | None = None
+    # Whether the Trainer's default recipe (`transferkit.training.recipe`) applies to a pretrained model
+    # of this task whose freeze was never chosen (measured for classification); False: all blocks train.
+    default_recipe: bool = False
 
     def as_batch(self, inputs: Any) -> Any:
         """The inputs as the model takes them (detection: a list of images padded into one batch)."""

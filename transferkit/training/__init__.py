@@ -4,6 +4,8 @@
 - `checkpoint`: atomic checkpoints, exact resume, the per-epoch rollback point.
 - `distributed`: device, precision and torchrun processes.
 - `optim`: optimizers and schedules by name.
+- `recipe`: the default recipe (what trains when no freeze was chosen).
+- `lr_find`: the learning-rate range test (``Trainer.lr_find``).
 - `cache`, `feature_cache`, `cacheable`: the frozen prefix's feature cache (``cache_features=True``).
 - `loaders`: what ``fit`` accepts as loaders.
 - `callbacks`: the callback protocol, `CSVLogger` and `TensorBoard`.

