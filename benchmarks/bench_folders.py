@@ -46,7 +46,15 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_trainers import LR, WEIGHT_DECAY, _cosine, _peak_rss_mb, _torchvision_resnet18, train_model  # noqa: E402
+from bench_trainers import (  # noqa: E402
+    LR,
+    WEIGHT_DECAY,
+    _cosine,
+    _peak_rss_mb,
+    _torchvision_resnet18,
+    names,
+    train_model,
+)
 
 WORKLOADS = ("folder_finetune", "folder_extract", "folder_last_n")
 RUNNERS = ("tutorial", "transferkit", "transferkit+cache", "limit")
@@ -365,16 +373,6 @@ def acceptance(rows: Sequence[dict[str, Any]], accuracy_noise: float) -> list[st
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
-    def names(valid: Sequence[str]):
-        def parse(text: str) -> list[str]:
-            items = [t.strip() for t in text.split(",") if t.strip()]
-            bad = [t for t in items if t not in valid]
-            if bad:
-                raise argparse.ArgumentTypeError(f"unknown {bad}; choose from {', '.join(valid)}")
-            return items
-
-        return parse
-
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--images", type=int, default=160, help="training photos, both classes (default 160)")

@@ -379,17 +379,20 @@ def acceptance(rows: Sequence[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def names(valid: Sequence[str]):
+    """An argparse type: a comma-separated list of names, each one of ``valid``."""
+
+    def parse(text: str) -> list[str]:
+        items = [t.strip() for t in text.split(",") if t.strip()]
+        bad = [t for t in items if t not in valid]
+        if bad:
+            raise argparse.ArgumentTypeError(f"unknown {bad}; choose from {', '.join(valid)}")
+        return items
+
+    return parse
+
+
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
-    def names(valid: Sequence[str]):
-        def parse(text: str) -> list[str]:
-            items = [t.strip() for t in text.split(",") if t.strip()]
-            bad = [t for t in items if t not in valid]
-            if bad:
-                raise argparse.ArgumentTypeError(f"unknown {bad}; choose from {', '.join(valid)}")
-            return items
-
-        return parse
-
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--images", type=int, default=256, help="training images (default 256)")
     p.add_argument("--size", type=int, default=128, help="image side in pixels (default 128)")
