@@ -130,7 +130,11 @@ def test_a_dataset_instead_of_a_loader_is_refused_before_training() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "error", "message"),
     [
-        ({"lr": "1e-3"}, TypeError, r"lr must be a number such as 1e-3, got str '1e-3' \(convert it: float"),
+        (
+            {"lr": "1e-3"},
+            TypeError,
+            r"lr must be a number such as 1e-3 or None, got str '1e-3' \(convert it: float",
+        ),
         ({"epochs": 2.5}, TypeError, "epochs must be an int such as 10, got float 2.5"),
         ({"weight_decay": None}, TypeError, "weight_decay must be a number"),
         ({"lr": 0}, ValueError, "lr must be > 0, got 0"),

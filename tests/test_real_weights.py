@@ -104,7 +104,8 @@ def test_recipe_benchmark_smoke_run_prints_the_table(weights: Path, capsys) -> N
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     args = ["--tasks", "textures-5", "--recipes", "extract,default", "--seeds", "2", "--epochs", "1"]
-    rows = bench.main([*args, "--lrs", "1e-3", "--weights-dir", str(weights.parent)])
+    rows = bench.main([*args, "--lrs", "auto", "--weights-dir", str(weights.parent)])
     out = capsys.readouterr().out
     assert [(r["recipe"], r["seeds"]) for r in rows] == [("extract", 2), ("default", 2)]
-    assert "| textures-5 | default | 0.001 | 2 |" in out and "- [" in out and "points behind" in out
+    assert "| textures-5 | default | auto (0.001) | 2 |" in out  # 5 images per class: the usual rate
+    assert "- [" in out and "points behind" in out

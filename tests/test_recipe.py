@@ -12,7 +12,12 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from transferkit import Trainer, build_model, load_model
 from transferkit.cli import parse_freeze
-from transferkit.training.recipe import apply_default_recipe, default_trainable_blocks, uses_default_recipe
+from transferkit.training.recipe import (
+    apply_default_recipe,
+    default_lr,
+    default_trainable_blocks,
+    uses_default_recipe,
+)
 
 
 @pytest.fixture(scope="module")
@@ -106,3 +111,38 @@ def test_cli_freeze_auto_is_the_default_recipe(weights: Path) -> None:
     parse_freeze("none").apply(chosen)
     Trainer(chosen, progress=False, device="cpu")
     assert len(chosen.trainable_blocks) == 9
+
+
+def test_default_lr_is_higher_below_five_images_per_class() -> None:
+    assert [default_lr(n) for n in (None, 1, 4.9, 5, 50)] == [1e-3, 1e-2, 1e-2, 1e-3, 1e-3]
+
+
+def _head_lr(history: list[dict]) -> float:
+    return history[0]["lr"]
+
+
+@pytest.mark.parametrize(("per_class", "lr"), [(3, 1e-2), (5, 1e-3)])
+def test_fit_without_an_lr_trains_few_shot_data_faster(
+    weights: Path, one_torch_thread, per_class, lr
+) -> None:
+    model = build_model("resnet18", num_classes=2, pretrained=weights)
+    data = TensorDataset(torch.randn(2 * per_class, 3, 32, 32), torch.arange(2 * per_class) % 2)
+    trainer = Trainer(model, epochs=2, progress=False, device="cpu", layer_decay=0.5)
+    history = trainer.fit(DataLoader(data, batch_size=10))
+    assert _head_lr(history) == pytest.approx(lr)
+    given = Trainer(build_model("resnet18", num_classes=2, pretrained=weights), lr=lr, layer_decay=0.5)
+    assert trainer.base_lrs == pytest.approx(given.base_lrs)  # every group scaled, the decay kept
+    assert history[1]["lr"] < history[0]["lr"]  # the cosine schedule starts from the new rate
+
+
+def test_an_lr_given_or_a_freeze_chosen_keeps_its_rate(weights: Path, one_torch_thread) -> None:
+    few = DataLoader(TensorDataset(torch.randn(6, 3, 32, 32), torch.arange(6) % 2), batch_size=6)
+    given = Trainer(
+        build_model("resnet18", num_classes=2, pretrained=weights), epochs=1, lr=1e-3, progress=False
+    )
+    assert _head_lr(given.fit(few)) == pytest.approx(1e-3)
+    chosen = build_model("resnet18", num_classes=2, pretrained=weights)
+    chosen.freeze("last_n", n=3)
+    assert _head_lr(Trainer(chosen, epochs=1, progress=False).fit(few)) == pytest.approx(1e-3)
+    random = build_model("resnet18", num_classes=2, pretrained=False)
+    assert _head_lr(Trainer(random, epochs=1, progress=False).fit(few)) == pytest.approx(1e-3)

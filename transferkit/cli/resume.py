@@ -28,7 +28,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "pretrained": True,
     "freeze": "auto",
     "epochs": 10,
-    "lr": 1e-3,
+    "lr": None,  # the Trainer's default: 1e-3, or 1e-2 with under 5 images per class
     "batch_size": 32,
     "image_size": None,
     "seed": 0,

@@ -157,7 +157,7 @@ def _fit_and_save(
     *,
     meta: dict[str, Any],
     epochs: int,
-    lr: float,
+    lr: float | None,
     device: str,
     seed: int,
     checkpoint: bool = False,

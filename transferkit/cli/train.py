@@ -62,7 +62,11 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         help=f"{FREEZE_GRAMMAR} (default auto: a pretrained classifier trains its top third of blocks)",
     )
     train.add_argument("--epochs", type=_positive_int, help="default 10")
-    train.add_argument("--lr", type=_positive_float, help="head learning rate (default 1e-3)")
+    train.add_argument(
+        "--lr",
+        type=_positive_float,
+        help="head learning rate (default: 1e-3, or 1e-2 when --freeze auto sees under 5 images per class)",
+    )
     train.add_argument("--batch-size", type=_positive_int, help="default 32")
     train.add_argument("--image-size", type=_positive_int, help="default: the backbone's size")
     train.add_argument("--out", default="runs/transferkit", help="run folder (default runs/transferkit)")

@@ -21,7 +21,7 @@ _NUMBERS: dict[str, tuple[str, float, bool, bool]] = {
     "early_stopping": ("int", 1, True, True),
     "cache_budget": ("int", 0, True, False),
     "seed": ("int", -(2**63), True, True),
-    "lr": ("number", 0, False, False),
+    "lr": ("number", 0, False, True),
     "weight_decay": ("number", 0, True, False),
     "layer_decay": ("number", 0, False, True),
     "clip_grad_norm": ("number", 0, False, True),
@@ -105,7 +105,7 @@ def check_trainer_arguments(arguments: Mapping[str, Any]) -> None:
         ValueError: epochs must be >= 1, got 0
         >>> check_trainer_arguments({"lr": "1e-3"})
         Traceback (most recent call last):
-        TypeError: lr must be a number such as 1e-3, got str '1e-3' (convert it: float('1e-3'))
+        TypeError: lr must be a number such as 1e-3 or None, got str '1e-3' (convert it: float('1e-3'))
     """
     for name in _NUMBERS:
         if name in arguments:

@@ -35,7 +35,7 @@ from .evaluation import evaluate_batches, predict_batches
 from .loaders import check_length, split_batch, split_loaders
 from .lr_find import LRFindResult, lr_find
 from .optim import build_optimizer, build_scheduler
-from .recipe import apply_default_recipe
+from .recipe import DEFAULT_LR, apply_default_recipe, default_lr_scale
 from .running_loss import LossParts, sync_losses
 
 if TYPE_CHECKING:
@@ -53,7 +53,8 @@ class Trainer:
         model: The model; its freeze policy (``model.freeze``) decides what trains, epoch by epoch. A
             pretrained classifier never frozen trains its top third or half (`transferkit.training.recipe`).
         epochs: Number of epochs.
-        lr: Learning rate of the head; ``layer_decay`` and ``backbone_lr_mult`` scale it per block.
+        lr: Learning rate of the head; ``layer_decay`` and ``backbone_lr_mult`` scale it per block. None:
+            1e-3, or 1e-2 where the default recipe sees under 5 images per class (`recipe.default_lr`).
         optimizer: ``"adamw"``, ``"adam"``, ``"sgd"`` (momentum 0.9) or ``callable(param_groups)``.
         weight_decay: Weight decay (norm and bias parameters get none).
         scheduler: ``"cosine"``, ``"step"`` (x0.1 at 1/3 and 2/3 of training), ``"onecycle"``, ``"none"``
@@ -105,7 +106,7 @@ class Trainer:
         model: TransferModel,
         *,
         epochs: int = 10,
-        lr: float = 1e-3,
+        lr: float | None = None,
         optimizer: str | Callable[[list[dict[str, Any]]], torch.optim.Optimizer] = "adamw",
         weight_decay: float = 0.01,
         scheduler: str | Callable[[torch.optim.Optimizer, int], Any] = "cosine",
@@ -135,7 +136,7 @@ class Trainer:
         self.clip_grad_norm, self.scheduler_spec = clip_grad_norm, scheduler
         self.cache_features, self.resume, self.early_stopping = cache_features, resume, early_stopping
         self.monitor, self.restore_best, self.callbacks = monitor, restore_best, Callbacks(callbacks)
-        self.seed, self.compile, self.cache_dir = seed, compile, cache_dir
+        self.seed, self.compile, self.cache_dir, self._auto_lr = seed, compile, cache_dir, lr is None
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         self.loss_fn = loss or self.task.training_loss(label_smoothing)
 
@@ -155,12 +156,11 @@ class Trainer:
         model.to(self.device, memory_format=self.memory_format)
 
         apply_default_recipe(model)  # only when no freeze was chosen (fit decides again with the data)
-        groups = model.param_groups(
-            lr, layer_decay=layer_decay, backbone_lr_mult=backbone_lr_mult, weight_decay=weight_decay
-        )
+        scales = dict(layer_decay=layer_decay, backbone_lr_mult=backbone_lr_mult, weight_decay=weight_decay)
+        groups = model.param_groups(lr or DEFAULT_LR, **scales)
         partly_frozen = len(model.trainable_blocks) < len(model.blocks)
         self.optimizer = build_optimizer(optimizer, groups, fused_on_cpu=partly_frozen)
-        self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
+        self.base_lrs = self._given_lrs = [g["lr"] for g in self.optimizer.param_groups]
         self.scheduler: Any = None
         self.history: list[dict[str, Any]] = []
         self.epoch, self.step, self.should_stop = 0, 0, False
@@ -221,8 +221,10 @@ class Trainer:
             raise ValueError(
                 f"monitor={monitor!r} needs a validation loader; pass {{'train': ..., 'val': ...}}"
             )
+        scale = default_lr_scale(self.model, train) if self._auto_lr else 1.0
+        self.base_lrs = [lr * scale for lr in self._given_lrs]
         for group, lr in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
-            group["lr"] = lr
+            group["lr"] = group["initial_lr"] = lr  # the schedule starts from these
         total_steps = self.epochs * math.ceil(len(train) / self.grad_accum)
         self.scheduler = build_scheduler(self.scheduler_spec, self.optimizer, self.base_lrs, total_steps)
         self.history, self.should_stop = [], False
@@ -316,11 +318,10 @@ class Trainer:
         return {"train_loss": loss_total / n, **parts.means(self.world_size)}
 
     def _forward(self, net: nn.Module, inputs: Tensor | CachedBatch, targets: Any = None) -> Any:
-        """Logits for a batch. The one place the frozen prefix runs, so cached features can replace it.
+        """Logits for a batch; the one place the frozen prefix runs, so cached features can replace it.
 
-        Frozen parameters have ``requires_grad=False`` and inputs never require grad, so autograd records
-        nothing until the first trainable block: the frozen prefix already runs without a graph (and
-        saves no activations for backward), exactly as under ``torch.no_grad()``.
+        Frozen parameters and inputs need no grad, so autograd records nothing until the first trainable
+        block: the frozen prefix runs without a graph, exactly as under ``torch.no_grad()``.
         """
         if isinstance(inputs, CachedBatch):
             return self._cache.net(*inputs.state, input_size=inputs.input_size)  # type: ignore[misc]
@@ -381,8 +382,7 @@ class Trainer:
         inputs = inputs.to(self.device, non_blocking=True, memory_format=self.memory_format)
         return inputs, self.task.to_device(targets, self.device)
 
-    def _check_targets(self, targets: Tensor, where: str) -> None:
-        """Targets come from the loader on the CPU, so the task's check costs no device sync."""
+    def _check_targets(self, targets: Tensor, where: str) -> None:  # CPU targets: the check needs no sync
         self.task.check_targets(targets, self.model.num_classes, where)
 
     def _network(self) -> nn.Module:
