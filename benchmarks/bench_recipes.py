@@ -129,10 +129,6 @@ def run_one(
     }
 
 
-def _run_job(job: tuple[str, str, float | None, int], settings: dict[str, Any]) -> dict[str, Any]:
-    return run_one(*job, **settings)
-
-
 def lr_text(row: dict[str, Any]) -> str:
     """``0.001``, or ``auto (0.01)`` for a run that left the rate to the Trainer."""
     return f"{row['lr']:g}" if row["lr"] is not None else f"auto ({row['lr_used']:g})"
@@ -248,11 +244,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
             args.workers, mp_context=multiprocessing.get_context("spawn"), initializer=torch.set_num_threads,
             initargs=(args.threads,),
         ) if args.workers > 1 else contextlib.nullcontext() as pool:  # fmt: skip
-            if pool is None:
-                done = (run_one(*job, **settings) for job in jobs)
-            else:
-                done = pool.map(functools.partial(_run_job, settings=settings), jobs)
-            for run in done:
+            for run in (pool.map if pool else map)(functools.partial(run_one, **settings), *zip(*jobs)):
                 runs.append(run)
                 print(
                     f"{run['task']:<12} {run['recipe']:<10} lr={lr_text(run):<12} seed={run['seed']} "
