@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
+import json
+import math
 from pathlib import Path
 
 import pytest
@@ -12,6 +15,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from transferkit import Trainer, build_model, load_model
 from transferkit.cli import parse_freeze
+from transferkit.cli.options import UsageError
+from transferkit.cli.resume import TRAIN_DEFAULTS, resumed_arguments
 from transferkit.training.recipe import (
     apply_default_recipe,
     default_lr,
@@ -146,3 +151,24 @@ def test_an_lr_given_or_a_freeze_chosen_keeps_its_rate(weights: Path, one_torch_
     assert _head_lr(Trainer(chosen, epochs=1, progress=False).fit(few)) == pytest.approx(1e-3)
     random = build_model("resnet18", num_classes=2, pretrained=False)
     assert _head_lr(Trainer(random, epochs=1, progress=False).fit(few)) == pytest.approx(1e-3)
+
+
+def test_a_second_fit_on_more_data_starts_its_schedule_at_the_usual_rate(
+    weights: Path, one_torch_thread
+) -> None:
+    trainer = Trainer(build_model("resnet18", num_classes=2, pretrained=weights), epochs=2, progress=False)
+    few = TensorDataset(torch.randn(6, 3, 32, 32), torch.arange(6) % 2)  # 3 per class: 1e-2
+    more = TensorDataset(torch.randn(20, 3, 32, 32), torch.arange(20) % 2)  # 10 per class: 1e-3
+    assert _head_lr(trainer.fit(DataLoader(few, batch_size=6))) == pytest.approx(1e-2)
+    history = trainer.fit(DataLoader(more, batch_size=10))
+    assert _head_lr(history) == pytest.approx(1e-3)  # not the first fit's rate, kept by the schedule
+    assert history[1]["lr"] == pytest.approx(
+        1e-3 * 0.5 * (1 + math.cos(math.pi * 2 / 4))
+    )  # cosine, step 2 of 4
+
+
+def test_resume_with_an_lr_names_the_default_the_run_had(tmp_path: Path) -> None:
+    (tmp_path / "transferkit.json").write_text(json.dumps({"backbone": "resnet18", "data": "d", "lr": None}))
+    given = argparse.Namespace(**{**dict.fromkeys(TRAIN_DEFAULTS), "lr": 1e-3})
+    with pytest.raises(UsageError, match=r"--lr 0.001 \(the run has the default\)"):
+        resumed_arguments(tmp_path, given)

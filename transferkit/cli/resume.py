@@ -121,7 +121,11 @@ def resumed_arguments(out: Path, args: argparse.Namespace) -> dict[str, Any]:
         )
     saved = {k: meta.get(k, default) for k, default in TRAIN_DEFAULTS.items()}
     given = _given(args)
-    conflicts = [f"{_flag(k)} {v} (the run has {saved[k]})" for k, v in given.items() if v != saved[k]]
+    conflicts = [
+        f"{_flag(k)} {v} (the run has {'the default' if saved[k] is None else saved[k]})"
+        for k, v in given.items()
+        if v != saved[k]
+    ]
     if conflicts:
         raise UsageError(
             _PROG,
