@@ -8,14 +8,46 @@ and head take, so that a typo is a ValueError naming the argument, not a TypeErr
 
 from __future__ import annotations
 
+import difflib
 import inspect
+import math
 import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from torch import nn
 
-__all__ = ["check_build_arguments", "check_part_kwargs"]
+__all__ = ["BACKBONE_KWARGS", "check_backbone_kwargs", "check_build_arguments", "check_part_kwargs"]
+
+# What ``backbone_kwargs`` may pass to a torchvision or timm builder: plain hyperparameters of the
+# architecture. Anything else is refused, above all the keys that make a library read a file (timm's
+# ``checkpoint_path`` and ``pretrained_cfg``, torchvision's ``weights``): a config read from a run folder
+# or the Hub reaches the builders through here, and such a key would load (and with an old timm, unpickle)
+# a file the config names. Weights come only through ``pretrained=``, which reads files safely.
+BACKBONE_KWARGS = frozenset(
+    {
+        # timm
+        "img_size", "patch_size", "drop_rate", "drop_path_rate", "drop_block_rate", "proj_drop_rate",
+        "attn_drop_rate", "pos_drop_rate", "patch_drop_rate", "global_pool", "class_token",
+        "no_embed_class", "reg_tokens", "dynamic_img_size", "dynamic_img_pad", "init_values",
+        "layer_scale_init_value", "ls_init_value", "window_size", "act_layer", "norm_layer", "qkv_bias",
+        "fc_norm", "pre_norm", "stem_type", "stem_width", "zero_init_last", "use_abs_pos", "use_rel_pos",
+        "weight_init",
+        # torchvision
+        "transform_input", "aux_logits", "init_weights", "dropout", "attention_dropout",
+        "stochastic_depth_prob", "replace_stride_with_dilation", "width_per_group", "groups",
+        "zero_init_residual", "width_mult", "round_nearest", "dilated", "reduced_tail",
+    }
+)  # fmt: skip
+_FILE_KEYS = {
+    "checkpoint_path": "it makes timm load that file",
+    "pretrained_cfg": "it can point timm's loader at a file or URL",
+    "pretrained_cfg_overlay": "it can point timm's loader at a file or URL",
+    "pretrained_strict": "weights load through pretrained=",
+    "cache_dir": "weights load through pretrained=",
+    "weights": "weights load through pretrained=",
+    "features_only": "transferkit builds the feature extractor itself",
+}
 
 
 def check_build_arguments(arguments: Mapping[str, Any]) -> None:
@@ -51,6 +83,62 @@ def check_build_arguments(arguments: Mapping[str, Any]) -> None:
             not isinstance(kwargs, Mapping) or not all(isinstance(k, str) for k in kwargs)
         ):
             raise TypeError(f"{name} must be a dict of keyword arguments (str keys), got {kwargs!r}")
+
+
+def check_backbone_kwargs(kwargs: Mapping[str, Any], library: bool = True) -> None:
+    """Raise ValueError unless ``kwargs`` holds only plain data and, for a torchvision or timm backbone
+    (``library``), only keys of `BACKBONE_KWARGS`.
+
+    Examples:
+        >>> check_backbone_kwargs({"drop_path_rate": 0.1})
+        >>> check_backbone_kwargs({"checkpoint_path": "w.pth"})
+        Traceback (most recent call last):
+        ValueError: backbone_kwargs may not hold checkpoint_path: it makes timm load that file. Pass weights with pretrained='/path/to/weights.safetensors' (read without running code)
+    """
+    for key, value in kwargs.items():
+        if key in _FILE_KEYS:
+            raise ValueError(
+                f"backbone_kwargs may not hold {key}: {_FILE_KEYS[key]}. Pass weights with "
+                "pretrained='/path/to/weights.safetensors' (read without running code)"
+            )
+        if library and key not in BACKBONE_KWARGS:
+            close = difflib.get_close_matches(key, sorted(BACKBONE_KWARGS), n=3)
+            hint = f"did you mean {', '.join(close)}? " if close else ""
+            raise ValueError(
+                f"backbone_kwargs has {key!r}, which transferkit does not pass to a torchvision or timm "
+                f"builder; {hint}the accepted keys are in transferkit.arguments.BACKBONE_KWARGS"
+            )
+        if not _is_plain(value):
+            raise ValueError(
+                f"backbone_kwargs {key}={value!r} is not plain data (a number, string, bool, None or a "
+                "list of them), so no saved config could rebuild it"
+            )
+        if key in ("act_layer", "norm_layer"):
+            _check_layer_name(key, value)
+
+
+def _is_plain(value: Any, depth: int = 0) -> bool:
+    if value is None or isinstance(value, (bool, int, str)):
+        return True
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, (list, tuple)) and depth < 2:
+        return all(_is_plain(v, depth + 1) for v in value)
+    return False
+
+
+def _check_layer_name(key: str, value: Any) -> None:
+    """``act_layer`` / ``norm_layer`` must be a name timm's layer factories know."""
+    from timm.layers import get_act_layer, get_norm_layer
+
+    lookup = get_act_layer if key == "act_layer" else get_norm_layer
+    try:
+        known = isinstance(value, str) and lookup(value) is not None
+    except (KeyError, ValueError, AssertionError, TypeError):
+        known = False
+    if not known:
+        example = "'relu', 'gelu', 'silu'" if key == "act_layer" else "'batchnorm2d', 'layernorm2d'"
+        raise ValueError(f"backbone_kwargs {key}={value!r} is not a layer name timm knows (e.g. {example})")
 
 
 def check_part_kwargs(

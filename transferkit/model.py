@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .arguments import check_build_arguments, check_part_kwargs
+from .arguments import check_backbone_kwargs, check_build_arguments, check_part_kwargs
 from .backbones import create_backbone, resolve_name
 from .classes import check_class_names
 from .features import FeatureInfo
@@ -348,6 +348,7 @@ def build_model(
         built = backbone
     else:
         name = resolve_name(backbone)
+        check_backbone_kwargs(backbone_kwargs, library=name.startswith(("torchvision/", "timm/")))
         if isinstance(pretrained, os.PathLike):
             pretrained = os.fspath(pretrained)
         stride = {"output_stride": output_stride} if output_stride is not None else {}

@@ -1,54 +1,176 @@
-"""Saving and loading a TransferModel: ``config.json`` (the `build_model` arguments) + ``model.safetensors``.
+"""Saving and loading a TransferModel: ``model.safetensors`` (the unit) plus ``config.json`` (a readable copy).
 
-Both files are written atomically (a temporary file, then a rename), so a crash never leaves half a
-file; the safetensors metadata carries the freeze state.
+The guarantee: `load_model` always gets the weights, the config and the freeze state of one and the same
+save. ``model.safetensors`` carries all three (the config and freeze state in its metadata) and is
+replaced in one atomic rename (`transferkit.atomic`), and `load_model` reads it through a single open
+file, so a save running meanwhile, or ``kill -9`` at any moment of one, can never pair new weights with
+old class names. ``config.json`` (the `build_model` arguments, for people and tools) is written right
+after; `load_model` reads it only for folders saved before the config travelled inside the weights.
+Every field is checked where it is read (`check_saved_config`): a damaged or edited file is an error
+that names the file, the field and the fix, and no field can make a backbone library read a file.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
-from collections.abc import Callable
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
+from .arguments import check_backbone_kwargs
+from .atomic import atomic_write, write_text
+
 if TYPE_CHECKING:
     from .model import TransferModel
 
-__all__ = ["load_model", "save_model"]
+__all__ = ["check_saved_config", "load_model", "save_model"]
+
+CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
+MAX_CLASSES = 100_000  # ImageNet-21k has 21,841; a larger count in a file is damage, not a model
+MAX_IN_CHANS = 1024
+_FIELDS: dict[str, tuple[type, ...]] = {
+    "backbone": (str,),
+    "neck": (str,),
+    "head": (str,),
+    "num_classes": (int,),
+    "pretrained": (bool, str, type(None)),
+    "in_chans": (int,),
+    "out_indices": (list, type(None)),
+    "output_stride": (int, type(None)),
+    "backbone_kwargs": (dict,),
+    "neck_kwargs": (dict,),
+    "head_kwargs": (dict,),
+    "classes": (list, type(None)),
+}
+_REQUIRED = ("backbone", "num_classes")
 
 
 def save_model(model: TransferModel, directory: str | os.PathLike[str]) -> Path:
-    """Write ``config.json`` and ``model.safetensors`` (weights and freeze state) to ``directory``."""
+    """Write ``model.safetensors`` (weights, config, freeze state) and ``config.json`` to ``directory``.
+
+    Raises:
+        FileExistsError: ``directory`` is a file, or one of the two files is a symbolic link.
+    """
     from safetensors.torch import save_model as save_weights
 
     directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise FileExistsError(f"cannot save the model to {directory}: it is a file; pass a folder")
     directory.mkdir(parents=True, exist_ok=True)
-    metadata = {"freeze_state": json.dumps(model.freeze_state())}
-    _atomic_write(directory / "model.safetensors", lambda p: save_weights(model, p, metadata=metadata))
-    text = json.dumps(model.config, indent=2, default=str) + "\n"
-    _atomic_write(directory / "config.json", lambda p: Path(p).write_text(text))
+    config = json.dumps(model.config, indent=2, default=str) + "\n"
+    metadata = {"format": "transferkit", "config": config, "freeze_state": json.dumps(model.freeze_state())}
+    atomic_write(directory / WEIGHTS_FILE, lambda p: save_weights(model, p, metadata=metadata))
+    write_text(directory / CONFIG_FILE, config)
     return directory
 
 
-def _atomic_write(path: Path, write: Callable[[str], Any]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
+def check_saved_config(config: Any, source: str) -> dict[str, Any]:
+    """``config`` as `build_model` takes it, or a ValueError naming ``source``, the field and the fix.
+
+    Only the fields `build_model` writes are accepted, each of its type and range; ``backbone_kwargs`` only
+    with keys of `transferkit.arguments.BACKBONE_KWARGS` (none makes a library read a file).
+
+    Examples:
+        >>> check_saved_config({"backbone": "resnet18", "num_classes": 0}, "run/config.json")
+        Traceback (most recent call last):
+        ValueError: run/config.json: field 'num_classes' must be an int from 1 to 100000, got 0. The file is damaged or was edited; save the model again with model.save(), or correct that field
+    """
+
+    def bad(field: str, why: str) -> ValueError:
+        return ValueError(
+            f"{source}: field {field!r} {why}. The file is damaged or was edited; save the model again "
+            "with model.save(), or correct that field"
+        )
+
+    if not isinstance(config, dict):
+        raise ValueError(
+            f"{source} holds a JSON {type(config).__name__}, not the object model.save() writes; save "
+            "the model again with model.save()"
+        )
+    unknown = sorted(set(config) - set(_FIELDS))
+    if unknown:
+        raise bad(unknown[0], f"is not one transferkit writes (it writes {', '.join(_FIELDS)})")
+    for field in _REQUIRED:
+        if field not in config:
+            raise bad(field, "is missing")
+    for field, value in config.items():
+        types = _FIELDS[field]
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            raise bad(field, f"must be {' or '.join(t.__name__ for t in types)}, got {value!r:.80}")
+    if str(config["backbone"]).startswith("<module"):
+        raise ValueError(
+            f"{source} describes a model with a custom backbone module, which a file cannot rebuild; build "
+            "the model in Python and load the weights into it"
+        )
+    for field, top in (("num_classes", MAX_CLASSES), ("in_chans", MAX_IN_CHANS)):
+        value = config.get(field, 1)
+        if not 1 <= value <= top:
+            raise bad(field, f"must be an int from 1 to {top}, got {value!r}")
+    for field in ("backbone_kwargs", "neck_kwargs", "head_kwargs"):
+        try:
+            check_backbone_kwargs(config.get(field, {}), library=field == "backbone_kwargs")
+        except ValueError as err:
+            raise bad(field, str(err).removeprefix("backbone_kwargs ")) from None
+    for field in ("out_indices", "classes"):
+        items = config.get(field) or []
+        kind = int if field == "out_indices" else str
+        if not all(isinstance(v, kind) and not isinstance(v, bool) for v in items):
+            raise bad(field, f"must be a list of {kind.__name__}s")
+    return dict(config)
+
+
+def _read_json(path: Path, text: str | None = None) -> Any:
     try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        return json.loads(path.read_text(encoding="utf-8") if text is None else text)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(
+            f"cannot read {path}: it is not valid JSON ({err}). The file is damaged; save the model again "
+            "with model.save()"
+        ) from None
+
+
+def _read_weights(path: Path) -> tuple[dict[str, torch.Tensor], Mapping[str, str]]:
+    """Every tensor and the metadata of ``path``, read in one go from one open file.
+
+    safetensors' own readers open the file again by name for the tensors, so a save that renames a new
+    file into place between the two reads would pair this file's metadata with the next one's weights.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    def damaged(why: str) -> ValueError:
+        return ValueError(
+            f"cannot read {path}: it is truncated or damaged ({why}). The file was left as it is; save the "
+            "model again with model.save()"
+        )
+
+    data = path.read_bytes()
+    size = int.from_bytes(data[:8], "little") if len(data) >= 8 else -1
+    if not 0 < size <= len(data) - 8:
+        raise damaged(f"its header claims {size} bytes, the file has {len(data)}")
+    try:
+        header = json.loads(data[8 : 8 + size])
+        metadata = header.get("__metadata__") or {}
+        tensors = load(data)
+    except (SafetensorError, ValueError, AttributeError, RuntimeError) as err:
+        raise damaged(" ".join(str(err).split())[:160] or type(err).__name__) from None
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise damaged("its metadata is not a table of strings")
+    return tensors, metadata
 
 
 def load_model(directory: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> TransferModel:
     """Load a model written by `TransferModel.save`: same architecture, weights and freeze state.
 
     ``directory`` may also name a Hugging Face Hub repository, ``"hf-hub:org/name"`` (see `transferkit.hub`).
+
+    Raises:
+        FileNotFoundError: The folder lacks ``model.safetensors`` (or, for an old save, ``config.json``).
+        ValueError: A file is damaged or does not describe a model transferkit builds; the message names
+            the file and the field.
 
     Examples:
         >>> model.save("runs/ants_bees")  # doctest: +SKIP
@@ -59,28 +181,54 @@ def load_model(directory: str | os.PathLike[str], map_location: str | torch.devi
 
     if is_hub_spec(directory):
         return load_from_hub(str(directory), map_location=map_location)
-    from safetensors import safe_open
-    from safetensors.torch import load_model as load_weights
-
     from .model import build_model  # model.py imports this module
 
     directory = Path(directory)
-    config_path, weights_path = directory / "config.json", directory / "model.safetensors"
-    for path in (config_path, weights_path):
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"{path} not found: load_model expects a directory written by model.save()"
-            )
-    config = json.loads(config_path.read_text())
-    if str(config.get("backbone", "")).startswith("<module"):
-        raise ValueError(
-            f"{directory} holds a model with a custom backbone module; rebuild it and load the weights"
+    weights_path, config_path = directory / WEIGHTS_FILE, directory / CONFIG_FILE
+    if not weights_path.is_file():
+        raise FileNotFoundError(
+            f"{weights_path} not found: load_model expects a folder written by model.save() "
+            f"({WEIGHTS_FILE} and {CONFIG_FILE})"
         )
-    model = build_model(**{**config, "pretrained": False})
-    model.config["pretrained"] = config["pretrained"]
-    load_weights(model, str(weights_path), strict=True, device=str(map_location))
-    with safe_open(str(weights_path), framework="pt") as f:
-        freeze = (f.metadata() or {}).get("freeze_state")
+    state, metadata = _read_weights(weights_path)
+    if "config" in metadata:
+        source, config = f"{weights_path} (its config)", _read_json(weights_path, metadata["config"])
+    elif config_path.is_file():
+        source, config = str(config_path), _read_json(config_path)
+    else:
+        raise FileNotFoundError(
+            f"{config_path} not found: load_model expects a folder written by model.save()"
+        )
+    config = check_saved_config(config, source)
+    try:
+        model = build_model(**{**config, "pretrained": False})
+    except (ValueError, TypeError, NotImplementedError) as err:
+        raise ValueError(f"{source} describes a model transferkit cannot build: {err}") from err
+    model.config["pretrained"] = config.get("pretrained", True)
+    _load_state(model, state, weights_path)
+    freeze = metadata.get("freeze_state")
     if freeze:
-        model.load_freeze_state(json.loads(freeze))
-    return model
+        try:
+            model.load_freeze_state(_read_json(weights_path, freeze))
+        except (ValueError, TypeError, KeyError) as err:
+            raise ValueError(
+                f"{weights_path}: its freeze state is damaged ({err}); save the model again"
+            ) from None
+    return model.to(map_location)
+
+
+def _load_state(model: TransferModel, state: dict[str, torch.Tensor], path: Path) -> None:
+    """Load ``state`` into ``model`` exactly: every tensor present (tied ones once), each of its shape."""
+    own = model.state_dict()
+    loaded = {own[k].data_ptr() for k in state if k in own}
+    missing = [k for k in own if k not in state and own[k].data_ptr() not in loaded]
+    unexpected = [k for k in state if k not in own]
+    wrong = [k for k in state if k in own and state[k].shape != own[k].shape]
+    if missing or unexpected or wrong:
+        parts = [f"{len(v)} {what} (e.g. {v[0]})" for what, v in
+                 (("missing", missing), ("unexpected", unexpected), ("of other shapes", wrong)) if v]  # fmt: skip
+        raise ValueError(
+            f"{path} does not fit the model its config describes: tensors {'; '.join(parts)}. The folder "
+            "is damaged or mixes two saves; save the model again with model.save()"
+        )
+    model.load_state_dict(state, strict=False)

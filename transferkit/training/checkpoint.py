@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..atomic import atomic_write
+
 if TYPE_CHECKING:
     from ..model import TransferModel
 
@@ -50,22 +52,25 @@ class CheckpointError(ValueError):
 
 
 def atomic_save(obj: Any, path: Path) -> None:
-    """Writes ``obj`` to a temp file, fsyncs, renames it over ``path``: readers see old or new, never half.
+    """Writes ``obj`` to ``last.pt.tmp``, fsyncs, renames it over ``path``: readers see old or new, never
+    half, and Ctrl-C during the write lands after it (`transferkit.atomic.atomic_write`).
 
     Raises:
         OSError: The file could not be written (a full disk, a file-size limit, no permission); the
             message names ``path`` and what to do. ``path`` keeps its earlier content and the temp file
             is removed.
+        FileExistsError: ``path`` is a symbolic link.
     """
-    tmp = path.with_name(path.name + ".tmp")
-    try:
+
+    def save(tmp: str) -> None:
         with open(tmp, "wb") as f:
             torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+
+    try:
+        atomic_write(path, save, temp_name=path.name + ".tmp")
+    except FileExistsError:
+        raise
     except BaseException as err:
-        tmp.unlink(missing_ok=True)
         cause = _os_error(err)  # torch's writer reports a failed write as a RuntimeError ("unexpected pos")
         if cause is None:
             raise
@@ -76,12 +81,6 @@ def atomic_save(obj: Any, path: Path) -> None:
             f"checkpoint_dir= at a disk with room, then run again with resume=True."
         )
         raise (OSError(cause.errno, message) if cause.errno else OSError(message)) from err
-    if os.name == "posix":  # make the rename itself durable
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def _os_error(err: BaseException) -> OSError | None:
