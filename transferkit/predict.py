@@ -10,7 +10,7 @@ indices at the image's own size.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,34 +19,88 @@ from PIL import Image
 from torch import Tensor
 from torchvision.transforms.v2 import functional as TF
 
-from .data.folders import _load_rgb
+from .data.folders import _load_rgb, _resize_problem
+from .data.loaders import _decode_side
 from .tasks import Task, get_task
 
 if TYPE_CHECKING:
     from .model import TransferModel
 
-__all__ = ["ImageInput", "predict_images", "read_image"]
+__all__ = ["ImageInput", "check_finite_outputs", "evaluation_side", "predict_images", "read_image"]
 
 ImageInput = str | os.PathLike | Image.Image | Tensor  # one image, as `predict_images` takes it
 
 
-def read_image(path: str | os.PathLike[str]) -> Image.Image:
-    """The image file at ``path`` as RGB; an unreadable file raises `OSError` naming it.
+def read_image(path: str | os.PathLike[str], *, resize_side: int | None = None) -> Image.Image:
+    """The image file at ``path`` as RGB; an unreadable or oversized file raises `OSError` naming it.
+
+    Args:
+        path: An image file.
+        resize_side: The shorter side the image will be scaled to (`evaluation_side`): a file that
+            scaling would take over PIL's decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``), such
+            as a 100000x1 strip, is refused before it is decoded. None checks only the file's own size.
 
     Examples:
         >>> read_image("bee.jpg").mode  # doctest: +SKIP
         'RGB'
     """
-    return _load_rgb(path)  # exactly as the folder loaders read it: upright, 8-bit, bomb-checked
+    # exactly as the folder loaders read it: upright, 8-bit, size-checked before decoding
+    return _load_rgb(path, resize_side=resize_side)
 
 
-def _as_input(image: Any, transform: Any, index: int) -> tuple[Tensor, tuple[int, int]]:
+def evaluation_side(model: TransferModel, image_size: int | None = None) -> int:
+    """The side (at most) that the evaluation transform of ``model``, at ``image_size``, scales an image's
+    shorter side to: what `read_image` checks a file against before decoding it.
+
+    Examples:
+        >>> evaluation_side(build_model("resnet18", num_classes=2, pretrained=False))  # 224 / 0.875
+        256
+    """
+    return _decode_side(model.data_config, image_size, False)
+
+
+def check_finite_outputs(outputs: Sequence[Any], names: Sequence[str]) -> None:
+    """Raise `ValueError` naming the images (``names``, one per output) whose model outputs are not finite.
+
+    An output is a tensor, or a mapping of tensors (a detector's boxes and scores).
+
+    Examples:
+        >>> check_finite_outputs([torch.zeros(2), torch.tensor([float("nan"), 0.0])], ["a.jpg", "b.jpg"])
+        Traceback (most recent call last):
+        ValueError: the model's outputs are not finite (NaN or infinite) for 1 image(s): b.jpg; ...
+    """
+    bad = [name for name, output in zip(names, outputs, strict=True) if not _is_finite(output)]
+    if bad:
+        shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise ValueError(
+            f"the model's outputs are not finite (NaN or infinite) for {len(bad)} image(s): {shown}; its "
+            "weights are likely damaged or its training diverged. Load an earlier checkpoint or a saved "
+            "model whose outputs are finite, or train again (a lower learning rate, or clip_grad_norm)."
+        )
+
+
+def _is_finite(output: Any) -> bool:
+    if isinstance(output, Tensor):
+        return bool(output.isfinite().all()) if output.is_floating_point() else True
+    if isinstance(output, Mapping):
+        return all(_is_finite(value) for value in output.values())
+    return True
+
+
+def _name(image: Any, index: int) -> str:
+    return str(image) if isinstance(image, (str, os.PathLike)) else f"image {index}"
+
+
+def _as_input(image: Any, transform: Any, resize_side: int, index: int) -> tuple[Tensor, tuple[int, int]]:
     """One image as the model's input ``[C, H, W]`` and the size its answer refers to ``(H, W)``."""
     if isinstance(image, (str, os.PathLike)):
-        image = read_image(Path(image))
+        image = read_image(Path(image), resize_side=resize_side)
     if isinstance(image, Tensor) and image.dtype == torch.uint8 and image.ndim == 3:
         image = TF.to_pil_image(image)  # a raw image: it gets the preprocessing like a file would
     if isinstance(image, Image.Image):
+        problem = _resize_problem(image.width, image.height, resize_side)  # what the transform makes
+        if problem:
+            raise ValueError(f"image {index}: {problem}")
         return transform(image.convert("RGB")), (image.height, image.width)
     if isinstance(image, Tensor) and image.ndim == 3 and image.is_floating_point():
         return image, (int(image.shape[-2]), int(image.shape[-1]))  # already preprocessed
@@ -70,6 +124,9 @@ def predict_images(
 ) -> Any:
     """Predict images with ``model``; what ``model.predict`` calls.
 
+    Images are read, preprocessed and run ``batch_size`` at a time, and only the answers are kept, so
+    memory stays that of one batch however many files are given.
+
     Args:
         model: A trained model; ``model.classes`` names its outputs.
         images: A path, a PIL image, a uint8 image tensor ``[3, H, W]`` (these three are preprocessed
@@ -87,7 +144,9 @@ def predict_images(
         pixels, best first (``top_k`` does not apply).
 
     Raises:
-        OSError: A file cannot be read (the message names it).
+        OSError: A file cannot be read, or is too large to read (see `read_image`); the message names it.
+        ValueError: An in-memory image too large for the evaluation transform, or model outputs that are
+            not finite (`check_finite_outputs`: the message names the images).
         TypeError: An input of another kind.
 
     Examples:
@@ -100,18 +159,26 @@ def predict_images(
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
         raise ValueError(f"top_k must be an int >= 1, got {top_k!r}")
     single = not isinstance(images, (list, tuple)) and not (isinstance(images, Tensor) and images.ndim == 4)
-    items = [images] if single else list(images)
+    # not single: a list, a tuple or a 4-D batch, all iterable (the union type cannot say so)
+    items = [images] if single else list(images)  # type: ignore[arg-type]
     if not items:
         raise ValueError("predict got no images; pass a path, a PIL image, a tensor or a list of them")
     task = get_task(model.task)
     transform = task.image_transform(model, image_size)
-    inputs, sizes = zip(*(_as_input(image, transform, i) for i, image in enumerate(items)), strict=True)
-    outputs = _forward(model, task, list(inputs), batch_size)
+    side = evaluation_side(model, image_size)
     classes = model.classes
-    answers = [
-        task.prediction(out, classes, top_k, size, tuple(x.shape[-2:]))
-        for out, size, x in zip(outputs, sizes, inputs, strict=True)
-    ]
+    answers: list[Any] = []
+    for start in range(0, len(items), batch_size):
+        chunk = items[start : start + batch_size]
+        inputs, sizes = zip(
+            *(_as_input(image, transform, side, start + i) for i, image in enumerate(chunk)), strict=True
+        )
+        outputs = _forward(model, task, list(inputs), batch_size)
+        check_finite_outputs(outputs, [_name(image, start + i) for i, image in enumerate(chunk)])
+        answers += [
+            task.prediction(out, classes, top_k, size, tuple(x.shape[-2:]))
+            for out, size, x in zip(outputs, sizes, inputs, strict=True)
+        ]
     return answers[0] if single else answers
 
 
@@ -120,19 +187,24 @@ def _forward(model: TransferModel, task: Task, inputs: list[Tensor], batch_size:
     """The model's output for each input, in eval mode on its device; inputs of one shape share batches."""
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
-    by_shape: dict[tuple[int, ...], list[int]] = {}
-    for i, x in enumerate(inputs):
-        by_shape.setdefault(tuple(x.shape), []).append(i)
     outputs: list[Any] = [None] * len(inputs)
     was_training = model.training
     model.eval()
     try:
-        for indices in by_shape.values():
-            for start in range(0, len(indices), batch_size):
-                chunk = indices[start : start + batch_size]
-                batch = torch.stack([inputs[i] for i in chunk]).to(device)
-                for i, out in zip(chunk, task.float_outputs(model(batch), torch.device("cpu")), strict=True):
-                    outputs[i] = out
+        for chunk in _same_shape_batches(inputs, batch_size):
+            batch = torch.stack([inputs[i] for i in chunk]).to(device)
+            for i, out in zip(chunk, task.float_outputs(model(batch), torch.device("cpu")), strict=True):
+                outputs[i] = out
     finally:
         model.train(was_training)
     return outputs
+
+
+def _same_shape_batches(inputs: Sequence[Tensor], batch_size: int) -> Iterator[list[int]]:
+    """Indices of ``inputs`` in batches of at most ``batch_size`` that share one shape."""
+    by_shape: dict[tuple[int, ...], list[int]] = {}
+    for i, x in enumerate(inputs):
+        by_shape.setdefault(tuple(x.shape), []).append(i)
+    for indices in by_shape.values():
+        for start in range(0, len(indices), batch_size):
+            yield indices[start : start + batch_size]

@@ -3,8 +3,10 @@
 The model's task turns its outputs into one score per class and image (for segmentation: the share of
 pixels predicted as each class), so every task prints the same ranked line per image; a detector prints
 its boxes (class, score, ``[x1, y1, x2, y2]`` in the image's pixels) and draws them over the images
-(``--draw``, by default ``predicted_boxes.png`` in the run folder). An unreadable file is reported on
-stderr and skipped; the command fails (exit status 1) only when no file can be read.
+(``--draw``, by default ``predicted_boxes.png`` in the run folder). An unreadable file, or one too large
+to read (over PIL's decompression-bomb limit, as it is or once the model's resize has scaled it), is
+reported on stderr and skipped; the command fails (exit status 1) only when no file can be read, or when
+the model's outputs are not finite (its weights are damaged).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import torch
 from PIL import Image
 
 from ..model import TransferModel
-from ..predict import read_image
+from ..predict import check_finite_outputs, evaluation_side, read_image
 from ..tasks import get_task
 from ..training import Trainer
 from .options import _add_device, _positive_int
@@ -62,16 +64,18 @@ def _image_files(paths: Sequence[str]) -> list[Path]:
 def _readable_batches(
     files: Sequence[Path],
     transform: Callable[[Image.Image], torch.Tensor],
+    resize_side: int,
     batch_size: int,
     on_error: Callable[[Path, OSError], None] | None,
 ) -> Iterator[tuple[list[Path], list[Image.Image], torch.Tensor]]:
     """``(paths, images, inputs [B, C, H, W])`` of the readable files, in order; the others go to
-    ``on_error``."""
+    ``on_error``. Files that ``transform``, scaling their shorter side to ``resize_side``, would take over
+    PIL's decompression-bomb limit count as unreadable (see `transferkit.predict.read_image`)."""
     for start in range(0, len(files), batch_size):
         paths, images, inputs = [], [], []
         for path in files[start : start + batch_size]:
             try:
-                image = read_image(path)
+                image = read_image(path, resize_side=resize_side)
                 inputs.append(transform(image))
             except OSError as err:
                 if on_error is None:
@@ -106,12 +110,13 @@ def predict_files(
         top_k: Classes per line.
         batch_size: Images per forward pass.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ...
-        on_error: Called with the path and the error of each unreadable file, which is then skipped;
-            None raises the first error.
+        on_error: Called with the path and the error of each unreadable (or too large) file, which is
+            then skipped; None raises the first error.
         draw: Where to write a picture of the predictions over the images (detection models).
 
     Raises:
         OSError: A file cannot be read and ``on_error`` is None, or no file can be read at all.
+        ValueError: The model's outputs are not finite; the message names the images.
 
     Examples:
         >>> predict_files(model, meta, [Path("bee.jpg")], top_k=2)  # doctest: +SKIP
@@ -127,9 +132,13 @@ def predict_files(
         errors.append(err)
         on_error(path, err)  # type: ignore[misc]
 
-    for paths, images, inputs in _readable_batches(files, transform, batch_size, skip if on_error else None):
-        input_size = tuple(inputs.shape[-2:])
-        for path, image, output in zip(paths, images, trainer.predict([inputs])):
+    side = evaluation_side(model, meta["image_size"])
+    batches = _readable_batches(files, transform, side, batch_size, skip if on_error else None)
+    for paths, images, inputs in batches:
+        input_size = (int(inputs.shape[-2]), int(inputs.shape[-1]))
+        outputs = trainer.predict([inputs])
+        check_finite_outputs(outputs, [str(path) for path in paths])
+        for path, image, output in zip(paths, images, outputs):
             size = (image.height, image.width)
             lines.append(f"{path}: {task.describe(output, classes, top_k, size, input_size)}")
             if draw is not None:

@@ -14,6 +14,7 @@ Errors name the offending file or folder, and the expected layout when the folde
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -39,30 +40,129 @@ _SEGMENTATION_LAYOUT = "root/train/images/<stem>.jpg + root/train/masks/<stem>.p
 # --------------------------------------------------------------------------- image files
 
 
-_WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")  # 16-bit (and 32-bit int) single-channel images
+_SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
+_BOMB_ADVICE = "downscale the file, or raise that limit if you trust it"
 
 
-def _load_rgb(path: str | Path, min_side: int | None = None) -> Image.Image:
+class _Refused(Exception):
+    """Why an image file is not decoded; `_load_rgb` turns it into an ``OSError`` naming the file."""
+
+
+def _bomb_limit() -> str:
+    return f"PIL's decompression bomb limit PIL.Image.MAX_IMAGE_PIXELS ({Image.MAX_IMAGE_PIXELS:,} pixels)"
+
+
+def _pixels_problem(width: int, height: int) -> str | None:
+    """Why an image file of ``width x height`` is over PIL's decompression-bomb limit, or None.
+
+    The limit is ``PIL.Image.MAX_IMAGE_PIXELS`` (None switches it off); PIL itself only warns until twice
+    the limit, where this refuses from the limit on.
+    """
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is None or width * height <= limit:
+        return None
+    return f"it is {width}x{height} = {width * height:,} pixels, over {_bomb_limit()}; {_BOMB_ADVICE}."
+
+
+def _resize_problem(width: int, height: int, resize_side: int | None) -> str | None:
+    """Why an image of ``width x height`` would pass PIL's decompression-bomb limit once a transform scales
+    its shorter side to ``resize_side`` pixels, or None: a 100000x1 strip is 100,000 pixels, but
+    256 x 25,600,000 once its shorter side is 256.
+
+    Examples:
+        >>> _resize_problem(4000, 200, resize_side=256) is None
+        True
+        >>> "becomes 256x25,600,000" in _resize_problem(100_000, 1, resize_side=256)
+        True
+    """
+    limit = Image.MAX_IMAGE_PIXELS
+    short, long = sorted((width, height))
+    if limit is None or resize_side is None or short < 1:
+        return None
+    scaled = long * resize_side // short  # torchvision's Resize(int) rounds the long side down alike
+    if scaled * resize_side <= limit:
+        return None
+    return (
+        f"it is {width}x{height} pixels, which becomes {resize_side}x{scaled:,} = {scaled * resize_side:,} "
+        f"pixels when its shorter side is scaled to the model's {resize_side}, over {_bomb_limit()}; crop "
+        "the image closer to square or cut it into tiles, or raise that limit if you have the memory."
+    )
+
+
+def _to_rgb8(image: Image.Image) -> Image.Image:
+    """``image`` as 8-bit RGB, deep single-channel pixels scaled to 8 bits (`_load_rgb` says how)."""
+    if image.mode in _SIXTEEN_BIT_MODES:
+        return _grey8(np.asarray(image, dtype=np.int64) >> 8)
+    if image.mode == "I":
+        return _grey8(_sixteen_bit_levels(np.asarray(image, dtype=np.int64)) >> 8)
+    if image.mode == "F":
+        return _grey8(_float_levels(np.asarray(image, dtype=np.float64)))
+    return image.convert("RGB")
+
+
+def _sixteen_bit_levels(pixels: np.ndarray) -> np.ndarray:
+    """32-bit integer pixels, refused unless they hold 16-bit values (what PIL reads 16-bit PGMs as)."""
+    low, high = (int(pixels.min()), int(pixels.max())) if pixels.size else (0, 0)
+    if low < 0 or high > 65535:
+        raise _Refused(
+            f"its 32-bit integer pixels span {low}..{high}, outside the 16-bit range 0..65535 that "
+            "integer images are read in; save it as an 8- or 16-bit image."
+        )
+    return pixels
+
+
+def _float_levels(pixels: np.ndarray) -> np.ndarray:
+    """Float pixels as 8-bit levels: [0, 1] scaled by 255, else [0, 255] as they are; others refused."""
+    if not np.isfinite(pixels).all():
+        raise _Refused("it holds NaN or infinite float pixels; replace or delete the file.")
+    low, high = (float(pixels.min()), float(pixels.max())) if pixels.size else (0.0, 0.0)
+    if low < 0 or high > 255:
+        raise _Refused(
+            f"its float pixels span {low:g}..{high:g}; float images are read with values in [0, 1] "
+            "(scaled by 255) or in [0, 255]; rescale it into one of these ranges."
+        )
+    return np.rint(pixels * 255 if high <= 1 else pixels)
+
+
+def _grey8(pixels: np.ndarray) -> Image.Image:
+    return Image.fromarray(pixels.astype(np.uint8)).convert("RGB")
+
+
+def _load_rgb(
+    path: str | os.PathLike[str], min_side: int | None = None, *, resize_side: int | None = None
+) -> Image.Image:
     """The image at ``path`` as 8-bit RGB, turned upright as its EXIF orientation says (as viewers show it).
 
-    16-bit images are scaled to 8 bits (PIL's own conversion would clip everything above 255 to white).
-    PIL's decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``) stays in force. With ``min_side``, a
-    JPEG decodes at the smallest of 1/8, 1/4 or 1/2 scale (PIL's ``draft``, the DCT's own downscaling)
-    whose sides both stay >= ``min_side``, or at full size; other formats always decode at full size.
+    Its size is checked before any pixel is decoded: an image over PIL's decompression-bomb limit
+    (``PIL.Image.MAX_IMAGE_PIXELS``) is refused, and so, with ``resize_side`` (the shorter side a
+    transform will scale it to), is one that scaling would take over that limit. Deep single-channel
+    images are scaled to 8 bits, where PIL's own conversion would clip everything above 255 to white:
+    16-bit integers (modes ``I;16*``, and ``I`` with values in 0..65535) by 1/256; floats (mode ``F``)
+    by 255 when all lie in [0, 1], else as they are when all lie in [0, 255]. Other values (negative,
+    larger, NaN) are refused rather than clipped. With ``min_side``, a JPEG decodes at the smallest of
+    1/8, 1/4 or 1/2 scale (PIL's ``draft``, the DCT's own downscaling) whose sides both stay
+    >= ``min_side``, or at full size; other formats always decode at full size.
+
+    Raises:
+        OSError: The file cannot be read, is too large, or holds pixel values outside those ranges; the
+            message names the file and what to do.
     """
     try:
         with Image.open(path) as image:
+            problem = _pixels_problem(*image.size) or _resize_problem(*image.size, resize_side)
+            if problem:
+                raise _Refused(problem)
             if min_side:
                 image.draft(None, (min_side, min_side))
             ImageOps.exif_transpose(image, in_place=True)
-            if image.mode in _WIDE_MODES:
-                pixels = np.clip(np.asarray(image, dtype=np.int64), 0, 65535) >> 8
-                return Image.fromarray(pixels.astype(np.uint8)).convert("RGB")
-            return image.convert("RGB")
-    except Image.DecompressionBombError as err:
+            return _to_rgb8(image)
+    except _Refused as err:
+        raise OSError(f"cannot read image file {path}: {err}") from None
+    # Past twice the limit PIL refuses the header itself (or warns, where warnings are errors).
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise OSError(
             f"cannot read image file {path}: {err} PIL refuses images this large "
-            "(PIL.Image.MAX_IMAGE_PIXELS); downscale the file, or raise that limit if you trust it."
+            f"(PIL.Image.MAX_IMAGE_PIXELS); {_BOMB_ADVICE}."
         ) from err
     # PIL reports broken files as OSError, SyntaxError (PNG chunks) or ValueError depending on the codec.
     except (OSError, SyntaxError, ValueError) as err:
