@@ -172,3 +172,22 @@ def test_missing_matplotlib_names_the_install_command(monkeypatch: pytest.Monkey
         plot_history(_history([1]))
     with pytest.raises(ImportError, match="matplotlib"):
         show_predictions(Constant([0.0, 1.0]), [torch.zeros(1, 3, 8, 8)])
+
+
+def test_a_plot_is_written_whole_or_not_at_all(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from matplotlib.figure import Figure
+
+    history = [{"epoch": 0, "train_loss": 1.0, "lr": 1e-3, "trainable_blocks": 2, "seconds": 1.0}]
+    path = tmp_path / "history.png"
+    plot_history(history, path)
+    before = path.read_bytes()
+
+    def broken(self: Figure, fname: str, **kwargs: object) -> None:
+        Path(fname).write_bytes(b"\x89PNG half")  # killed or out of disk halfway
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Figure, "savefig", broken)
+    with pytest.raises(OSError, match="No space"):
+        plot_history(history, path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["history.png"]

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .atomic import atomic_write
 from .classes import dataset_classes
 from .tasks import get_task
 
@@ -67,9 +68,9 @@ def _new_figure(**kwargs: Any) -> Figure:
 def _save(fig: Figure, path: str | os.PathLike[str] | None) -> None:
     if path is None:
         return
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    (path := Path(path)).parent.mkdir(parents=True, exist_ok=True)
+    fmt = path.suffix.lstrip(".").lower() or "png"  # not from the temporary file's name
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format=fmt))
 
 
 # --------------------------------------------------------------------------------------------- history
