@@ -248,7 +248,7 @@ def test_list_weights_of_a_backbone_marks_the_default() -> None:
         (["train", "--data", "{shapes}", "--backbone", "resnet18", "--epochs", "0"], 2, "--epochs"),
         (["train", "--backbone", "resnet18"], 2, "--data"),
         (["frobnicate"], 2, "frobnicate"),
-        (["eval", "--model", "{tmp}", "--data", "{shapes}"], 1, "config.json not found"),
+        (["eval", "--model", "{tmp}", "--data", "{shapes}"], 1, "model.safetensors not found"),
         (["predict", "--model", "{run}", "{tmp}/nope.jpg"], 1, "no such image file"),
         (["predict", "--model", "{run}", "{tmp}/broken.jpg"], 1, "cannot read image"),
         (["eval", "--model", "{run}", "--data", "{tmp}/other"], 1, "does not know"),
