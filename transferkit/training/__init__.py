@@ -1,6 +1,9 @@
 """Training: the `Trainer` loop and what it is made of.
 
 - `trainer`: the loop (fit, evaluate, predict).
+- `step`: one batch's forward and backward, gradient accumulation windows, the optimizer step.
+- `one_sample`: training batches of one sample that BatchNorm cannot normalise (skipped, with a warning).
+- `finite`: NaN or infinite validation inputs (an error) and results (a diverged model: a warning).
 - `checkpoint`: atomic checkpoints, exact resume, the per-epoch rollback point.
 - `distributed`: device, precision and torchrun processes.
 - `optim`: optimizers and schedules by name.

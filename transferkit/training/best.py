@@ -1,7 +1,12 @@
-"""The best epoch so far: which one, its score, optionally its weights, and early stopping's patience."""
+"""The best epoch so far: which one, its score, optionally its weights, and early stopping's patience.
+
+A non-finite score (a diverged epoch's NaN loss) is never the best: NaN compares false with everything, so
+taken once it would stay "best" for good, and ``restore_best`` would end the run on a diverged epoch.
+"""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from torch import Tensor, nn
@@ -16,6 +21,9 @@ def cpu_copy(state: dict[str, Tensor]) -> dict[str, Tensor]:
 
 class BestEpoch:
     """Tracks ``monitor`` over the history: minimised for keys ending in ``loss``, else maximised.
+
+    Epochs whose score is NaN or infinite are passed over: they never become the best, and count as epochs
+    without improvement for ``patience``.
 
     Args:
         monitor: The history key, e.g. ``"val_loss"`` or ``"val_acc"``.
@@ -42,15 +50,17 @@ class BestEpoch:
         if self.monitor not in row:
             raise ValueError(f"monitor={self.monitor!r} is not in the history; choose one of {sorted(row)}")
         score = row[self.monitor]
+        if not math.isfinite(score):
+            return
         if self.score is None or (score < self.score if self.minimise else score > self.score):
             self.score, self.epoch = score, row["epoch"]
             self.weights = cpu_copy(model.state_dict()) if self.keep_weights else None
 
     def out_of_patience(self, epoch: int) -> bool:
-        """Whether ``patience`` epochs have passed without improvement before ``epoch``."""
-        return (
-            self.patience is not None and self.epoch is not None and epoch - 1 - self.epoch >= self.patience
-        )
+        """Whether ``patience`` epochs have passed without improvement before ``epoch`` (with no finite score
+        yet, every epoch so far counts)."""
+        best = -1 if self.epoch is None else self.epoch
+        return self.patience is not None and epoch - 1 - best >= self.patience
 
     def state_dict(self, current_epoch: int) -> dict[str, Any]:
         """For a checkpoint; the weights are left out when they are the model's own (the current epoch)."""

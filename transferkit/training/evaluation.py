@@ -9,6 +9,7 @@ import torch
 import torch.distributed as dist
 
 from .feature_cache import CachedBatch
+from .finite import check_finite_inputs, not_finite, warn_if_not_finite
 from .loaders import progress, refuse_dataset, split_batch
 
 if TYPE_CHECKING:
@@ -18,11 +19,16 @@ __all__ = ["evaluate_batches", "predict_batches"]
 
 
 @torch.no_grad()
-def evaluate_batches(trainer: Trainer, loader: Iterable[Any]) -> dict[str, float]:
+def evaluate_batches(trainer: Trainer, loader: Iterable[Any], epoch: int | None = None) -> dict[str, float]:
     """Sample-weighted mean loss and the task's metrics over ``loader``, summed over every rank.
 
     A task without a validation loss (detection: the model gives detections in eval mode) reports its
-    metrics only."""
+    metrics only. ``epoch`` (from 0) is the epoch of ``fit`` that is validated, for the messages.
+
+    Raises:
+        ValueError: A batch's inputs hold NaN or infinite values (`transferkit.training.finite`); a
+            non-finite loss or metric from finite inputs is a warning instead (a diverged model).
+    """
     model, device, has_loss = trainer.model, trainer.device, trainer.task.has_val_loss
     meter = trainer.task.meter(model.num_classes, device)
     dtype = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
@@ -30,22 +36,32 @@ def evaluate_batches(trainer: Trainer, loader: Iterable[Any]) -> dict[str, float
     ones = torch.ones((), device=device, dtype=dtype)
     was_training = model.training
     model.eval()
+    flags = []  # per batch, whether its loss or outputs are non-finite: read once, at the end
+    context = f"epoch {epoch + 1}, " if epoch is not None else ""
     for step, batch in enumerate(progress(loader, "eval", not trainer.show_progress)):
-        inputs, targets = split_batch(batch, trainer.task, f"evaluation batch {step + 1}")
+        where = f"{context}evaluation batch {step + 1}"
+        inputs, targets = split_batch(batch, trainer.task, where)
         if not isinstance(inputs, CachedBatch):
-            trainer.task.check_batch(inputs, targets, model.num_classes, f"evaluation batch {step + 1}")
+            trainer.task.check_batch(inputs, targets, model.num_classes, where)
+        check_finite_inputs(inputs, where, loader, step)
         inputs, targets = trainer._to_device(inputs, targets)
         with trainer._autocast():
             outputs = trainer._forward(model, inputs)
             loss = trainer.loss_fn(outputs, targets) if has_loss else ones * 0
+        outputs = trainer.task.float_outputs(outputs)
+        flags.append(not_finite(loss) | not_finite(outputs))
         sums += torch.stack([loss.to(dtype), ones]) * trainer.task.num_samples(targets)
-        meter.update(trainer.task.float_outputs(outputs), targets)
+        meter.update(outputs, targets)
     model.train(was_training)
     if trainer.world_size > 1:
         for tensor in (sums, *meter.state):
             dist.all_reduce(tensor)
     loss_sum, samples = sums.tolist()
-    return {**({"loss": loss_sum / samples} if has_loss else {}), **meter.compute()}
+    results = {**({"loss": loss_sum / samples} if has_loss else {}), **meter.compute()}
+    if trainer.is_main:
+        what = f"the validation at epoch {epoch + 1}" if epoch is not None else "evaluate()"
+        warn_if_not_finite(results, flags, what)
+    return results
 
 
 @torch.no_grad()

@@ -18,14 +18,17 @@ and rates, the gradient scaler and the random number generators are exactly as b
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .loaders import check_length, split_batch, split_loaders
+from .one_sample import OneSampleBatches, all_skipped_message
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -95,7 +98,8 @@ def lr_find(
         The rates tried, the smoothed losses and the suggestion.
 
     Raises:
-        ValueError: ``0 < start_lr < end_lr`` does not hold, ``steps < 3``, or an empty loader.
+        ValueError: ``0 < start_lr < end_lr`` does not hold, ``steps < 3``, an empty loader, or a loader
+            whose every batch holds one sample that BatchNorm cannot normalise (such batches are skipped).
 
     Examples:
         >>> result = Trainer(model, progress=False).lr_find(train_loader)
@@ -134,21 +138,13 @@ def _sweep(
     # the configured rates (the schedule may have lowered the current ones): the head's is the highest
     shares = [lr / max(trainer.base_lrs) for lr in trainer.base_lrs]
     lrs, losses, average = [], [], 0.0
-    batches = iter(loader)
+    batches = _trainable_batches(trainer, loader)
     model.train()
     for step in range(steps):
         lr = start_lr * (end_lr / start_lr) ** (step / (steps - 1))
         for group, share in zip(optimizer.param_groups, shares):
             group["lr"] = lr * share
-        try:
-            batch = next(batches)
-        except StopIteration:
-            batches = iter(loader)
-            batch = next(batches)
-        where = f"lr_find step {step + 1}"
-        inputs, targets = split_batch(batch, trainer.task, where)
-        trainer.task.check_batch(inputs, targets, model.num_classes, where)
-        inputs, targets = trainer._to_device(inputs, targets)
+        inputs, targets = next(batches)
         with trainer._autocast():
             loss = trainer.loss_fn(trainer._forward(model, inputs, targets), targets)
         trainer.scaler.scale(loss).backward()
@@ -167,3 +163,28 @@ def _sweep(
     if not losses:
         raise FloatingPointError(f"lr_find: the loss was not finite at the first rate {start_lr:g}")
     return lrs, losses
+
+
+def _trainable_batches(trainer: Trainer, loader: Any) -> Iterator[tuple[Any, Any]]:
+    """The loader's batches over and over, checked and on the device, without the batches of one sample
+    that BatchNorm cannot normalise (`transferkit.training.one_sample`, which warns once).
+
+    Raises:
+        ValueError: A whole pass over ``loader`` found no batch to train on.
+    """
+    guard, drawn, skipped_in_a_row = OneSampleBatches(), 0, 0
+    while True:
+        for batch in loader:
+            drawn += 1
+            where = f"lr_find batch {drawn}"
+            inputs, targets = split_batch(batch, trainer.task, where)
+            trainer.task.check_batch(inputs, targets, trainer.model.num_classes, where)
+            inputs, targets = trainer._to_device(inputs, targets)
+            probe = functools.partial(trainer._forward, trainer.model, inputs)
+            if not guard.skips(trainer.model, inputs, probe, where, loader):
+                skipped_in_a_row = 0
+                yield inputs, targets
+                continue
+            skipped_in_a_row += 1
+            if skipped_in_a_row == len(loader):
+                raise ValueError(all_skipped_message("every batch of the lr_find loader"))

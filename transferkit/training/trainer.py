@@ -9,7 +9,7 @@ feature cache, checkpoints, processes and optimizers live in the modules beside 
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import math
 import os
 import time
@@ -34,9 +34,11 @@ from .distributed import init_distributed, resolve_device, resolve_precision, sh
 from .evaluation import evaluate_batches, predict_batches
 from .loaders import check_length, split_batch, split_loaders
 from .lr_find import LRFindResult, lr_find
+from .one_sample import OneSampleBatches, all_skipped_message
 from .optim import build_optimizer, build_scheduler
 from .recipe import DEFAULT_LR, apply_default_recipe, default_lr_scale
 from .running_loss import LossParts, sync_losses
+from .step import AccumulationWindows, close_window, train_batch
 
 if TYPE_CHECKING:
     from ..model import TransferModel
@@ -82,11 +84,11 @@ class Trainer:
         early_stopping: Patience: stop after this many epochs without improvement of ``monitor``.
         monitor: History key to track; the task's default is ``"val_loss"`` (detection: ``"val_map"``;
             ``"train_loss"`` without validation); keys ending in ``loss`` are minimised, others maximised.
-        restore_best: With validation, end with the weights of the best epoch.
+        restore_best: With validation, end with the weights of the best epoch (one with a finite score).
         progress: Show a tqdm bar per epoch; False prints nothing.
-        callbacks: Objects with any of the methods ``on_fit_start``, ``on_epoch_start``,
-            ``on_batch_end``, ``on_epoch_end``, ``on_fit_end``, each called with the trainer (on every
-            rank; check ``trainer.is_main``). Setting ``trainer.should_stop = True`` ends fit after the epoch.
+        callbacks: Objects with any of the methods ``on_fit_start``, ``on_epoch_start``, ``on_batch_end``
+            (not for a skipped batch), ``on_epoch_end``, ``on_fit_end``, each called with the trainer (all
+            ranks; see ``trainer.is_main``). Setting ``trainer.should_stop = True`` ends fit after the epoch.
         seed: Seeds torch, random and numpy (plus the rank) at the start of ``fit``, and the sampler.
         backbone_lr_mult: Extra learning-rate factor for the whole backbone.
         compile: Train through ``torch.compile(model)``.
@@ -153,11 +155,11 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         cuda = self.device.type == "cuda"
         self.memory_format = torch.channels_last if cuda else torch.contiguous_format
-        model.to(self.device, memory_format=self.memory_format)
+        model.to(self.device, memory_format=self.memory_format)  # type: ignore[call-overload]  # torch's stubs
 
         apply_default_recipe(model)  # only when no freeze was chosen (fit decides again with the data)
-        scales = dict(layer_decay=layer_decay, backbone_lr_mult=backbone_lr_mult, weight_decay=weight_decay)
-        groups = model.param_groups(lr or DEFAULT_LR, **scales)
+        scales: dict[str, Any] = {"layer_decay": layer_decay, "backbone_lr_mult": backbone_lr_mult}
+        groups = model.param_groups(lr or DEFAULT_LR, weight_decay=weight_decay, **scales)
         partly_frozen = len(model.trainable_blocks) < len(model.blocks)
         self.optimizer = build_optimizer(optimizer, groups, fused_on_cpu=partly_frozen)
         self.base_lrs = self._given_lrs = [g["lr"] for g in self.optimizer.param_groups]
@@ -168,6 +170,7 @@ class Trainer:
         self._net: nn.Module = model
         self._net_trainable: tuple[str, ...] | None = None
         self.best = BestEpoch("val_loss", keep_weights=False)  # replaced in fit(), once the monitor is known
+        self._one_sample = OneSampleBatches()  # replaced in fit(): it warns once per fit
         self._cache = PrefixCaches(
             model,
             device=self.device,
@@ -197,10 +200,15 @@ class Trainer:
             Detection: ``train_loss_<part>`` for each part of the loss dict, and ``val_map`` and
             ``val_map_50`` (COCO mAP) without a ``val_loss``; targets are lists of box dicts.
 
+        A training batch of one sample that BatchNorm cannot normalise is skipped, with a warning
+        (`transferkit.training.one_sample`); a non-finite validation from finite inputs warns, and that
+        epoch is never the best (`transferkit.training.finite`).
+
         Raises:
-            ValueError: An empty loader, targets outside ``[0, num_classes)`` or float targets for the
-                default loss (the model keeps the weights of the last complete epoch), or an unknown
-                ``monitor``.
+            ValueError: An empty loader, targets outside ``[0, num_classes)``, float targets for the default
+                loss, validation inputs holding NaN or infinite values, or only batches of one sample that
+                BatchNorm cannot normalise (the model keeps the weights of the last complete epoch); or an
+                unknown ``monitor``.
             TypeError: A Dataset where a loader belongs, or batches that are not ``(inputs, targets)``
                 with float inputs (dicts, uint8 images).
             FloatingPointError: A non-finite loss; the model keeps the weights of the last good epoch.
@@ -227,10 +235,10 @@ class Trainer:
             group["lr"] = group["initial_lr"] = lr  # the schedule starts from these
         total_steps = self.epochs * math.ceil(len(train) / self.grad_accum)
         self.scheduler = build_scheduler(self.scheduler_spec, self.optimizer, self.base_lrs, total_steps)
-        self.history, self.should_stop = [], False
+        self.history, self.should_stop, self._one_sample = [], False, OneSampleBatches()
         self.best = BestEpoch(monitor, val is not None and self.restore_best, self.early_stopping)
         last = self.checkpoint_dir / "last.pt" if self.checkpoint_dir is not None else None
-        start = resume_from(self, last, train) if self.resume and last.exists() else 0  # type: ignore[union-attr]
+        start = resume_from(self, last, train) if self.resume and last is not None and last.exists() else 0
         if self.cache_features:
             self._cache.check(train, start, self.epochs)
         try:
@@ -265,12 +273,12 @@ class Trainer:
             ):
                 try:
                     row.update(self._train_epoch(net, batches, bar))
+                    if val is not None:
+                        metrics = evaluate_batches(self, self._batches(val, "val"), epoch)
+                        row.update({f"val_{k}": v for k, v in metrics.items()})
                 except (ValueError, FloatingPointError):
                     restore(self.model, last_good, self.device)  # bad data or divergence: keep the last good
                     raise
-                if val is not None:
-                    metrics = evaluate_batches(self, self._batches(val, "val"))
-                    row.update({f"val_{k}": v for k, v in metrics.items()})
                 row["seconds"] = time.perf_counter() - started
                 bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if k.startswith(("train_", "val_"))})
             self.history.append(row)
@@ -281,41 +289,42 @@ class Trainer:
         self.callbacks.emit("on_fit_end", self)
 
     def _train_epoch(self, net: nn.Module, loader: Iterable[Any], bar: Any) -> dict[str, float]:
-        """One pass over ``loader``; the mean batch loss (over all ranks) and of each part of the loss."""
+        """One pass over ``loader``; the mean batch loss (over all ranks) and of each part of the loss.
+        A batch of one sample that BatchNorm cannot normalise is skipped (`training.one_sample`)."""
         self.model.train()
         n, pending, loss_total, parts = len(loader), [], 0.0, LossParts()  # type: ignore[arg-type]
+        windows = AccumulationWindows(n, self.grad_accum)
         for step, batch in enumerate(loader):
             self.step, where = step, f"epoch {self.epoch + 1}, batch {step + 1}"
             inputs, targets = split_batch(batch, self.task, where)
             if not isinstance(inputs, CachedBatch):  # cached targets were checked when cached
                 self.task.check_batch(inputs, targets, self.model.num_classes, where)
             inputs, targets = self._to_device(inputs, targets)
-            window_start = step - step % self.grad_accum
-            window = min(self.grad_accum, n - window_start)  # the epoch's last window may be short
-            steps_now = step + 1 == window_start + window
-            accumulate = net.no_sync() if self.world_size > 1 and not steps_now else contextlib.nullcontext()
-            with accumulate:
-                with self._autocast():
-                    outputs = self._forward(net, inputs, targets)
-                    loss = self.loss_fn(outputs, targets)
-                self.scaler.scale(loss / window).backward()
-            parts.add(self.task.loss_parts(outputs))
-            if steps_now:
-                self._optimizer_step()
-            self.loss = loss.detach()
-            pending.append(self.loss)
+            probe = functools.partial(self._forward, self.model, inputs)
+            skip = self._one_sample.skips(self.model, inputs, probe, where, loader)
+            if skip:
+                windows.skip(step)
+                pending.append(torch.zeros((), device=self.device))  # later batches keep their numbers
+            else:
+                self.loss, outputs = train_batch(self, net, inputs, targets, windows, step)
+                parts.add(self.task.loss_parts(outputs))
+                pending.append(self.loss)
+            close_window(self, windows, step)
             bar.update()
             if len(pending) == _SYNC_EVERY or step + 1 == n:
                 loss_total += sync_losses(pending, step + 1 - len(pending), self.epoch, self.world_size)
-                bar.set_postfix(loss=f"{loss_total / (step + 1):.4f}")
+                bar.set_postfix(loss=f"{loss_total / max(windows.trained, 1):.4f}")
                 pending = []
-            self.callbacks.emit("on_batch_end", self)
+            if not skip:
+                self.callbacks.emit("on_batch_end", self)
+        if not windows.trained:
+            raise ValueError(all_skipped_message(f"every training batch of epoch {self.epoch + 1}"))
         if self.world_size > 1:
             # DDP broadcasts rank 0's buffers before each forward, so after the last step every rank holds
             # its own batch statistics; share rank 0's so that validation and the final weights agree.
             for buffer in self.model.buffers():
                 dist.broadcast(buffer, src=0)
-        return {"train_loss": loss_total / n, **parts.means(self.world_size)}
+        return {"train_loss": loss_total / windows.trained, **parts.means(self.world_size)}
 
     def _forward(self, net: nn.Module, inputs: Tensor | CachedBatch, targets: Any = None) -> Any:
         """Logits for a batch; the one place the frozen prefix runs, so cached features can replace it.
@@ -330,16 +339,6 @@ class Trainer:
     def _batches(self, loader: Any, role: str) -> Any:
         """``loader`` itself, or with ``cache_features`` this epoch's batches from the feature cache."""
         return self._cache.epoch(loader, role) if self.cache_features else loader
-
-    def _optimizer_step(self) -> None:
-        if self.clip_grad_norm is not None:
-            self.scaler.unscale_(self.optimizer)
-            grads = [p for p in self.model.parameters() if p.grad is not None]
-            nn.utils.clip_grad_norm_(grads, self.clip_grad_norm)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)  # frozen params keep grad None: AdamW skips them
-        self.scheduler.step()
 
     def lr_find(self, loader: Any, **kwargs: Any) -> LRFindResult:
         """Learning-rate range test; model and optimizer end as before (`transferkit.training.lr_find`)."""
