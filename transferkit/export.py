@@ -5,6 +5,12 @@ input of the model's preprocessing size, keeps the batch dimension dynamic, and 
 failure into an error that says which format failed and what else to try. The model is exported in
 eval mode (its train/eval mode is restored afterwards) and on its own device.
 
+The file is written atomically (`transferkit.atomic`): exported into a temporary sibling and renamed,
+so a failed or killed export leaves the earlier file whole, and a symbolic link at the path is refused.
+An ONNX model with over 1.5 GB of weights keeps them in ``NAME.onnx.data`` beside it, which the model
+file names; both are exported under their final names into a temporary folder beside the target and
+renamed into place, the data file first.
+
 Examples:
     >>> model = build_model("resnet18", num_classes=2, pretrained=False)
     >>> export(model, "model.onnx", input_size=(64, 64))  # doctest: +SKIP
@@ -17,6 +23,7 @@ Examples:
 from __future__ import annotations
 
 import os
+import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,6 +31,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from .atomic import atomic_write, refuse_symlink
 from .tasks import get_task
 
 if TYPE_CHECKING:
@@ -52,7 +60,7 @@ def export(
         model: The model to export.
         path: ``*.onnx`` (run it with onnxruntime), ``*.pt2`` (``torch.export.load``) or ``*.ts``
             (``torch.jit.load``; PyTorch deprecates TorchScript in favour of ``.pt2``). Parent folders
-            are created.
+            are created; an existing file is replaced whole (atomically), a symbolic link is refused.
         input_size: ``(H, W)`` of the example input; default the model's ``data_config`` input size.
             ONNX and ``.pt2`` files take only this size; TorchScript follows the traced sizes.
         opset: ONNX opset version (default: the exporter's).
@@ -62,6 +70,7 @@ def export(
 
     Raises:
         ValueError: An unknown suffix.
+        FileExistsError: ``path`` (or the ONNX data file beside it) is a symbolic link; nothing is written.
         ExportError: The task's models cannot be exported (detection), or the exporter failed for this
             model (the message says which and what to try).
 
@@ -82,6 +91,9 @@ def export(
     refusal = get_task(model.task).export_refusal
     if refusal is not None:
         raise ExportError(f"cannot export this {model.task} model to {path}: {refusal}.")
+    refuse_symlink(path, "export file")
+    if suffix == ".onnx":
+        refuse_symlink(_onnx_data(path), "export file")
     height, width = tuple(input_size) if input_size is not None else model.data_config["input_size"][-2:]
     device = next(model.parameters()).device
     example = torch.randn(2, model.config.get("in_chans", 3), height, width, device=device)
@@ -115,6 +127,11 @@ def _batch_dim() -> dict[int, torch.export.Dim]:
     return {0: torch.export.Dim("batch", min=1, max=_MAX_BATCH)}
 
 
+def _onnx_data(path: Path) -> Path:
+    """Where torch.onnx puts the weights of a model over its size limit: ``NAME.onnx.data``."""
+    return path.with_name(path.name + ".data")
+
+
 def _onnx(model: torch.nn.Module, example: torch.Tensor, path: Path, opset: int | None) -> None:
     import onnxscript  # noqa: F401  (torch.onnx's exporter needs it; fail early with the install hint)
 
@@ -128,15 +145,30 @@ def _onnx(model: torch.nn.Module, example: torch.Tensor, path: Path, opset: int 
         opset_version=opset,
         verbose=False,
     )
-    program.save(str(path))
+    assert program is not None, "torch.onnx.export(dynamo=True) returns the program"
+    # The model file names its data file by the name it is saved under, so it is saved under its own
+    # name in a folder beside ``path`` (same file system: the renames stay renames).
+    with tempfile.TemporaryDirectory(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent) as folder:
+        staged = Path(folder) / path.name
+        program.save(str(staged))
+        if _onnx_data(staged).exists():
+            atomic_write(_onnx_data(path), lambda tmp: os.replace(_onnx_data(staged), tmp))
+        atomic_write(path, lambda tmp: os.replace(staged, tmp))
 
 
 def _program(model: torch.nn.Module, example: torch.Tensor, path: Path, opset: int | None) -> None:
-    torch.export.save(torch.export.export(model, (example,), dynamic_shapes=(_batch_dim(),)), path)
+    program = torch.export.export(model, (example,), dynamic_shapes=(_batch_dim(),))
+
+    def save(tmp: str) -> None:
+        with open(tmp, "wb") as f:  # a file object: torch.export.save wants a path to end in .pt2
+            torch.export.save(program, f)
+
+    atomic_write(path, save)
 
 
 def _torchscript(model: torch.nn.Module, example: torch.Tensor, path: Path, opset: int | None) -> None:
-    torch.jit.save(torch.jit.trace(model, example), str(path))
+    module = torch.jit.trace(model, example)
+    atomic_write(path, lambda tmp: torch.jit.save(module, tmp))
 
 
 def _first_line(err: BaseException) -> str:

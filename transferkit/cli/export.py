@@ -1,10 +1,16 @@
-"""``transferkit export``: a run folder (or ``hf-hub:org/name``) to ONNX, ``torch.export`` or TorchScript."""
+"""``transferkit export``: a run folder (or ``hf-hub:org/name``) to ONNX, ``torch.export`` or TorchScript.
+
+An existing ``--out`` file is replaced only with ``--overwrite``, and then whole (the export is written
+atomically); a symbolic link there is always refused, so the export never writes the file a link points
+to.
+"""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
+from ..atomic import refuse_symlink
 from ..export import EXPORT_FORMATS
 from .options import _positive_int
 from .runs import _load_run, _say
@@ -20,10 +26,28 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     export.add_argument(
         "--image-size", type=_positive_int, default=None, help="square input side (default: the run's)"
     )
+    export.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     export.set_defaults(func=_cmd_export)
 
 
+def _check_out(out: Path, *, overwrite: bool) -> None:
+    """Refuse an ``--out`` that is a link or a folder, or that exists without ``overwrite``.
+
+    Raises:
+        FileExistsError: ``out`` is a symbolic link, or exists and ``overwrite`` is False.
+        IsADirectoryError: ``out`` is a folder.
+    """
+    refuse_symlink(out, "--out file")
+    if out.is_dir():
+        raise IsADirectoryError(
+            f"--out {out} is a folder; name the file to write, such as {out / 'model.pt2'}"
+        )
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"--out {out} exists; pass --overwrite to replace it, or choose another --out")
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
+    _check_out(Path(args.out), overwrite=args.overwrite)  # before the model loads: a refusal is instant
     model, meta = _load_run(args.model)
     size = args.image_size or meta.get("image_size")
     out = model.export(Path(args.out), input_size=(size, size) if size else None)
