@@ -12,6 +12,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..atomic import atomic_write, refuse_symlink
+
 __all__ = ["EVENTS", "CSVLogger", "Callbacks", "TensorBoard", "read_history_csv", "write_history_csv"]
 
 EVENTS = ("on_fit_start", "on_epoch_start", "on_batch_end", "on_epoch_end", "on_fit_end")
@@ -47,8 +49,8 @@ class Callbacks:
 class CSVLogger:
     """Writes the history to a CSV file as it goes: one row per epoch, rewritten whole after each.
 
-    A rewrite (to a temporary file, then a rename) keeps the file complete at every moment and lets
-    the columns grow when a later epoch adds a key.
+    A rewrite (`write_history_csv`: atomic, never through a symbolic link) keeps the file complete at
+    every moment and lets the columns grow when a later epoch adds a key.
 
     Args:
         path: The CSV file (parent folders are created).
@@ -69,16 +71,25 @@ class CSVLogger:
 
 
 def write_history_csv(history: Sequence[Mapping[str, Any]], path: str | os.PathLike[str]) -> Path:
-    """Writes ``history`` (a list of dicts) to ``path`` as CSV, atomically; columns in first-seen order."""
+    """Writes ``history`` (a list of dicts) to ``path`` as CSV; columns in first-seen order.
+
+    The file is written atomically (`transferkit.atomic.atomic_write`): a reader sees the previous rows
+    or the new ones, never half a file.
+
+    Raises:
+        FileExistsError: ``path`` is a symbolic link (never written through).
+    """
     path = Path(path)
     columns = list(dict.fromkeys(key for row in history for key in row))
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(history)
-    os.replace(tmp, path)
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(history)
+
+    atomic_write(path, write)
     return path
 
 
@@ -100,7 +111,8 @@ def _number(text: str) -> int | float | str:
 class TensorBoard:
     """Logs every epoch's history values (and the training loss every ``log_every`` steps) to TensorBoard.
 
-    Needs the ``tensorboard`` package (``pip install tensorboard``). Only rank 0 writes.
+    Needs the ``tensorboard`` package (``pip install tensorboard``). Only rank 0 writes. A ``log_dir``
+    that is a symbolic link is refused when the first value is written: events never go through one.
 
     Args:
         log_dir: The event files' folder; view it with ``tensorboard --logdir LOG_DIR``.
@@ -124,6 +136,7 @@ class TensorBoard:
 
     def _open(self) -> Any:
         if self._writer is None:
+            refuse_symlink(self.log_dir, "TensorBoard folder")
             self._writer = self._writer_class(log_dir=str(self.log_dir))
         return self._writer
 
