@@ -84,7 +84,8 @@ def test_train_without_val_split_or_matplotlib(
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if a broken install lacked matplotlib
     out = tmp_path / "run"
     out.mkdir()
-    (out / "transferkit.json").write_text("{}")  # an earlier run into the same folder ...
+    earlier = '{"status": "done", "transferkit_version": "0"}'
+    (out / "transferkit.json").write_text(earlier)  # an earlier run into the same folder ...
     (out / "history.png").write_bytes(PNG)  # ... whose plots must not pass for this one's
     result = run(
         "train", "--data", data, "--backbone", "resnet18", "--pretrained", "false", "--freeze", "all",

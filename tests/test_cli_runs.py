@@ -18,9 +18,11 @@ from pathlib import Path
 
 import pytest
 from cli_runner import Result, run
+from safetensors import safe_open
 
 from transferkit import Trainer, build_model, load_model
-from transferkit.cli.resume import prepare_new_run
+from transferkit.cli.folder import remove_entries
+from transferkit.cli.resume import check_new_run
 from transferkit.data import image_folder_loaders, make_shapes_folder
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -118,6 +120,12 @@ def test_epochs_count_from_one_in_cli_text_and_transferkit_json(reference: tuple
 # ------------------------------------------------------------------------------ interrupt and resume
 
 
+def _saved(folder: Path) -> tuple[dict[str, str], dict[str, bytes]]:
+    """A run's ``model.safetensors`` as metadata and tensor bytes (the header's key order may vary)."""
+    with safe_open(folder / "model.safetensors", framework="pt") as f:
+        return f.metadata(), {k: f.get_tensor(k).numpy().tobytes() for k in f.keys()}
+
+
 def test_sigint_leaves_a_run_that_resume_finishes_bit_identically(
     reference: tuple[Path, Result], insects: Path, tmp_path: Path
 ) -> None:
@@ -146,7 +154,7 @@ def test_sigint_leaves_a_run_that_resume_finishes_bit_identically(
     resumed = run("train", "--resume", "--out", out)  # the options come from the run folder
     assert resumed.code == 0, resumed.err
     assert "resuming" in resumed.out
-    assert (out / "model.safetensors").read_bytes() == (reference[0] / "model.safetensors").read_bytes()
+    assert _saved(out) == _saved(reference[0])
     strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
     history = json.loads((out / "history.json").read_text())
     assert strip(history) == strip(json.loads((reference[0] / "history.json").read_text()))
@@ -181,15 +189,17 @@ def test_overwrite_replaces_only_a_run_folder(tmp_path: Path) -> None:
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "notes.txt").write_text("precious")
-    with pytest.raises(FileExistsError, match="only replaces a transferkit run folder"):
-        prepare_new_run(mine, overwrite=True)
+    with pytest.raises(FileExistsError, match="replaces only a run folder that transferkit train wrote"):
+        check_new_run(mine, overwrite=True)
     assert (mine / "notes.txt").read_text() == "precious"
 
     old = tmp_path / "old"
     old.mkdir()
-    (old / "transferkit.json").write_text("{}")
+    (old / "transferkit.json").write_text('{"status": "done", "transferkit_version": "0.1.0"}')
+    (old / "checkpoint").mkdir()
+    (old / "checkpoint" / "last.pt").write_bytes(b"state")
     with pytest.raises(FileExistsError, match="--resume .* --overwrite"):
-        prepare_new_run(old, overwrite=False)
-    prepare_new_run(old, overwrite=True)
-    assert not old.exists()
-    prepare_new_run(tmp_path / "fresh", overwrite=False)  # nothing there: nothing to say
+        check_new_run(old, overwrite=False)
+    remove_entries(check_new_run(old, overwrite=True))
+    assert old.is_dir() and not any(old.iterdir())
+    assert check_new_run(tmp_path / "fresh", overwrite=False) == []  # nothing there: nothing to say

@@ -10,9 +10,12 @@ it also holds the Trainer's checkpoint, so an interrupted run continues with ``t
 Errors are printed as one line on stderr with a non-zero exit status (1 for a failed command, 2 for bad
 arguments); set ``TRANSFERKIT_DEBUG=1`` to see the traceback instead.
 
-Each subcommand lives in its own module (``train``, ``lr_find``, ``evaluate``, ``predict``, ``listing``,
-``demo``) with an ``add_parser`` that `build_parser` calls; ``options`` holds the argument types they
-share and ``runs`` the reading and writing of run folders.
+Each subcommand lives in its own module (``train``, ``lr_find``, ``evaluate``, ``predict``, ``export``,
+``listing``, ``demo``) with an ``add_parser`` that `build_parser` calls; ``options`` holds the argument
+types they share and ``runs`` the reading and writing of run folders. What keeps a run folder safe is in
+three small modules: ``lock`` (one command per folder), ``folder`` (the entries a run writes, the only
+ones ``--overwrite`` deletes, never written through a symbolic link) and ``meta`` (``transferkit.json``
+checked where it is read).
 
 Examples:
     $ transferkit train --data hymenoptera_data --backbone resnet18 --freeze last_n:2 --epochs 5 --out runs/ab

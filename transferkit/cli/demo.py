@@ -16,12 +16,14 @@ from typing import Any, NamedTuple
 import torch
 
 from .. import __version__, build_model
+from ..atomic import refuse_symlink, write_text
 from ..data import make_shapes_folder
 from ..tasks import get_task
 from .evaluate import _metric_lines, evaluate_folder
+from .lock import locked_run_folder
 from .options import _positive_int, parse_freeze
 from .predict import predict_files
-from .runs import _count, _describe_data, _fit_and_save, _load_run, _say
+from .runs import _count, _describe_data, _fit_and_save, _load_run, _say, _trainer
 
 DEMO_MARKER = ".transferkit-demo"
 DEMO_CLASSES = 3
@@ -64,6 +66,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 def _fresh_demo_data(folder: Path) -> None:
     """Remove the data a previous demo wrote there; refuse to touch a folder the demo did not make."""
+    refuse_symlink(folder, "demo data folder")
     if not folder.exists():
         return
     if not (folder / DEMO_MARKER).is_file():
@@ -80,11 +83,17 @@ def _unfrozen_at(history: list[dict[str, Any]]) -> list[int]:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    if args.task == "detection":  # the demo's own --task option; each demo is a module of its own
-        from .demo_detection import run_detection_demo
+    with locked_run_folder(Path(args.out), command="transferkit demo"):  # one demo per folder at a time
+        if args.task == "detection":  # the demo's own --task option; each demo is a module of its own
+            from .demo_detection import run_detection_demo
 
-        return run_detection_demo(args)
-    return _classification_demo(args)
+            return run_detection_demo(args)
+        return _classification_demo(args)
+
+
+def _mark_demo_data(data: Path) -> None:
+    """Mark ``data`` as the demo's own, which the next demo may delete (`_fresh_demo_data`)."""
+    write_text(data / DEMO_MARKER, "written by transferkit demo; the next demo deletes and rewrites it\n")
 
 
 def _classification_demo(args: argparse.Namespace) -> int:
@@ -92,8 +101,6 @@ def _classification_demo(args: argparse.Namespace) -> int:
     settings = DEMO["quick" if args.quick else "full"]
     epochs = args.epochs or settings.epochs
     out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise FileExistsError(f"--out {out} is a file; pass a folder")
     data = out / "data"
     where = "GPU" if torch.cuda.is_available() else "CPU"
     _say(
@@ -111,7 +118,7 @@ def _classification_demo(args: argparse.Namespace) -> int:
         image_size=settings.image_size,
         seed=args.seed,
     )
-    (data / DEMO_MARKER).write_text("written by transferkit demo; the next demo deletes and rewrites it\n")
+    _mark_demo_data(data)
 
     freeze = parse_freeze(settings.freeze)
     torch.manual_seed(args.seed)
@@ -128,7 +135,8 @@ def _classification_demo(args: argparse.Namespace) -> int:
         seed=args.seed,
         augment=False,
     )
-    classes = loaders["train"].dataset.classes
+    train: Any = loaders["train"].dataset  # a folder dataset, with the class names
+    classes = train.classes
     n, step, every = (freeze.kwargs[k] for k in ("n", "step", "every"))
     _say(
         "",
@@ -187,9 +195,8 @@ def _train_and_reload(
         "batch_size": settings.batch_size,
         "transferkit_version": __version__,
     }
-    history, plots = _fit_and_save(
-        model, loaders, out, meta=meta, epochs=epochs, lr=settings.lr, device="auto", seed=seed
-    )
+    trainer = _trainer(model, out, epochs=epochs, lr=settings.lr, device="auto", seed=seed)
+    history, plots = _fit_and_save(trainer, loaders, out, meta=meta)
     reloaded, meta = _load_run(str(out))
     metrics, count = evaluate_folder(reloaded, meta, data / "val")
     return history, plots, reloaded, meta, metrics, count

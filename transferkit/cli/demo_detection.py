@@ -11,13 +11,14 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from .. import build_model
 from ..data import make_shapes_detection_folder
 from ..tasks import get_task
-from .demo import DEMO_MARKER, DemoSettings, _fresh_demo_data, _train_and_reload
+from .demo import DemoSettings, _fresh_demo_data, _mark_demo_data, _train_and_reload
 from .evaluate import _metric_lines
 from .predict import predict_files
 from .runs import _count, _describe_data, _say
@@ -37,8 +38,6 @@ def run_detection_demo(args: argparse.Namespace) -> int:
     settings = DETECTION_DEMO["quick" if args.quick else "full"]
     epochs = args.epochs or settings.epochs
     out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise FileExistsError(f"--out {out} is a file; pass a folder")
     data = out / "data"
     counts = settings.per_class
     _say(
@@ -52,7 +51,7 @@ def run_detection_demo(args: argparse.Namespace) -> int:
     make_shapes_detection_folder(
         data, num_classes=DETECTION_CLASSES, per_split=counts, image_size=settings.image_size, seed=args.seed
     )
-    (data / DEMO_MARKER).write_text("written by transferkit demo; the next demo deletes and rewrites it\n")
+    _mark_demo_data(data)
 
     torch.manual_seed(args.seed)
     model = build_model("resnet18", neck="fpn_lite", head=DETECTION_HEAD, num_classes=DETECTION_CLASSES,
@@ -61,7 +60,8 @@ def run_detection_demo(args: argparse.Namespace) -> int:
     loaders = task.folder_loaders(
         data, model, batch_size=settings.batch_size, image_size=settings.image_size, seed=args.seed
     )
-    classes = loaders["train"].dataset.classes
+    train: Any = loaders["train"].dataset  # a folder dataset, with the class names
+    classes = train.classes
     _say(
         "",
         "[2/5] model: resnet18 backbone (random init, pretrained=False: nothing is downloaded) + fpn_lite "
@@ -89,6 +89,7 @@ def run_detection_demo(args: argparse.Namespace) -> int:
         *(f"      {line}" for line in _metric_lines(metrics)),
     )
     samples = sorted((data / "val" / "images").iterdir())[:4]
+    assert task.predict_picture is not None, "the detection task draws its predictions"
     picture = out / task.predict_picture
     lines = predict_files(reloaded, meta, samples, draw=picture)
     _say("", f"[5/5] boxes for {len(samples)} val images (class score [x1, y1, x2, y2]):",

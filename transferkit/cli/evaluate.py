@@ -7,8 +7,9 @@ transforms and its class order, so its accuracy agrees exactly with what ``predi
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sized
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from torch.utils.data import DataLoader
 
@@ -73,7 +74,7 @@ def evaluate_folder(
     task = get_task(model.task)
     dataset = task.folder_dataset(split_dir, model, model.classes, meta["image_size"])
     loader = DataLoader(dataset, batch_size=batch_size, collate_fn=task.collate_fn)
-    return Trainer(model, device=device).evaluate(loader), len(dataset)
+    return Trainer(model, device=device).evaluate(loader), len(cast(Sized, dataset))
 
 
 def _metric_lines(metrics: dict[str, float]) -> list[str]:

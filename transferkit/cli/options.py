@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -47,7 +48,9 @@ class FreezeSpec(NamedTuple):
 
             apply_default_recipe(model, train_loader)
             return
-        model.freeze(self.policy, **self.kwargs)
+        model.freeze(
+            self.policy, n=self.kwargs.get("n"), step=self.kwargs.get("step"), every=self.kwargs.get("every")
+        )
 
 
 def parse_pretrained(text: str) -> bool | str:
@@ -127,8 +130,8 @@ def _positive_float(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
     return value
 
 
@@ -137,8 +140,8 @@ def _non_negative_float(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    if not 0 <= value < math.inf:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
     return value
 
 

@@ -5,7 +5,8 @@ starts, and the Trainer checkpoints into the folder after every epoch, so ``--re
 nothing else: it rebuilds the same run from the saved arguments and continues after the last completed
 epoch, ending with the weights the uninterrupted run would have. Options given with ``--resume`` must
 agree with the saved ones (a changed run would not end as the original would); only ``--device`` may
-differ. Without either flag, an ``--out`` folder that holds anything is refused.
+differ. Without either flag, an ``--out`` folder that holds anything is refused; ``--overwrite`` replaces
+only a run transferkit wrote, and only when the folder holds nothing else (`transferkit.cli.folder`).
 """
 
 from __future__ import annotations
@@ -15,8 +16,11 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from .folder import CHECKPOINT_DIR, HISTORY_CSV, TENSORBOARD_DIR, entries_to_replace, not_a_run
+from .lock import LOCK_FILE
+from .meta import META_FILE
 from .options import FreezeSpec, UsageError
-from .runs import CHECKPOINT_DIR, META_FILE, _read_meta
+from .runs import _read_meta
 
 # The options that define a run, with their defaults; the parser's own defaults are None, so that an
 # option given with --resume can be told from one left out.
@@ -45,36 +49,48 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def is_run_folder(path: Path) -> bool:
-    """Whether ``path`` holds a transferkit run (``transferkit.json``) or a saved model."""
-    saved_model = (path / "config.json").is_file() and (path / "model.safetensors").is_file()
-    return (path / META_FILE).is_file() or saved_model
+def check_new_run(out: Path, *, overwrite: bool) -> list[Path]:
+    """Check that ``out`` can take a new run; return what of an earlier run there ``overwrite`` replaces.
 
-
-def prepare_new_run(out: Path, *, overwrite: bool) -> None:
-    """Make sure ``out`` can take a new run: absent or empty, or replaced with ``overwrite``.
+    ``out`` may be absent or empty (its lock file aside), or, with ``overwrite``, hold a run transferkit
+    wrote and nothing else. Nothing is deleted here: the caller removes the returned entries
+    (`transferkit.cli.folder.remove_entries`) once the new run's arguments are all checked.
 
     Raises:
-        FileExistsError: ``out`` is a file, holds something and ``overwrite`` is False, or holds
-            something that is not a run folder (``--overwrite`` deletes only runs).
+        FileExistsError: ``out`` is a file; or it holds something and ``overwrite`` is False; or it is not
+            a run transferkit wrote, or holds files no run writes (named), and ``overwrite`` is True.
     """
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"--out {out} is a file; pass a folder")
-    if not out.exists() or not any(out.iterdir()):
-        return
-    if not overwrite:
-        what = "a run" if is_run_folder(out) else "files"
+    if not out.exists() or not any(p.name != LOCK_FILE for p in out.iterdir()):
+        return []
+    why = not_a_run(out)
+    if not overwrite and why is None:
         raise FileExistsError(
-            f"--out {out} already holds {what}; pass --resume to continue an interrupted run there, "
+            f"--out {out} already holds a run; pass --resume to continue an interrupted run there, "
             "--overwrite to replace it, or choose another --out"
         )
-    if not is_run_folder(out):
-        names = sorted(p.name for p in out.iterdir())[:3]
+    if not overwrite:
         raise FileExistsError(
-            f"--overwrite only replaces a transferkit run folder, and {out} is not one (it holds "
-            f"{', '.join(names)}, ...); empty it yourself or choose another --out"
+            f"--out {out} already holds files, and no run transferkit wrote ({why}); choose another --out, "
+            "or empty it yourself"
         )
-    shutil.rmtree(out)
+    return entries_to_replace(out)
+
+
+def discard_unstarted_run(out: Path) -> None:
+    """Remove what a new run wrote into ``out`` before it failed in its first epoch.
+
+    Such a run has nothing to resume (no checkpoint), and its ``transferkit.json`` alone would make the
+    corrected command refuse ``out`` as taken; so a failed new run leaves ``out`` as it found it (empty).
+    Ctrl-C and ``kill -9`` do not come here: they keep the run for ``--resume``.
+    """
+    for name in (CHECKPOINT_DIR, TENSORBOARD_DIR):  # this run made them (``out`` was empty, or cleared)
+        folder = out / name
+        if folder.is_dir() and not folder.is_symlink():
+            shutil.rmtree(folder)
+    for name in (HISTORY_CSV, META_FILE):  # the run's record last: while anything is left, it is a run
+        (out / name).unlink(missing_ok=True)
 
 
 def _normalised(name: str, value: Any) -> Any:
@@ -106,18 +122,29 @@ def new_run_arguments(args: argparse.Namespace) -> dict[str, Any]:
     return {**TRAIN_DEFAULTS, **_given(args)}
 
 
+def no_run_to_resume(out: Path, why: str | None = None) -> FileNotFoundError:
+    """The error for ``--resume`` into ``out`` where no run started by ``transferkit train`` is."""
+    why = why or f"no {META_FILE} with its arguments"
+    return FileNotFoundError(
+        f"--resume: {out} holds no run started by transferkit train ({why}); start one without --resume"
+    )
+
+
 def resumed_arguments(out: Path, args: argparse.Namespace) -> dict[str, Any]:
     """The saved options of the run in ``out``, checked against those given again with ``--resume``.
 
     Raises:
         FileNotFoundError: ``out`` holds no run started by ``transferkit train``.
+        RunMetaError: Its ``transferkit.json`` is damaged (`transferkit.cli.meta`).
         UsageError: An option given now differs from the run's.
     """
     meta = _read_meta(out) if out.is_dir() else {}
-    if "backbone" not in meta or "data" not in meta:
-        raise FileNotFoundError(
-            f"--resume: {out} holds no run started by transferkit train (no {META_FILE} with its "
-            "arguments); start one without --resume"
+    if not meta:
+        raise no_run_to_resume(out)
+    missing = [field for field in ("backbone", "data") if field not in meta]
+    if missing:
+        raise no_run_to_resume(
+            out, f"its {META_FILE} lacks the field {missing[0]!r} that transferkit train writes"
         )
     saved = {k: meta.get(k, default) for k, default in TRAIN_DEFAULTS.items()}
     given = _given(args)

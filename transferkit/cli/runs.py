@@ -4,8 +4,10 @@ A run folder holds what ``model.save`` writes (``config.json``, ``model.safetens
 travel in the config) plus `META_FILE` (the task, the image size and the training arguments, written
 before training starts so that ``train --resume`` can read them), `HISTORY_FILE`, ``history.png`` and
 ``predictions.png``; while training, `CHECKPOINT_DIR` holds the Trainer's checkpoint. ``train`` and
-``demo`` write one with `_fit_and_save`; ``eval``, ``predict`` and ``demo`` read one with `_load_run`.
-Also here: the printing helpers every command uses.
+``demo`` write one with `_trainer` and `_fit_and_save`; ``eval``, ``predict`` and ``demo`` read one with
+`_load_run`. Every file is written atomically (`transferkit.atomic`: whole or not at all, never through a
+symbolic link), and `META_FILE` is checked where it is read (`transferkit.cli.meta`). Which entries a run
+writes is `transferkit.cli.folder`'s list. Also here: the printing helpers every command uses.
 """
 
 from __future__ import annotations
@@ -14,20 +16,19 @@ import json
 import shlex
 import shutil
 import time
+from collections.abc import Sized
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from ..atomic import write_text
 from ..hub import is_hub_spec
 from ..model import TransferModel, load_model
 from ..tasks import get_task
 from ..training import CSVLogger, TensorBoard, Trainer
-
-META_FILE = "transferkit.json"
-HISTORY_FILE = "history.json"
-HISTORY_CSV = "history.csv"
-CHECKPOINT_DIR = "checkpoint"  # the Trainer's last.pt while a run trains; removed when it is done
+from .folder import CHECKPOINT_DIR, HISTORY_CSV, HISTORY_FILE, TENSORBOARD_DIR, refuse_linked_entries
+from .meta import META_FILE, RunMetaError, parse_run_meta
 
 
 class Interrupted(Exception):
@@ -54,7 +55,7 @@ def _existing_dir(path: str, flag: str) -> Path:
 
 
 def _describe_data(loaders: dict[str, DataLoader], classes: list[str]) -> str:
-    sizes = ", ".join(f"{len(loader.dataset)} {split}" for split, loader in loaders.items())
+    sizes = ", ".join(f"{len(cast(Sized, loader.dataset))} {split}" for split, loader in loaders.items())
     return f"{sizes} images, {len(classes)} classes ({', '.join(classes)})"
 
 
@@ -63,12 +64,22 @@ def _resume_command(out: Path) -> str:
 
 
 def _read_meta(directory: Path) -> dict[str, Any]:
+    """``directory``'s `META_FILE`, checked (`transferkit.cli.meta`); ``{}`` when there is none.
+
+    Raises:
+        RunMetaError: The file is damaged, or holds what transferkit does not write.
+    """
     path = directory / META_FILE
-    return json.loads(path.read_text()) if path.is_file() else {}
+    if not path.exists():
+        return {}
+    if not path.is_file():
+        raise RunMetaError(f"{path} is not a file", "move it away, or train the run again into a new --out")
+    return parse_run_meta(path.read_bytes(), path)
 
 
 def _write_meta(directory: Path, meta: dict[str, Any]) -> None:
-    (directory / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    """Write ``meta`` to ``directory``'s `META_FILE`, atomically: a reader sees the old file or the new."""
+    write_text(directory / META_FILE, json.dumps(meta, indent=2) + "\n")
 
 
 def _load_run(folder: str) -> tuple[TransferModel, dict[str, Any]]:
@@ -145,17 +156,16 @@ def _spread(dataset: Dataset, count: int, collate_fn: Any = None) -> DataLoader:
 
     Folder datasets are ordered by class, so the first ``count`` samples would all show the same class.
     """
-    step = max(1, len(dataset) // count)
-    subset = Subset(dataset, range(0, len(dataset), step)[:count])
+    size = len(cast(Sized, dataset))  # the folder datasets all have a length
+    step = max(1, size // count)
+    subset = Subset(dataset, range(0, size, step)[:count])
     return DataLoader(subset, batch_size=count, collate_fn=collate_fn)
 
 
-def _fit_and_save(
+def _trainer(
     model: TransferModel,
-    loaders: dict[str, DataLoader],
     out: Path,
     *,
-    meta: dict[str, Any],
     epochs: int,
     lr: float | None,
     device: str,
@@ -164,30 +174,45 @@ def _fit_and_save(
     resume: bool = False,
     label_smoothing: float = 0.0,
     tensorboard: bool = False,
+) -> Trainer:
+    """The Trainer of a run into ``out``; building it checks every argument, and writes nothing.
+
+    With ``checkpoint`` it checkpoints into `CHECKPOINT_DIR` every epoch (``resume`` continues from there);
+    the history goes to `HISTORY_CSV` as it trains (and to `TENSORBOARD_DIR` with ``tensorboard``).
+
+    Raises:
+        ValueError, TypeError: An argument the Trainer refuses (``lr=inf``, ``label_smoothing=5``).
+    """
+    callbacks: list[Any] = [CSVLogger(out / HISTORY_CSV)]  # written as it goes: readable mid-run
+    if tensorboard:
+        callbacks.append(TensorBoard(out / TENSORBOARD_DIR))
+    return Trainer(
+        model, epochs=epochs, lr=lr, device=device, seed=seed,
+        checkpoint_dir=out / CHECKPOINT_DIR if checkpoint else None, resume=resume,
+        label_smoothing=label_smoothing, callbacks=callbacks,
+    )  # fmt: skip
+
+
+def _fit_and_save(
+    trainer: Trainer, loaders: dict[str, DataLoader], out: Path, *, meta: dict[str, Any]
 ) -> tuple[list[dict[str, Any]], list[Path]]:
     """Train, print the epoch table, save the model, its metadata, the history and the plots.
 
-    ``meta`` goes to `META_FILE` first (``"status": "training"``), and with ``checkpoint`` the Trainer
-    checkpoints into `CHECKPOINT_DIR` every epoch (``resume`` continues from there). Epochs are counted
-    from 1 in everything written for people, ``best_epoch`` included; ``history.json`` keeps the
-    Trainer's 0-based ``epoch`` index.
+    ``meta`` goes to `META_FILE` first (``"status": "training"``), after a check that no entry the run
+    writes is a symbolic link. Epochs are counted from 1 in everything written for people,
+    ``best_epoch`` included; ``history.json`` keeps the Trainer's 0-based ``epoch`` index.
 
     Returns:
         The history (one dict per epoch) and the plot files written (none without matplotlib).
 
     Raises:
+        FileExistsError: An entry the run writes in ``out`` is a symbolic link; nothing was written.
         Interrupted: Ctrl-C during training; the checkpoint is kept.
     """
+    model, checkpoints, resume = trainer.model, trainer.checkpoint_dir, trainer.resume
+    refuse_linked_entries(out)
     out.mkdir(parents=True, exist_ok=True)
     _write_meta(out, {**meta, "status": "training"})
-    checkpoints = out / CHECKPOINT_DIR if checkpoint else None
-    callbacks: list[Any] = [CSVLogger(out / HISTORY_CSV)]  # written as it goes: readable mid-run
-    if tensorboard:
-        callbacks.append(TensorBoard(out / "tb"))
-    trainer = Trainer(
-        model, epochs=epochs, lr=lr, device=device, seed=seed, checkpoint_dir=checkpoints, resume=resume,
-        label_smoothing=label_smoothing, callbacks=callbacks,
-    )  # fmt: skip
     started = time.perf_counter()
     try:
         history = trainer.fit(loaders)
@@ -214,7 +239,7 @@ def _fit_and_save(
         "metrics": {k: v for k, v in best.items() if k.startswith("val_")},
     }
     _write_meta(out, meta)
-    (out / HISTORY_FILE).write_text(json.dumps(history, indent=2) + "\n")
+    write_text(out / HISTORY_FILE, json.dumps(history, indent=2) + "\n")
     plots = _write_plots(out, history, model, loaders.get("val", loaders["train"]), model.classes)
     if checkpoints is not None:
         shutil.rmtree(checkpoints, ignore_errors=True)  # a finished run needs no optimizer state

@@ -2,6 +2,14 @@
 
 The head's declared task picks how the folder is read (class folders, or images plus masks); the class
 names are read before the model is built, so a bad layout fails before any weights load.
+
+``--out`` is locked for the whole command (`transferkit.cli.lock`), taken before it is checked, so two
+commands never share a folder. Nothing is written or deleted there until every argument is checked:
+the Trainer, which checks its own, is built before ``transferkit.json`` is written and before
+``--overwrite`` removes the earlier run. A new run that fails before its first checkpoint (bad data
+found in epoch 1, a full disk) removes what it wrote (`transferkit.cli.resume.discard_unstarted_run`):
+it has nothing to resume, and its ``transferkit.json`` alone would make the corrected command refuse
+the folder. Ctrl-C keeps the run for ``--resume``.
 """
 
 from __future__ import annotations
@@ -9,6 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,6 +28,9 @@ from .. import PretrainedUnavailableError, __version__, build_model
 from ..heads import HEADS
 from ..model import TransferModel
 from ..tasks import IGNORE_INDEX, Task, get_task
+from .folder import HISTORY_CSV, HISTORY_FILE, refuse_linked_entries, remove_entries
+from .lock import locked_run_folder
+from .meta import META_FILE
 from .options import (
     FREEZE_GRAMMAR,
     _add_device,
@@ -28,11 +40,16 @@ from .options import (
     parse_freeze,
     parse_pretrained,
 )
-from .resume import TRAIN_DEFAULTS, has_checkpoint, new_run_arguments, prepare_new_run, resumed_arguments
+from .resume import (
+    TRAIN_DEFAULTS,
+    check_new_run,
+    discard_unstarted_run,
+    has_checkpoint,
+    new_run_arguments,
+    no_run_to_resume,
+    resumed_arguments,
+)
 from .runs import (
-    HISTORY_CSV,
-    HISTORY_FILE,
-    META_FILE,
     Interrupted,
     _count,
     _describe_data,
@@ -41,6 +58,7 @@ from .runs import (
     _read_meta,
     _resume_command,
     _say,
+    _trainer,
 )
 
 
@@ -92,7 +110,11 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     existing.add_argument(
         "--resume", action="store_true", help="continue the interrupted run in --out (its options are saved)"
     )
-    existing.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
+    existing.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run already in --out (refused if the folder holds anything a run does not write)",
+    )
     _add_device(train)
     train.set_defaults(func=_cmd_train)
 
@@ -119,7 +141,7 @@ def _data_classes(data: Path, task: Task, args: argparse.Namespace) -> list[str]
 
     A folder that names no classes (a segmentation set without ``classes.txt``) gets them from its masks.
     """
-    train = _folder_loaders(data, task, None, args)["train"].dataset
+    train: Any = _folder_loaders(data, task, None, args)["train"].dataset  # a folder dataset
     if train.classes is not None:
         return list(train.classes)
     return _mask_classes([mask for _, mask in train.samples])
@@ -141,33 +163,55 @@ def _image_size_text(model: TransferModel, image_size: int | None) -> str:
     return f"{size}px"
 
 
-def _run_arguments(args: argparse.Namespace) -> argparse.Namespace | None:
-    """The run's options: the saved ones with ``--resume`` (None when that run is done), else the given.
+def _new_run_values(args: argparse.Namespace) -> dict[str, Any]:
+    """A new run's options (the given ones, and the defaults of the rest) as ``transferkit.json`` keeps them.
 
-    A new run checks that ``--out`` may take it (empty, or ``--overwrite``) before anything is built.
+    Raises:
+        UsageError: ``--data`` or ``--backbone`` is missing.
+    """
+    values = new_run_arguments(args)
+    if args.neck is None:  # the head's task picks the neck: detection heads read a pyramid
+        values["neck"] = get_task(_head_task(values["head"])).default_neck
+    return values
+
+
+def _run_arguments(
+    args: argparse.Namespace, values: dict[str, Any] | None
+) -> tuple[argparse.Namespace | None, list[Path]]:
+    """The run's options, and what of an earlier run in ``--out`` it replaces; run with the lock held.
+
+    With ``--resume`` the options are the saved ones (None when that run is done); a new run's are
+    ``values``, once ``--out`` is known to take it (empty, or a run that ``--overwrite`` may replace).
     """
     out = Path(args.out)
+    replaced: list[Path] = []
     if args.resume:
-        saved = resumed_arguments(out, args)
+        values = resumed_arguments(out, args)
         if _read_meta(out).get("status") == "done":
-            _say(f"{out} finished all {_count(saved['epochs'], 'epoch')} already; nothing to resume")
-            return None
-        values = saved
+            _say(f"{out} finished all {_count(values['epochs'], 'epoch')} already; nothing to resume")
+            return None, []
     else:
-        values = new_run_arguments(args)
-        if args.neck is None:  # the head's task picks the neck: detection heads read a pyramid
-            values["neck"] = get_task(_head_task(values["head"])).default_neck
-        prepare_new_run(out, overwrite=args.overwrite)
+        assert values is not None, "a new run's values are read before the lock"
+        replaced = check_new_run(out, overwrite=args.overwrite)
+    refuse_linked_entries(out)
     run = argparse.Namespace(**values)
     run.freeze = parse_freeze(run.freeze)
     run.out, run.device, run.resume = out, args.device, args.resume
-    return run
+    return run, replaced
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    run = _run_arguments(args)
-    if run is None:
-        return 0
+    out = Path(args.out)
+    values = None if args.resume else _new_run_values(args)  # usage errors before --out is touched
+    if args.resume and not out.is_dir():
+        raise no_run_to_resume(out)
+    with locked_run_folder(out, command="transferkit train"):
+        run, replaced = _run_arguments(args, values)
+        return 0 if run is None else _train(run, replaced)
+
+
+def _train(run: argparse.Namespace, replaced: list[Path]) -> int:
+    """Build the model, loaders and Trainer, then replace ``replaced`` (``--overwrite``) and train."""
     data = _existing_dir(run.data, "--data")
     task = get_task(_head_task(run.head))
     classes = _data_classes(data, task, run)
@@ -205,12 +249,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
         "freeze": run.freeze.text,
         "transferkit_version": __version__,
     }
+    trainer = _trainer(
+        model, run.out, epochs=run.epochs, lr=run.lr, device=run.device, seed=run.seed, checkpoint=True,
+        resume=run.resume, label_smoothing=run.label_smoothing, tensorboard=run.log == "tensorboard",
+    )  # fmt: skip
+    remove_entries(replaced)  # every argument is checked now: --overwrite deletes the earlier run
     try:
-        _, plots = _fit_and_save(
-            model, loaders, run.out, meta=meta, epochs=run.epochs, lr=run.lr, device=run.device,
-            seed=run.seed, checkpoint=True, resume=run.resume, label_smoothing=run.label_smoothing,
-            tensorboard=run.log == "tensorboard",
-        )  # fmt: skip
+        _, plots = _fit_and_save(trainer, loaders, run.out, meta=meta)
     except Interrupted as stop:
         done = (
             f"after {stop.epochs_done} of {run.epochs} epochs"
@@ -223,6 +268,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 130
+    except Exception:
+        if not run.resume and not has_checkpoint(run.out):
+            discard_unstarted_run(run.out)
+        raise
     files = ["config.json", "model.safetensors", META_FILE, HISTORY_FILE, HISTORY_CSV]
     files += [p.name for p in plots] + (["tb/"] if run.log == "tensorboard" else [])
     _say(f"saved to {run.out}/: {', '.join(files)}")
