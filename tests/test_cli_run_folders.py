@@ -254,7 +254,7 @@ def test_a_rejected_argument_leaves_nothing_that_refuses_the_corrected_command(
     data: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "runs" / "run"
-    for option, value, code in (("--lr", "inf", 2), ("--label-smoothing", "5", 1), ("--lr", "nan", 2)):
+    for option, value, code in (("--label-smoothing", "5", 1), ("--lr", "inf", 2), ("--lr", "nan", 2)):
         result = run(*_train(data, out, option, value))
         assert result.code == code, result
         assert option.lstrip("-").replace("-", "_") in result.err.replace("-", "_")

@@ -45,12 +45,12 @@ def test_export_never_writes_through_a_symbolic_link(saved: Path, tmp_path: Path
     victim, link = tmp_path / "victim.ts", tmp_path / "model.ts"
     victim.write_bytes(b"precious")
     link.symlink_to(victim)
-    refused = run("export", "--model", saved, "--out", link, "--image-size", SIZE, "--overwrite")
-    assert refused.code == 1
-    assert f"{link}: it is a symbolic link (to {victim})" in refused.err
     model = build_model("resnet18", num_classes=2, pretrained=False)
     with pytest.raises(FileExistsError, match="it is a symbolic link"):
         model.export(link, input_size=(SIZE, SIZE))
+    refused = run("export", "--model", saved, "--out", link, "--image-size", SIZE, "--overwrite")
+    assert refused.code == 1
+    assert f"{link}: it is a symbolic link (to {victim})" in refused.err
     assert victim.read_bytes() == b"precious" and link.is_symlink()
 
 
