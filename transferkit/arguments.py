@@ -91,9 +91,9 @@ def check_backbone_kwargs(kwargs: Mapping[str, Any], library: bool = True) -> No
 
     Examples:
         >>> check_backbone_kwargs({"drop_path_rate": 0.1})
-        >>> check_backbone_kwargs({"checkpoint_path": "w.pth"})
+        >>> check_backbone_kwargs({"checkpoint_path": "w.pth"})  # doctest: +ELLIPSIS
         Traceback (most recent call last):
-        ValueError: backbone_kwargs may not hold checkpoint_path: it makes timm load that file. Pass weights with pretrained='/path/to/weights.safetensors' (read without running code)
+        ValueError: backbone_kwargs may not hold checkpoint_path: it makes timm load that file. ...
     """
     for key, value in kwargs.items():
         if key in _FILE_KEYS:

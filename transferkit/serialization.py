@@ -1,4 +1,4 @@
-"""Saving and loading a TransferModel: ``model.safetensors`` (the unit) plus ``config.json`` (a readable copy).
+"""Saving and loading a TransferModel: ``model.safetensors`` (the unit) and ``config.json`` (a copy).
 
 The guarantee: `load_model` always gets the weights, the config and the freeze state of one and the same
 save. ``model.safetensors`` carries all three (the config and freeze state in its metadata) and is
@@ -74,9 +74,9 @@ def check_saved_config(config: Any, source: str) -> dict[str, Any]:
     with keys of `transferkit.arguments.BACKBONE_KWARGS` (none makes a library read a file).
 
     Examples:
-        >>> check_saved_config({"backbone": "resnet18", "num_classes": 0}, "run/config.json")
+        >>> check_saved_config({"backbone": "resnet18", "num_classes": 0}, "c.json")  # doctest: +ELLIPSIS
         Traceback (most recent call last):
-        ValueError: run/config.json: field 'num_classes' must be an int from 1 to 100000, got 0. The file is damaged or was edited; save the model again with model.save(), or correct that field
+        ValueError: c.json: field 'num_classes' must be an int from 1 to 100000, got 0. ...
     """
 
     def bad(field: str, why: str) -> ValueError:
@@ -225,8 +225,8 @@ def _load_state(model: TransferModel, state: dict[str, torch.Tensor], path: Path
     unexpected = [k for k in state if k not in own]
     wrong = [k for k in state if k in own and state[k].shape != own[k].shape]
     if missing or unexpected or wrong:
-        parts = [f"{len(v)} {what} (e.g. {v[0]})" for what, v in
-                 (("missing", missing), ("unexpected", unexpected), ("of other shapes", wrong)) if v]  # fmt: skip
+        found = (("missing", missing), ("unexpected", unexpected), ("of other shapes", wrong))
+        parts = [f"{len(v)} {what} (e.g. {v[0]})" for what, v in found if v]
         raise ValueError(
             f"{path} does not fit the model its config describes: tensors {'; '.join(parts)}. The folder "
             "is damaged or mixes two saves; save the model again with model.save()"
