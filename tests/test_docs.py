@@ -417,3 +417,17 @@ def test_shrink_epochs_only_touches_epoch_counts() -> None:
     assert shrink_epochs(code) == (
         'Trainer(model, epochs=2, lr=1e-3)\nnum_epochs = 2\nrun("--epochs 2 --image-size 224")\nepochs=1'
     )
+
+
+def test_faults_page_counts_its_rows_and_names_real_tests() -> None:
+    text = (Path(__file__).parents[1] / "docs" / "faults.md").read_text()
+    rows = 0
+    for number, tests in re.findall(r"^\| (\d+(?:-\d+)?) \|.*\| ([^|]*) \|$", text, flags=re.M):
+        first, _, last = number.partition("-")
+        assert int(first) == rows + 1, f"row {number} after row {rows}"
+        rows = int(last or first)
+        for name in re.findall(r"test_\w+\.py", tests):
+            assert (Path(__file__).parent / name).is_file(), (
+                f"row {number} names {name}, which does not exist"
+            )
+    assert f"The tables hold **{rows} distinct faults and bad inputs**" in text
