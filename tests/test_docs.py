@@ -427,7 +427,5 @@ def test_faults_page_counts_its_rows_and_names_real_tests() -> None:
         assert int(first) == rows + 1, f"row {number} after row {rows}"
         rows = int(last or first)
         for name in re.findall(r"test_\w+\.py", tests):
-            assert (Path(__file__).parent / name).is_file(), (
-                f"row {number} names {name}, which does not exist"
-            )
+            assert (Path(__file__).parent / name).is_file(), f"row {number}: no {name}"
     assert f"The tables hold **{rows} distinct faults and bad inputs**" in text
