@@ -17,18 +17,11 @@ from .features import FeatureInfo
 from .freeze import FreezeState, block_modules, is_norm, param_groups, summary_table
 from .heads import HEADS
 from .necks import NECKS
+from .preprocessing import DEFAULT_DATA_CONFIG, resolve_data_config
 from .serialization import load_model, save_model
 from .tasks import get_task
 
 __all__ = ["TransferModel", "build_model", "load_model"]
-
-_IMAGENET = {
-    "input_size": (3, 224, 224),
-    "mean": (0.485, 0.456, 0.406),
-    "std": (0.229, 0.224, 0.225),
-    "interpolation": "bilinear",
-    "crop_pct": 0.875,
-}
 
 
 class TransferModel(nn.Module):
@@ -102,8 +95,26 @@ class TransferModel(nn.Module):
 
     @property
     def data_config(self) -> dict[str, Any]:
-        """Preprocessing of the backbone's pretrained weights: input size, mean, std, interpolation."""
-        return dict(getattr(self.backbone, "data_config", _IMAGENET))
+        """The evaluation preprocessing: input size, mean, std, interpolation, crop fraction.
+
+        What the model was trained at once the Trainer has seen transferkit's loaders (or after
+        ``model.data_config = {...}``); before that, the backbone's pretrained weights' (see
+        `transferkit.preprocessing`). Saved with the model; ``predict``, ``evaluate`` and ``export`` use it.
+
+        >>> model.data_config = {"input_size": (3, 64, 64)}  # doctest: +SKIP
+        """
+        stored = self.config.get("data_config")
+        return dict(stored) if stored is not None else dict(self._pretrained_data_config)
+
+    @data_config.setter
+    def data_config(self, config: dict[str, Any] | None) -> None:
+        # keys not given keep the backbone's pretrained values; None goes back to them
+        resolved = None if config is None else resolve_data_config(config, base=self._pretrained_data_config)
+        self.config["data_config"] = resolved
+
+    @property
+    def _pretrained_data_config(self) -> dict[str, Any]:
+        return dict(getattr(self.backbone, "data_config", DEFAULT_DATA_CONFIG))
 
     @property
     def levels_read(self) -> set[int]:
@@ -299,6 +310,7 @@ def build_model(
     neck_kwargs: dict[str, Any] | None = None,
     head_kwargs: dict[str, Any] | None = None,
     classes: Sequence[str] | None = None,
+    data_config: dict[str, Any] | None = None,
 ) -> TransferModel:
     """Compose a pretrained backbone, a neck and a head into a `TransferModel`.
 
@@ -322,6 +334,9 @@ def build_model(
         head_kwargs: Passed to the head (``dropout``, ...).
         classes: Class names by output index (``len(classes) == num_classes``); default: taken from the
             training data by the Trainer, else ``"0" .. "K-1"`` (see ``model.classes``).
+        data_config: The evaluation preprocessing the model is trained at (some or all of ``input_size``,
+            ``mean``, ``std``, ``interpolation``, ``crop_pct``); default: the backbone's pretrained one,
+            until the Trainer records its loaders' (see ``model.data_config``).
 
     Returns:
         The model; ``model.config`` rebuilds it with ``build_model(**model.config)``.
@@ -395,4 +410,6 @@ def build_model(
         "head_kwargs": dict(head_kwargs or {}),
         "classes": classes,
     }
-    return TransferModel(built, neck_module, head_module, config)
+    model = TransferModel(built, neck_module, head_module, config)
+    model.data_config = data_config
+    return model

@@ -22,6 +22,7 @@ import torch
 
 from .arguments import check_backbone_kwargs
 from .atomic import atomic_write, write_text
+from .preprocessing import resolve_data_config
 
 if TYPE_CHECKING:
     from .model import TransferModel
@@ -44,6 +45,7 @@ _FIELDS: dict[str, tuple[type, ...]] = {
     "neck_kwargs": (dict,),
     "head_kwargs": (dict,),
     "classes": (list, type(None)),
+    "data_config": (dict, type(None)),
 }
 _REQUIRED = ("backbone", "num_classes")
 
@@ -114,6 +116,11 @@ def check_saved_config(config: Any, source: str) -> dict[str, Any]:
             check_backbone_kwargs(config.get(field, {}), library=field == "backbone_kwargs")
         except ValueError as err:
             raise bad(field, str(err).removeprefix("backbone_kwargs ")) from None
+    if config.get("data_config") is not None:
+        try:
+            resolve_data_config(config["data_config"])
+        except (ValueError, TypeError) as err:
+            raise bad("data_config", str(err).removeprefix("data_config ")) from None
     for field in ("out_indices", "classes"):
         items = config.get(field) or []
         kind = int if field == "out_indices" else str

@@ -41,6 +41,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
+from ..preprocessing import declare_data_config
 from .detection_formats import read_coco, read_voc
 from .folders import _load_rgb, _require_dir
 from .loaders import _pick_data_config, _read_classes
@@ -255,6 +256,7 @@ def detection_folder_loaders(
         train = split == "train"
         transform = build_detection_transforms(config, train and augment in (True, "light"), image_size)
         dataset = DetectionFolder(root / split, transform, classes=classes)
+        declare_data_config(dataset, config, image_size)
         classes = dataset.classes  # val uses the train split's indices
         loaders[split] = DataLoader(
             dataset,

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from ..preprocessing import declare_data_config
 from .augment import GEOMETRIC_AUGMENTATIONS, MixCollate, parse_augment
 from .folders import (
     _CLASSIFICATION_LAYOUT,
@@ -205,6 +206,8 @@ def image_folder_loaders(
         for split, folder in datasets.items():  # train first: it is read most often
             datasets[split] = cached = CachedFolder(folder, budget=cache_budget, directory=cache_dir)  # type: ignore[arg-type]
             cache_budget -= cached.cache.memory_bytes
+    for dataset in datasets.values():
+        declare_data_config(dataset, config, image_size)
     classes = datasets["train"].classes  # type: ignore[attr-defined]
     mix = MixCollate(len(classes), mixup, cutmix) if mixup or cutmix else None
     return {
@@ -286,6 +289,7 @@ def segmentation_folder_loaders(
             continue
         transform = build_segmentation_transforms(config, augmenting and split == "train", image_size)
         dataset = SegmentationFolder(root / split, transform, classes=classes)
+        declare_data_config(dataset, config, image_size)
         loaders[split] = _loader(
             dataset, train=split == "train", batch_size=batch_size, num_workers=num_workers, seed=seed
         )

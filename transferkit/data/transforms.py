@@ -20,6 +20,13 @@ from torchvision import tv_tensors
 from torchvision.transforms import InterpolationMode, v2
 from torchvision.transforms.v2 import functional as TF
 
+from ..preprocessing import (
+    DATA_CONFIG_KEYS,
+    DEFAULT_DATA_CONFIG,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    resolve_data_config,
+)
 from .augment import parse_augment, policy_steps
 
 __all__ = [
@@ -29,16 +36,6 @@ __all__ = [
     "build_segmentation_transforms",
     "build_transforms",
 ]
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-DEFAULT_DATA_CONFIG: Mapping[str, Any] = {
-    "input_size": (3, 224, 224),
-    "mean": IMAGENET_MEAN,
-    "std": IMAGENET_STD,
-    "interpolation": "bilinear",
-    "crop_pct": 0.875,
-}
 
 ImagePair = tuple[Tensor, Tensor]
 JointTransform = Callable[[Image.Image, Image.Image], ImagePair]
@@ -60,42 +57,18 @@ def _resolve_preprocess(data_config: Mapping[str, Any], image_size: int | None) 
             f"data_config lacks {missing}; pass a backbone's model.data_config or DEFAULT_DATA_CONFIG "
             "(keys: input_size, mean, std, interpolation, crop_pct)."
         )
-    if image_size is None:
-        height, width = (int(v) for v in data_config["input_size"][-2:])
-    elif image_size < 1:
-        raise ValueError(f"image_size must be a positive number of pixels, got {image_size}.")
-    else:
-        height = width = int(image_size)
-    name = data_config.get("interpolation", "bilinear")
-    try:
-        interpolation = InterpolationMode(name)
-    except ValueError:
-        valid = [mode.value for mode in InterpolationMode]
-        raise ValueError(f"unknown interpolation {name!r} in data_config; use one of {valid}.") from None
-    crop_pct = float(data_config.get("crop_pct", 0.875))
-    if not 0.0 < crop_pct <= 1.0:
-        raise ValueError(f"crop_pct must be in (0, 1], got {crop_pct}.")
-    input_size = tuple(data_config["input_size"])
-    channels = int(input_size[0]) if len(input_size) == 3 else 3
+    # timm's configs hold more keys (crop_mode, ...); the ones a transform here applies are these
+    known = {key: data_config[key] for key in DATA_CONFIG_KEYS if key in data_config}
+    config = resolve_data_config(known, image_size)
+    channels, height, width = config["input_size"]
     if channels not in (1, 3):
         raise ValueError(
-            f"data_config input_size {input_size} asks for {channels} channels; image files give 1 "
+            f"data_config input_size {config['input_size']} asks for {channels} channels; image files give 1 "
             "(grayscale) or 3 (RGB). For other channel counts, write a Dataset that returns such tensors."
         )
-    mean = _per_channel(tuple(data_config["mean"]), channels, "mean")
-    std = _per_channel(tuple(data_config["std"]), channels, "std")
+    interpolation = InterpolationMode(config["interpolation"])
+    mean, std, crop_pct = config["mean"], config["std"], config["crop_pct"]
     return _Preprocess(channels, (height, width), mean, std, interpolation, crop_pct)
-
-
-def _per_channel(values: tuple[float, ...], channels: int, name: str) -> tuple[float, ...]:
-    """``mean`` or ``std`` for ``channels``: RGB statistics average into one grey value (``in_chans=1``)."""
-    if len(values) == channels:
-        return values
-    if len(values) == 3 and channels == 1:
-        return (sum(values) / 3,)
-    if len(values) == 1:
-        return values * channels
-    raise ValueError(f"data_config {name} has {len(values)} values for {channels} channels")
 
 
 def _tensor_steps(pre: _Preprocess) -> list[v2.Transform]:

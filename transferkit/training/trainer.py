@@ -24,6 +24,7 @@ from torch.utils.data import DistributedSampler
 from tqdm.auto import tqdm
 
 from ..classes import fill_classes
+from ..preprocessing import record_data_config, record_input_size
 from ..tasks import get_task
 from .arguments import check_trainer_arguments
 from .best import BestEpoch
@@ -171,6 +172,7 @@ class Trainer:
         self._net_trainable: tuple[str, ...] | None = None
         self.best = BestEpoch("val_loss", keep_weights=False)  # replaced in fit(), once the monitor is known
         self._one_sample = OneSampleBatches()  # replaced in fit(): it warns once per fit
+        self._size_from_batches = False  # fit() sets it (`transferkit.preprocessing.record_data_config`)
         self._cache = PrefixCaches(
             model,
             device=self.device,
@@ -220,6 +222,7 @@ class Trainer:
             if loader is not None:
                 check_length(loader, name)
         fill_classes(self.model, train)
+        self._size_from_batches = record_data_config(self.model, train, val)
         apply_default_recipe(self.model, train)  # decided again now the data is known; never over a choice
         if self.seed is not None:
             seed_everything(self.seed + self.rank)
@@ -297,6 +300,9 @@ class Trainer:
         for step, batch in enumerate(loader):
             self.step, where = step, f"epoch {self.epoch + 1}, batch {step + 1}"
             inputs, targets = split_batch(batch, self.task, where)
+            if self._size_from_batches:  # loaders that do not say their preprocessing still show the size
+                record_input_size(self.model, inputs)
+                self._size_from_batches = False
             if not isinstance(inputs, CachedBatch):  # cached targets were checked when cached
                 self.task.check_batch(inputs, targets, self.model.num_classes, where)
             inputs, targets = self._to_device(inputs, targets)
