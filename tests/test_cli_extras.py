@@ -46,7 +46,9 @@ def test_a_run_folder_logs_csv_tensorboard_and_class_plots(run: Path) -> None:
 def test_export_command_writes_a_program_that_matches_the_model(run: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "model.pt2"
     assert cli.main(["export", "--model", str(run), "--out", str(out)]) == 0
-    assert "input x [N, 3, 32, 32]" in capsys.readouterr().out
+    printed = capsys.readouterr().out  # the preprocessing, exactly: resize 32 / 0.875 = 36, crop 32
+    assert "resize the shorter side to 36 px (bilinear, antialiased), crop the centre 32x32" in printed
+    assert "-> x float32 [N, 3, 32, 32]" in printed
     model = load_model(run).eval()
     x = torch.randn(3, 3, 32, 32)
     with torch.no_grad():

@@ -59,7 +59,7 @@ def test_a_failed_export_keeps_the_earlier_file(tmp_path: Path, monkeypatch: pyt
     out = model.export(tmp_path / "model.ts", input_size=(SIZE, SIZE))
     before = out.read_bytes()
 
-    def cut_short(module: object, path: str) -> None:  # as a full disk would stop it, halfway
+    def cut_short(module: object, path: str, **kwargs: object) -> None:  # as a full disk stops it, halfway
         Path(path).write_bytes(before[: len(before) // 2])
         raise RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed")
 

@@ -27,11 +27,12 @@ import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .atomic import atomic_write, refuse_symlink
+from .export_spec import PREPROCESSING_KEY, extra_files, metadata_text, preprocessing_spec
 from .tasks import get_task
 
 if TYPE_CHECKING:
@@ -41,6 +42,7 @@ __all__ = ["EXPORT_FORMATS", "ExportError", "export"]
 
 EXPORT_FORMATS = {".onnx": "ONNX (torch.onnx)", ".pt2": "torch.export program", ".ts": "TorchScript"}
 _MAX_BATCH = 4096
+Spec = dict[str, Any]  # `transferkit.export_spec.preprocessing_spec`
 
 
 class ExportError(RuntimeError):
@@ -53,6 +55,7 @@ def export(
     *,
     input_size: Sequence[int] | None = None,
     opset: int | None = None,
+    normalize_in_graph: bool = False,
 ) -> Path:
     """Writes ``model`` to ``path`` in the format its suffix names; the batch size stays dynamic.
 
@@ -64,6 +67,13 @@ def export(
         input_size: ``(H, W)`` of the example input; default the model's ``data_config`` input size.
             ONNX and ``.pt2`` files take only this size; TorchScript follows the traced sizes.
         opset: ONNX opset version (default: the exporter's).
+        normalize_in_graph: Put the normalisation (``data_config``'s mean and std) inside the file, whose
+            input is then the image scaled to [0, 1].
+
+    The file states its preprocessing (`transferkit.export_spec.preprocessing_spec`: colour, resize, centre
+    crop, scaling, normalisation, input shape) in its metadata: ONNX ``metadata_props`` under
+    ``"transferkit.preprocessing"``, or the ``extra_files`` of ``.pt2`` and TorchScript files;
+    `transferkit.export_spec.read_preprocessing` reads it back.
 
     Returns:
         ``path``.
@@ -95,8 +105,10 @@ def export(
     if suffix == ".onnx":
         refuse_symlink(_onnx_data(path), "export file")
     height, width = tuple(input_size) if input_size is not None else model.data_config["input_size"][-2:]
+    spec = preprocessing_spec(model, (height, width), normalize_in_graph=normalize_in_graph)
     device = next(model.parameters()).device
     example = torch.randn(2, model.config.get("in_chans", 3), height, width, device=device)
+    network = _Normalized(model, spec["mean"], spec["std"]).eval() if normalize_in_graph else model
     path.parent.mkdir(parents=True, exist_ok=True)
     was_training = model.training
     model.eval()
@@ -106,7 +118,7 @@ def export(
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
             # PyTorch marks TorchScript deprecated (in favour of .pt2); the user asked for .ts by name.
             warnings.filterwarnings("ignore", category=FutureWarning, message=r"`torch\.jit\.")
-            _EXPORTERS[suffix](model, example, path, opset)
+            _EXPORTERS[suffix](network, example, path, opset, spec)
     except ImportError as err:
         raise ImportError(
             f'exporting to {suffix} needs {err.name or "onnx"}: pip install "transferkit[export]" '
@@ -123,6 +135,19 @@ def export(
     return path
 
 
+class _Normalized(torch.nn.Module):
+    """``model`` behind its normalisation: takes images scaled to [0, 1]."""
+
+    def __init__(self, model: torch.nn.Module, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model((x - self.mean) / self.std)
+
+
 def _batch_dim() -> dict[int, torch.export.Dim]:
     return {0: torch.export.Dim("batch", min=1, max=_MAX_BATCH)}
 
@@ -132,7 +157,7 @@ def _onnx_data(path: Path) -> Path:
     return path.with_name(path.name + ".data")
 
 
-def _onnx(model: torch.nn.Module, example: torch.Tensor, path: Path, opset: int | None) -> None:
+def _onnx(model: torch.nn.Module, example: torch.Tensor, path: Path, opset: int | None, spec: Spec) -> None:
     import onnxscript  # noqa: F401  (torch.onnx's exporter needs it; fail early with the install hint)
 
     program = torch.onnx.export(
@@ -146,6 +171,7 @@ def _onnx(model: torch.nn.Module, example: torch.Tensor, path: Path, opset: int 
         verbose=False,
     )
     assert program is not None, "torch.onnx.export(dynamo=True) returns the program"
+    program.model.metadata_props[PREPROCESSING_KEY] = metadata_text(spec)
     # The model file names its data file by the name it is saved under, so it is saved under its own
     # name in a folder beside ``path`` (same file system: the renames stay renames).
     with tempfile.TemporaryDirectory(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent) as folder:
@@ -156,19 +182,23 @@ def _onnx(model: torch.nn.Module, example: torch.Tensor, path: Path, opset: int 
         atomic_write(path, lambda tmp: os.replace(staged, tmp))
 
 
-def _program(model: torch.nn.Module, example: torch.Tensor, path: Path, opset: int | None) -> None:
+def _program(
+    model: torch.nn.Module, example: torch.Tensor, path: Path, opset: int | None, spec: Spec
+) -> None:
     program = torch.export.export(model, (example,), dynamic_shapes=(_batch_dim(),))
 
     def save(tmp: str) -> None:
         with open(tmp, "wb") as f:  # a file object: torch.export.save wants a path to end in .pt2
-            torch.export.save(program, f)
+            torch.export.save(program, f, extra_files=extra_files(spec))
 
     atomic_write(path, save)
 
 
-def _torchscript(model: torch.nn.Module, example: torch.Tensor, path: Path, opset: int | None) -> None:
+def _torchscript(
+    model: torch.nn.Module, example: torch.Tensor, path: Path, opset: int | None, spec: Spec
+) -> None:
     module = torch.jit.trace(model, example)
-    atomic_write(path, lambda tmp: torch.jit.save(module, tmp))
+    atomic_write(path, lambda tmp: torch.jit.save(module, tmp, _extra_files=extra_files(spec)))
 
 
 def _first_line(err: BaseException) -> str:

@@ -39,6 +39,8 @@ def model_card(model: TransferModel, history: Sequence[Mapping[str, Any]] | None
         >>> card.splitlines()[1]
         'library_name: transferkit'
     """
+    from .export_spec import describe_preprocessing, preprocessing_spec
+
     config, data = model.config, model.data_config
     classes = list(getattr(model, "classes", None) or [str(i) for i in range(model.num_classes)])
     meta: dict[str, Any] = {"library_name": "transferkit", "tags": ["transferkit", "transfer-learning"]}
@@ -69,6 +71,7 @@ def model_card(model: TransferModel, history: Sequence[Mapping[str, Any]] | None
         f"| mean | {', '.join(f'{v:.4f}' for v in data['mean'])} |",
         f"| std | {', '.join(f'{v:.4f}' for v in data['std'])} |",
         f"| interpolation | {data.get('interpolation', 'bilinear')} |",
+        f"| preprocessing | {describe_preprocessing(preprocessing_spec(model))} |",
     ]
     if history:
         lines += ["", "## Training", "", *_history_lines(history)]

@@ -272,12 +272,18 @@ class TransferModel(nn.Module):
         """Write ``config.json`` and ``model.safetensors`` (weights and freeze state) to ``directory``."""
         return save_model(self, directory)
 
-    def export(self, path: str | os.PathLike[str], *, input_size: Sequence[int] | None = None) -> Path:
-        """Write an ONNX (``.onnx``), ``torch.export`` (``.pt2``) or TorchScript (``.ts``) file; see
-        `transferkit.export.export`."""
+    def export(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        input_size: Sequence[int] | None = None,
+        normalize_in_graph: bool = False,
+    ) -> Path:
+        """Write an ONNX (``.onnx``), ``torch.export`` (``.pt2``) or TorchScript (``.ts``) file that states
+        its preprocessing; see `transferkit.export.export`."""
         from .export import export
 
-        return export(self, path, input_size=input_size)
+        return export(self, path, input_size=input_size, normalize_in_graph=normalize_in_graph)
 
     def push_to_hub(self, repo_id: str, **kwargs: Any) -> str:
         """Upload the saved model and a model card to the Hugging Face Hub (`transferkit.hub.push_to_hub`)."""

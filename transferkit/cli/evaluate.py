@@ -54,8 +54,8 @@ def evaluate_folder(
 
     Args:
         model: The trained model; ``model.task`` says how the folder is laid out.
-        meta: Its run metadata (``image_size``), as ``transferkit.json`` holds it; the class names are
-            the model's own (``model.classes``).
+        meta: Its run metadata, as ``transferkit.json`` holds it; the class names and the preprocessing
+            are the model's own (``model.classes``, ``model.data_config``).
         split_dir: ``<class>/*.jpg`` folders (classification) or ``images/`` + ``masks/`` (segmentation).
         batch_size: Images per forward pass.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ...
@@ -72,7 +72,7 @@ def evaluate_folder(
         ({'loss': 0.2011, 'acc': 0.9412}, 153)
     """
     task = get_task(model.task)
-    dataset = task.folder_dataset(split_dir, model, model.classes, meta["image_size"])
+    dataset = task.folder_dataset(split_dir, model, model.classes, None)
     loader = DataLoader(dataset, batch_size=batch_size, collate_fn=task.collate_fn)
     return Trainer(model, device=device).evaluate(loader), len(cast(Sized, dataset))
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from ..atomic import refuse_symlink
 from ..export import EXPORT_FORMATS
+from ..export_spec import describe_preprocessing, read_preprocessing
 from .options import _positive_int
 from .runs import _load_run, _say
 
@@ -24,7 +25,12 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     export.add_argument("--model", required=True, help="a run folder, or hf-hub:org/name")
     export.add_argument("--out", required=True, help=f"the file to write: {', '.join(EXPORT_FORMATS)}")
     export.add_argument(
-        "--image-size", type=_positive_int, default=None, help="square input side (default: the run's)"
+        "--image-size", type=_positive_int, default=None, help="square input side (default: the model's)"
+    )
+    export.add_argument(
+        "--normalize-in-graph",
+        action="store_true",
+        help="put the mean/std normalisation inside the file (its input is then the image scaled to [0, 1])",
     )
     export.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     export.set_defaults(func=_cmd_export)
@@ -48,13 +54,11 @@ def _check_out(out: Path, *, overwrite: bool) -> None:
 
 def _cmd_export(args: argparse.Namespace) -> int:
     _check_out(Path(args.out), overwrite=args.overwrite)  # before the model loads: a refusal is instant
-    model, meta = _load_run(args.model)
-    size = args.image_size or meta.get("image_size")
-    out = model.export(Path(args.out), input_size=(size, size) if size else None)
-    height, width = (size, size) if size else model.data_config["input_size"][-2:]
-    fmt, data = EXPORT_FORMATS[out.suffix.lower()], model.data_config
-    _say(
-        f"wrote {out}: {fmt}, input x [N, {model.config.get('in_chans', 3)}, {height}, {width}] (any N), "
-        f"normalised with mean {list(data['mean'])} and std {list(data['std'])}"
+    model, _ = _load_run(args.model)
+    size = args.image_size
+    out = model.export(
+        Path(args.out), input_size=(size, size) if size else None, normalize_in_graph=args.normalize_in_graph
     )
+    spec = read_preprocessing(out)  # what the file itself states
+    _say(f"wrote {out}: {EXPORT_FORMATS[out.suffix.lower()]}; its input: {describe_preprocessing(spec)}")
     return 0

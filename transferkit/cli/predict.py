@@ -105,7 +105,8 @@ def predict_files(
     Args:
         model: The trained model; ``model.task`` says how its outputs become class scores, and
             ``model.classes`` names them.
-        meta: Its run metadata (``image_size``), as ``transferkit.json`` holds it.
+        meta: Its run metadata, as ``transferkit.json`` holds it; the preprocessing is the model's own
+            (``model.data_config``: what it was trained at).
         files: Image paths.
         top_k: Classes per line.
         batch_size: Images per forward pass.
@@ -123,7 +124,7 @@ def predict_files(
         ['bee.jpg: bees 0.968  ants 0.032']
     """
     task = get_task(model.task)
-    transform = task.image_transform(model, meta["image_size"])
+    transform = task.image_transform(model, None)  # model.data_config: what it was trained at
     trainer = Trainer(model, device=device, progress=False)
     classes = model.classes
     lines, errors, drawn = [], [], []
@@ -132,7 +133,7 @@ def predict_files(
         errors.append(err)
         on_error(path, err)  # type: ignore[misc]
 
-    side = evaluation_side(model, meta["image_size"])
+    side = evaluation_side(model)
     batches = _readable_batches(files, transform, side, batch_size, skip if on_error else None)
     for paths, images, inputs in batches:
         input_size = (int(inputs.shape[-2]), int(inputs.shape[-1]))

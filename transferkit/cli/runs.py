@@ -106,6 +106,9 @@ def _load_run(folder: str) -> tuple[TransferModel, dict[str, Any]]:
                 f"{model.num_classes} outputs; the run folder is inconsistent, train again or fix 'classes'"
             )
         model.classes = meta["classes"]
+    if model.config.get("data_config") is None and meta.get("image_size"):
+        # saved before the model kept its preprocessing: the run's size is what it was trained at
+        model.data_config = {"input_size": (model.config.get("in_chans", 3), *[meta["image_size"]] * 2)}
     meta.update(task=model.task, classes=model.classes)
     meta.setdefault("image_size", None)
     return model, meta

@@ -39,6 +39,7 @@ from .transforms import (
     IMAGENET_STD,
     build_segmentation_transforms,
     build_transforms,
+    evaluation_geometry,
 )
 
 __all__ = [
@@ -59,6 +60,7 @@ __all__ = [
     "collate_detection",
     "default_num_workers",
     "detection_folder_loaders",
+    "evaluation_geometry",
     "image_folder_loaders",
     "make_shapes_detection_folder",
     "make_shapes_folder",

@@ -35,6 +35,7 @@ __all__ = [
     "IMAGENET_STD",
     "build_segmentation_transforms",
     "build_transforms",
+    "evaluation_geometry",
 ]
 
 ImagePair = tuple[Tensor, Tensor]
@@ -120,18 +121,34 @@ def build_transforms(
             *policies,
         ]
     else:
-        height, width = pre.size
-        # A square target resizes the shorter side (keeping the aspect ratio); otherwise both sides.
-        resize = (
-            math.floor(height / pre.crop_pct)
-            if height == width
-            else (math.floor(height / pre.crop_pct), math.floor(width / pre.crop_pct))
-        )
-        geometry = [
-            v2.Resize(resize, interpolation=pre.interpolation, antialias=True),
-            v2.CenterCrop(pre.size),
-        ]
+        resize, crop = evaluation_geometry(data_config, image_size)
+        geometry = [v2.Resize(resize, interpolation=pre.interpolation, antialias=True), v2.CenterCrop(crop)]
     return v2.Compose([v2.ToImage(), *geometry, *_tensor_steps(pre), *erasing])
+
+
+def evaluation_geometry(
+    data_config: Mapping[str, Any], image_size: int | None = None, *, center_crop: bool = True
+) -> tuple[int | tuple[int, int], tuple[int, int] | None]:
+    """The resize and crop of the evaluation transforms: ``(resize, crop)``.
+
+    With ``center_crop`` (classification) a square input resizes the image's shorter side to
+    ``floor(side / crop_pct)`` (an int: the aspect ratio is kept), any other input both sides; then the
+    centre ``(height, width)`` is cropped. Without it (segmentation, detection) the whole image is resized
+    to ``(height, width)`` and nothing is cropped.
+
+    Examples:
+        >>> evaluation_geometry(DEFAULT_DATA_CONFIG, 64)
+        (73, (64, 64))
+        >>> evaluation_geometry(DEFAULT_DATA_CONFIG, 64, center_crop=False)
+        ((64, 64), None)
+    """
+    pre = _resolve_preprocess(data_config, image_size)
+    height, width = pre.size
+    if not center_crop:
+        return (height, width), None
+    if height == width:
+        return math.floor(height / pre.crop_pct), (height, width)
+    return (math.floor(height / pre.crop_pct), math.floor(width / pre.crop_pct)), (height, width)
 
 
 class _PairTransform:

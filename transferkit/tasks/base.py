@@ -193,6 +193,9 @@ class Task:
     cacheable: bool = True  # False: Trainer(cache_features=True) is refused for this task
     # Why `model.export` cannot write this task's models (None: it can); the refusal quotes it.
     export_refusal: str | None = None
+    # Evaluation keeps the aspect ratio and crops the centre (True), or resizes the whole image (False);
+    # see `transferkit.data.evaluation_geometry`. Export states it in the file's preprocessing.
+    eval_center_crop: bool = True
     # Whether the Trainer's default recipe (`transferkit.training.recipe`) applies to a pretrained model
     # of this task whose freeze was never chosen (measured for classification); False: all blocks train.
     default_recipe: bool = False

@@ -106,6 +106,7 @@ class DetectionTask(Task):
     """Boxes per image: targets a list of ``{"boxes", "labels"}``, outputs the loss dict or detections."""
 
     name = "detection"
+    eval_center_crop = False  # the whole image is resized: no box is cut off
     has_val_loss = False
     cacheable = False
     export_refusal = (

@@ -32,6 +32,7 @@ class SegmentationTask(Task):
     """
 
     name = "segmentation"
+    eval_center_crop = False  # the whole image is resized: every pixel is scored
 
     def check_targets(self, targets: Tensor, num_classes: int, where: str) -> None:
         if targets.is_floating_point():
