@@ -214,7 +214,7 @@ def test_pretrained_detectors_start_with_every_backbone_norm_frozen(monkeypatch)
     from transferkit.backbones import create_backbone
 
     # "pretrained" without a download: the flag is what decides, the weights are random
-    monkeypatch.setattr("transferkit.model.create_backbone", lambda name, pretrained, **kw: create_backbone(
+    monkeypatch.setattr("transferkit.build.create_backbone", lambda name, pretrained, **kw: create_backbone(
         name, pretrained=False, **kw))  # fmt: skip
     model = _model(pretrained=True)
     assert model.freeze_state()["bn"] == "frozen_all"

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from .backbones import BACKBONES, Backbone
+from .build import build_model
 from .features import FeatureInfo
 from .heads import HEADS
-from .model import TransferModel, build_model, load_model
+from .model import TransferModel
 from .necks import NECKS
+from .serialization import load_model
 from .training import CheckpointError, Trainer
 from .weights import PretrainedUnavailableError, WeightsMismatchError
 

@@ -1,4 +1,4 @@
-"""TransferModel: backbone -> neck -> head, with freezing; build_model and load_model."""
+"""TransferModel: backbone -> neck -> head, with freezing (built by `transferkit.build.build_model`)."""
 
 from __future__ import annotations
 
@@ -10,18 +10,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from .arguments import check_backbone_kwargs, check_build_arguments, check_part_kwargs
-from .backbones import create_backbone, resolve_name
 from .classes import check_class_names
-from .features import FeatureInfo
 from .freeze import FreezeState, block_modules, is_norm, param_groups, summary_table
-from .heads import HEADS
-from .necks import NECKS
 from .preprocessing import DEFAULT_DATA_CONFIG, resolve_data_config
-from .serialization import load_model, save_model
+from .serialization import save_model
 from .tasks import get_task
 
-__all__ = ["TransferModel", "build_model", "load_model"]
+__all__ = ["TransferModel"]
 
 
 class TransferModel(nn.Module):
@@ -290,132 +285,3 @@ class TransferModel(nn.Module):
         from .hub import push_to_hub
 
         return push_to_hub(self, repo_id, **kwargs)
-
-
-def _check_backbone(backbone: nn.Module) -> None:
-    if not isinstance(getattr(backbone, "feature_info", None), FeatureInfo):
-        raise TypeError(
-            f"a backbone module must have a `feature_info` (transferkit.FeatureInfo) describing its levels; "
-            f"{type(backbone).__name__} has none"
-        )
-    if not hasattr(backbone, "blocks"):
-        backbone.blocks = {"backbone": [n for n, _ in backbone.named_parameters()]}
-
-
-def build_model(
-    backbone: str | nn.Module,
-    *,
-    neck: str = "identity",
-    head: str = "linear",
-    num_classes: int,
-    pretrained: bool | str | os.PathLike[str] = True,
-    in_chans: int = 3,
-    out_indices: list[int] | tuple[int, ...] | None = None,
-    output_stride: int | None = None,
-    backbone_kwargs: dict[str, Any] | None = None,
-    neck_kwargs: dict[str, Any] | None = None,
-    head_kwargs: dict[str, Any] | None = None,
-    classes: Sequence[str] | None = None,
-    data_config: dict[str, Any] | None = None,
-) -> TransferModel:
-    """Compose a pretrained backbone, a neck and a head into a `TransferModel`.
-
-    Args:
-        backbone: ``"resnet18"`` (torchvision when it has the name, else timm), ``"torchvision/..."``,
-            ``"timm/..."``, a registered name, or an ``nn.Module`` with ``feature_info`` (and ``blocks``).
-        neck: ``"identity"``, ``"fpn_lite"``, ``"pan"`` or ``"aspp"`` (see ``list_necks()``).
-        head: ``"linear"`` (classification), ``"fcn"`` or ``"deeplabv3plus"`` (segmentation), ``"fcos"``,
-            ``"retinanet"``, ``"fasterrcnn"`` or ``"ssdlite"`` (detection) (see ``list_heads()``).
-        num_classes: Output classes, >= 1.
-        pretrained: ``True`` (the source's default weights), ``False``, a weights tag
-            (``"IMAGENET1K_V2"``, ``"a1_in1k"``) or a path to a ``.safetensors``/``.pth``/``.pt`` file
-            holding the original model's state_dict (its classifier keys are ignored).
-        in_chans: Input channels.
-        out_indices: Which backbone levels to use (default: all).
-        output_stride: Stride of the backbone's coarsest level: 8, 16 or 32 (default: the backbone's
-            own). Lower than native dilates the last stages (torchvision's Bottleneck ResNets, timm models
-            that take ``output_stride``), which keep their levels; others raise ValueError.
-        backbone_kwargs: Passed to the torchvision/timm model builder.
-        neck_kwargs: Passed to the neck (``out_channels``, ASPP's ``rates``).
-        head_kwargs: Passed to the head (``dropout``, ...).
-        classes: Class names by output index (``len(classes) == num_classes``); default: taken from the
-            training data by the Trainer, else ``"0" .. "K-1"`` (see ``model.classes``).
-        data_config: The evaluation preprocessing the model is trained at (some or all of ``input_size``,
-            ``mean``, ``std``, ``interpolation``, ``crop_pct``); default: the backbone's pretrained one,
-            until the Trainer records its loaders' (see ``model.data_config``).
-
-    Returns:
-        The model; ``model.config`` rebuilds it with ``build_model(**model.config)``.
-
-    Examples:
-        >>> model = build_model("resnet18", neck="fpn_lite", head="fcn", num_classes=3, pretrained=False)
-        >>> model(torch.randn(2, 3, 64, 64)).shape
-        torch.Size([2, 3, 64, 64])
-    """
-    check_build_arguments(locals())  # types and ranges, before anything is built
-    classes = check_class_names(classes, num_classes)
-    backbone_kwargs = dict(backbone_kwargs or {})
-    clash = sorted({"pretrained", "in_chans", "out_indices", "output_stride"} & set(backbone_kwargs))
-    if clash:
-        raise ValueError(f"pass {', '.join(clash)} to build_model directly, not in backbone_kwargs")
-    neck_cls, head_cls = NECKS.get(neck), HEADS.get(head)
-    check_part_kwargs("neck_kwargs", neck_cls, neck_kwargs, given=1)
-    check_part_kwargs("head_kwargs", head_cls, head_kwargs, given=2)
-    if isinstance(backbone, nn.Module):
-        _check_backbone(backbone)
-        if output_stride is not None:
-            raise ValueError("output_stride applies to backbones built by name; a module is used as it is")
-        name = f"<module {type(backbone).__name__}>"
-        built = backbone
-    else:
-        name = resolve_name(backbone)
-        check_backbone_kwargs(backbone_kwargs, library=name.startswith(("torchvision/", "timm/")))
-        if isinstance(pretrained, os.PathLike):
-            pretrained = os.fspath(pretrained)
-        stride = {"output_stride": output_stride} if output_stride is not None else {}
-        try:
-            built = create_backbone(
-                name,
-                pretrained=pretrained,
-                in_chans=in_chans,
-                out_indices=out_indices,
-                **stride,
-                **backbone_kwargs,
-            )
-        except TypeError as err:  # the torchvision / timm builder refused a keyword argument
-            if not backbone_kwargs:
-                raise
-            raise TypeError(f"backbone_kwargs {backbone_kwargs!r} do not fit {name}: {err}") from err
-        _check_backbone(built)
-        # library backbones report the arguments they resolved (torchvision's transform_input, timm's levels)
-        resolved = getattr(built, "config", {})
-        backbone_kwargs.update(
-            {
-                k: v
-                for k, v in resolved.items()
-                if k not in ("pretrained", "in_chans", "out_indices", "output_stride")
-            }
-        )
-        out_indices = resolved.get("out_indices", out_indices)
-    neck_module = neck_cls(built.feature_info, **(neck_kwargs or {}))
-    head_module = head_cls(neck_module.feature_info, num_classes, **(head_kwargs or {}))
-    prune = getattr(neck_module, "prune", None)
-    if prune is not None and hasattr(head_module, "levels"):
-        prune(set(head_module.levels))  # no layer the head never reads: every parameter gets a gradient
-    config = {
-        "backbone": name,
-        "neck": neck,
-        "head": head,
-        "num_classes": num_classes,
-        "pretrained": pretrained,
-        "in_chans": in_chans,
-        "out_indices": list(out_indices) if out_indices is not None else None,
-        "output_stride": output_stride,
-        "backbone_kwargs": backbone_kwargs,
-        "neck_kwargs": dict(neck_kwargs or {}),
-        "head_kwargs": dict(head_kwargs or {}),
-        "classes": classes,
-    }
-    model = TransferModel(built, neck_module, head_module, config)
-    model.data_config = data_config
-    return model

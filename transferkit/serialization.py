@@ -188,7 +188,7 @@ def load_model(directory: str | os.PathLike[str], map_location: str | torch.devi
 
     if is_hub_spec(directory):
         return load_from_hub(str(directory), map_location=map_location)
-    from .model import build_model  # model.py imports this module
+    from .build import build_model  # build.py imports this module (through model.py)
 
     directory = Path(directory)
     weights_path, config_path = directory / WEIGHTS_FILE, directory / CONFIG_FILE

@@ -24,7 +24,8 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from ..atomic import write_text
 from ..hub import is_hub_spec
-from ..model import TransferModel, load_model
+from ..model import TransferModel
+from ..serialization import load_model
 from ..tasks import get_task
 from ..training import CSVLogger, TensorBoard, Trainer
 from .folder import CHECKPOINT_DIR, HISTORY_CSV, HISTORY_FILE, TENSORBOARD_DIR, refuse_linked_entries
