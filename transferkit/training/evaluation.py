@@ -10,7 +10,8 @@ import torch.distributed as dist
 
 from .feature_cache import CachedBatch
 from .finite import check_finite_inputs, not_finite, warn_if_not_finite
-from .loaders import progress, refuse_dataset, split_batch
+from .loaders import refuse_dataset, split_batch
+from .progress import progress
 
 if TYPE_CHECKING:
     from .trainer import Trainer
@@ -19,11 +20,14 @@ __all__ = ["evaluate_batches", "predict_batches"]
 
 
 @torch.no_grad()
-def evaluate_batches(trainer: Trainer, loader: Iterable[Any], epoch: int | None = None) -> dict[str, float]:
+def evaluate_batches(
+    trainer: Trainer, loader: Iterable[Any], epoch: int | None = None, bar: Any = None
+) -> dict[str, float]:
     """Sample-weighted mean loss and the task's metrics over ``loader``, summed over every rank.
 
     A task without a validation loss (detection: the model gives detections in eval mode) reports its
-    metrics only. ``epoch`` (from 0) is the epoch of ``fit`` that is validated, for the messages.
+    metrics only. ``epoch`` (from 0) is the epoch of ``fit`` that is validated, for the messages; ``bar``
+    is that epoch's `EpochProgress`, which counts the validation batches too (else a bar of its own).
 
     Raises:
         ValueError: A batch's inputs hold NaN or infinite values (`transferkit.training.finite`); a
@@ -38,7 +42,7 @@ def evaluate_batches(trainer: Trainer, loader: Iterable[Any], epoch: int | None 
     model.eval()
     flags = []  # per batch, whether its loss or outputs are non-finite: read once, at the end
     context = f"epoch {epoch + 1}, " if epoch is not None else ""
-    for step, batch in enumerate(progress(loader, "eval", not trainer.show_progress)):
+    for step, batch in enumerate(progress(loader, "eval", not trainer.show_progress, bar)):
         where = f"{context}evaluation batch {step + 1}"
         inputs, targets = split_batch(batch, trainer.task, where)
         if not isinstance(inputs, CachedBatch):

@@ -47,6 +47,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .cacheable import check_cacheable
+from .progress import bar_renders
 
 if TYPE_CHECKING:
     from ..model import TransferModel
@@ -302,7 +303,8 @@ class FeatureCache:
         was_training = self.model.training
         self.model.eval()  # the prefix holds frozen blocks only: eval is their mode in training too
         # A bar by hand: tqdm(filler) would build a second DataLoader iterator (tqdm.auto calls iter()).
-        bar = tqdm(total=len(filler), desc="caching features", leave=False, disable=not self.progress)
+        shown = self.progress and bar_renders()
+        bar = tqdm(total=len(filler), desc="caching features", leave=False, disable=not shown)
         try:
             start = 0
             for batch in filler:

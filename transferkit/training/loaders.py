@@ -1,16 +1,15 @@
-"""What ``fit`` accepts as loaders and batches, checked up front, and a progress bar that iterates once."""
+"""What ``fit`` accepts as loaders and batches, checked up front."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from torch.utils.data import DataLoader, Dataset, IterableDataset
-from tqdm.auto import tqdm
 
 from .feature_cache import CachedBatch
 
-__all__ = ["check_length", "progress", "refuse_dataset", "split_batch", "split_loaders"]
+__all__ = ["check_length", "refuse_dataset", "split_batch", "split_loaders"]
 
 
 def split_loaders(loaders: Any) -> tuple[Any, Any]:
@@ -75,17 +74,3 @@ def split_batch(batch: Any, task: Any, where: str) -> tuple[Any, Any]:
         inputs = task.as_batch(inputs)  # detection: a list of images of different sizes, padded
         task.check_inputs(inputs, where)
     return inputs, targets
-
-
-def progress(iterable: Iterable[Any], desc: str, disable: bool) -> Iterator[Any]:
-    """Yields from ``iterable`` while a transient tqdm bar counts the items.
-
-    Not ``tqdm(iterable)``: tqdm.auto's class calls ``iter(iterable)`` in its constructor and then iterates
-    afresh, so a DataLoader would build a second iterator, spawning its workers twice and drawing one
-    more number from the global RNG.
-    """
-    total = len(iterable) if hasattr(iterable, "__len__") else None
-    with tqdm(total=total, desc=desc, leave=False, disable=disable) as bar:
-        for item in iterable:
-            yield item
-            bar.update()

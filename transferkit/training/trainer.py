@@ -21,7 +21,6 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.data import DistributedSampler
-from tqdm.auto import tqdm
 
 from ..classes import fill_classes
 from ..preprocessing import record_data_config, record_input_size
@@ -37,6 +36,7 @@ from .loaders import check_length, split_batch, split_loaders
 from .lr_find import LRFindResult, lr_find
 from .one_sample import OneSampleBatches, all_skipped_message
 from .optim import build_optimizer, build_scheduler
+from .progress import EpochProgress
 from .recipe import DEFAULT_LR, apply_default_recipe, default_lr_scale
 from .running_loss import LossParts, sync_losses
 from .step import AccumulationWindows, close_window, train_batch
@@ -86,7 +86,7 @@ class Trainer:
         monitor: History key to track; the task's default is ``"val_loss"`` (detection: ``"val_map"``;
             ``"train_loss"`` without validation); keys ending in ``loss`` are minimised, others maximised.
         restore_best: With validation, end with the weights of the best epoch (one with a finite score).
-        progress: Show a tqdm bar per epoch; False prints nothing.
+        progress: One bar per epoch where bars render, else one line per epoch (`training.progress`).
         callbacks: Objects with any of the methods ``on_fit_start``, ``on_epoch_start``, ``on_batch_end``
             (not for a skipped batch), ``on_epoch_end``, ``on_fit_end``, each called with the trainer (all
             ranks; see ``trainer.is_main``). Setting ``trainer.should_stop = True`` ends fit after the epoch.
@@ -270,20 +270,21 @@ class Trainer:
             }
             batches = self._batches(train, "train")
             desc = f"epoch {epoch + 1}/{self.epochs}"
+            total = len(train) + (len(val) if val is not None else 0)
             with (
                 rollback_point(self.model, self.cache_dir) as last_good,
-                tqdm(total=len(train), desc=desc, disable=not self.show_progress) as bar,
+                EpochProgress(desc, total, self.show_progress) as bar,
             ):
                 try:
                     row.update(self._train_epoch(net, batches, bar))
                     if val is not None:
-                        metrics = evaluate_batches(self, self._batches(val, "val"), epoch)
+                        metrics = evaluate_batches(self, self._batches(val, "val"), epoch, bar)
                         row.update({f"val_{k}": v for k, v in metrics.items()})
                 except (ValueError, FloatingPointError):
                     restore(self.model, last_good, self.device)  # bad data or divergence: keep the last good
                     raise
                 row["seconds"] = time.perf_counter() - started
-                bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if k.startswith(("train_", "val_"))})
+                bar.finish(row)
             self.history.append(row)
             self.best.update(row, self.model)
             if self.checkpoint_dir is not None and self.is_main:
@@ -291,7 +292,7 @@ class Trainer:
             self.callbacks.emit("on_epoch_end", self)
         self.callbacks.emit("on_fit_end", self)
 
-    def _train_epoch(self, net: nn.Module, loader: Iterable[Any], bar: Any) -> dict[str, float]:
+    def _train_epoch(self, net: nn.Module, loader: Iterable[Any], bar: EpochProgress) -> dict[str, float]:
         """One pass over ``loader``; the mean batch loss (over all ranks) and of each part of the loss.
         A batch of one sample that BatchNorm cannot normalise is skipped (`training.one_sample`)."""
         self.model.train()
