@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import html
 import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from torch import nn
 
-__all__ = ["FreezeState", "POLICIES", "block_modules", "is_norm", "param_groups", "summary_table"]
+__all__ = ["FreezeState", "POLICIES", "Table", "block_modules", "is_norm", "param_groups", "summary_table"]
 
 # The arguments each policy takes, with their defaults.
 POLICIES: dict[str, dict[str, int]] = {
@@ -214,8 +215,44 @@ def _exempt_from_decay(name: str, param: nn.Parameter) -> bool:
     return param.ndim <= 1 or name.rsplit(".", 1)[-1] in _NO_DECAY_NAMES
 
 
-def summary_table(rows: list[tuple[str, int, bool, str]]) -> str:
-    """A plain-text table of ``(block, params, trainable, norm mode)`` rows with a total line."""
+class Table(str):
+    """A plain-text table that a notebook shows as an HTML table.
+
+    It stays a ``str`` (``print``, ``splitlines``, ``in`` work as before); its ``repr`` is the text
+    itself, so a notebook cell or a REPL that ends with it shows the table rather than an escaped
+    string (IPython's text display uses a class's own ``__repr__``), and ``_repr_html_`` gives
+    notebooks the same rows as HTML.
+
+    Examples:
+        >>> table = model.freeze_summary()
+        >>> isinstance(table, str), repr(table) == str(table)
+        (True, True)
+        >>> table._repr_html_()[:7]
+        '<table>'
+    """
+
+    header: tuple[str, ...]
+    rows: tuple[tuple[str, ...], ...]
+
+    def __new__(cls, text: str, header: tuple[str, ...] = (), rows: list[tuple[str, ...]] = ()) -> Table:
+        table = super().__new__(cls, text)
+        table.header, table.rows = header, tuple(rows)
+        return table
+
+    def __repr__(self) -> str:
+        return str.__str__(self)
+
+    def _repr_html_(self) -> str:
+        def row(tag: str, cells: tuple[str, ...]) -> str:
+            aligned = (f'<{tag} style="text-align: {"right" if i else "left"}">' for i in range(len(cells)))
+            return "<tr>" + "".join(f"{a}{html.escape(c)}</{tag}>" for a, c in zip(aligned, cells)) + "</tr>"
+
+        body = "".join(row("td", cells) for cells in self.rows)
+        return f"<table><thead>{row('th', self.header)}</thead><tbody>{body}</tbody></table>"
+
+
+def summary_table(rows: list[tuple[str, int, bool, str]]) -> Table:
+    """A `Table` of ``(block, params, trainable, norm mode)`` rows with a total line."""
     header = ("block", "params", "trainable", "norm mode")
     body = [(b, f"{n:,}", "yes" if t else "no", m) for b, n, t, m in rows]
     trainable = sum(n for _, n, t, _ in rows if t)
@@ -229,4 +266,5 @@ def summary_table(rows: list[tuple[str, int, bool, str]]) -> str:
             c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))
         )
 
-    return "\n".join([fmt(header), line, *map(fmt, body[:-1]), line, fmt(body[-1])])
+    text = "\n".join([fmt(header), line, *map(fmt, body[:-1]), line, fmt(body[-1])])
+    return Table(text, header, body)

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from .classes import check_class_names
-from .freeze import FreezeState, block_modules, is_norm, param_groups, summary_table
+from .freeze import FreezeState, Table, block_modules, is_norm, param_groups, summary_table
 from .preprocessing import DEFAULT_DATA_CONFIG, resolve_data_config
 from .serialization import save_model
 from .tasks import get_task
@@ -247,8 +247,8 @@ class TransferModel(nn.Module):
             self, lr, layer_decay=layer_decay, backbone_lr_mult=backbone_lr_mult, weight_decay=weight_decay
         )
 
-    def freeze_summary(self) -> str:
-        """A table: block, parameter count, trainable, norm mode; then the neck and head."""
+    def freeze_summary(self) -> Table:
+        """A table: block, parameter count, trainable, norm mode; then the neck and head (`freeze.Table`)."""
         trainable = set(self.trainable_blocks)
         named = dict(self.backbone.named_parameters())
         rows = []
