@@ -24,6 +24,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from ..data.augment import check_crop_scale
 from .options import parse_freeze
 
 __all__ = ["META_FILE", "RUN_META_FIELDS", "RunMetaError", "check_run_meta", "parse_run_meta"]
@@ -69,6 +70,16 @@ def _is_freeze(value: Any) -> bool:
     return True
 
 
+def _is_crop_scale(value: Any) -> bool:
+    if value is None:
+        return True
+    try:
+        check_crop_scale(value)
+    except ValueError:
+        return False
+    return isinstance(value, list)
+
+
 def _is_names(value: Any) -> bool:
     return isinstance(value, list) and all(isinstance(name, str) for name in value)
 
@@ -95,6 +106,8 @@ RUN_META_FIELDS: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "image_size": ("a whole number >= 1, or null", lambda v: v is None or _is_int(v, 1)),
     "seed": ("a whole number", _is_int),
     "augment": ("an --augment value such as 'light'", lambda v: isinstance(v, str) and v != ""),
+    "flip": ("true or false", lambda v: isinstance(v, bool)),
+    "crop_scale": ("[min, max] with 0 < min <= max <= 1, or null (the default)", _is_crop_scale),
     "mixup": ("a finite number >= 0", _is_number),
     "cutmix": ("a finite number >= 0", _is_number),
     "label_smoothing": ("a number from 0 up to (not including) 1", lambda v: _is_number(v, below=1.0)),

@@ -11,10 +11,14 @@ import math
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from ..data.augment import check_crop_scale
 from ..model import TransferModel
 
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt")
 FREEZE_GRAMMAR = "auto, all, none, last_n:K or gradual[:N[:STEP[:EVERY]]]"
+CROP_SCALE_GRAMMAR = (
+    "MIN or MIN,MAX with 0 < MIN <= MAX <= 1 (fractions of the image's area), e.g. 0.5 or 0.5,1"
+)
 
 
 class UsageError(Exception):
@@ -113,6 +117,26 @@ def parse_freeze(text: str) -> FreezeSpec:
                 f"{text!r}: {name} must be a whole number, got {value!r}; use {FREEZE_GRAMMAR}"
             ) from None
     return FreezeSpec(policy, kwargs, text.strip())
+
+
+def parse_crop_scale(text: str) -> list[float]:
+    """``--crop-scale``: ``MIN`` (crops from MIN up to the whole image) or ``MIN,MAX``, as a list that
+    ``transferkit.json`` keeps.
+
+    Raises:
+        argparse.ArgumentTypeError: Not one or two numbers, or outside ``0 < MIN <= MAX <= 1``.
+
+    Examples:
+        >>> parse_crop_scale("0.5"), parse_crop_scale("0.2,0.8")
+        ([0.5, 1.0], [0.2, 0.8])
+    """
+    try:
+        values = [float(part) for part in text.split(",")]
+        if len(values) not in (1, 2):
+            raise ValueError
+        return list(check_crop_scale(values if len(values) == 2 else [values[0], 1.0]))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {CROP_SCALE_GRAMMAR}; got {text!r}") from None
 
 
 def _positive_int(text: str) -> int:

@@ -32,11 +32,14 @@ from .folder import HISTORY_CSV, HISTORY_FILE, refuse_linked_entries, remove_ent
 from .lock import locked_run_folder
 from .meta import META_FILE
 from .options import (
+    CROP_SCALE_GRAMMAR,
     FREEZE_GRAMMAR,
+    UsageError,
     _add_device,
     _non_negative_float,
     _positive_float,
     _positive_int,
+    parse_crop_scale,
     parse_freeze,
     parse_pretrained,
 )
@@ -95,6 +98,19 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "randomerasing on top of light, joined with + (segmentation and detection: light or none)",
     )
     train.add_argument(
+        "--no-flip",
+        dest="flip",
+        action="store_const",
+        const=False,
+        help="no random horizontal flips (digits, text: where a mirror image means something else)",
+    )
+    train.add_argument(
+        "--crop-scale",
+        type=parse_crop_scale,
+        help=f"area range of the random crop: {CROP_SCALE_GRAMMAR} "
+        "(default 0.35 for classification, 0.5 for segmentation; detection does not crop)",
+    )
+    train.add_argument(
         "--mixup", type=_non_negative_float, help="MixUp alpha (classification; default 0: off)"
     )
     train.add_argument(
@@ -150,12 +166,29 @@ def _data_classes(data: Path, task: Task, args: argparse.Namespace) -> list[str]
 def _folder_loaders(
     data: Path, task: Task, model: TransferModel | None, args: argparse.Namespace
 ) -> dict[str, DataLoader]:
-    """The task's loaders for ``--data``; without a model (ImageNet transforms) only to read the classes."""
-    options = {"augment": "light", "mixup": 0.0, "cutmix": 0.0}  # given to the loaders only when changed
+    """The task's loaders for ``--data``; without a model (ImageNet transforms) only to read the classes.
+
+    Raises:
+        UsageError: An option the task's loaders do not take (``--crop-scale`` for detection).
+    """
+    # given to the loaders only when changed
+    options = {"augment": "light", "mixup": 0.0, "cutmix": 0.0, "flip": True, "crop_scale": None}
     changed = {k: getattr(args, k) for k, v in options.items() if getattr(args, k, v) not in (None, v)}
-    return task.folder_loaders(
-        data, model, batch_size=args.batch_size, image_size=args.image_size, seed=args.seed, **changed
-    )
+    if "crop_scale" in changed:
+        changed["crop_scale"] = tuple(changed["crop_scale"])
+    try:
+        return task.folder_loaders(
+            data, model, batch_size=args.batch_size, image_size=args.image_size, seed=args.seed, **changed
+        )
+    except TypeError as err:
+        refused = [k for k in changed if f"unexpected keyword argument '{k}'" in str(err)]
+        if not refused:
+            raise
+        flag = "--" + refused[0].replace("_", "-")
+        raise UsageError(
+            "transferkit train",
+            f"{flag} does not apply to {task.name}; drop it (see transferkit train --help)",
+        ) from None
 
 
 def _image_size_text(model: TransferModel, image_size: int | None) -> str:

@@ -3,7 +3,9 @@
 ``augment`` names what the training split gets on top of resizing and normalisation:
 
 - ``"none"``: the evaluation transform (resize, centre crop), what ``cache_features=True`` needs;
-- ``"light"``: random resized crop and horizontal flip (the default, ``augment=True``);
+- ``"light"``: random resized crop and horizontal flip (the default, ``augment=True``); the loaders'
+  ``flip=False`` drops the flip (text, digits, anything whose mirror image means something else) and
+  ``crop_scale`` sets the crop's area range (`check_crop_scale`);
 - ``"randaugment"``, ``"trivialaugment"``, ``"autoaugment"`` (ImageNet policy): light plus that policy;
 - ``"randomerasing"``: light plus RandomErasing after normalisation.
 
@@ -25,6 +27,7 @@ Examples:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -33,7 +36,15 @@ from torch import Tensor
 from torch.utils.data import default_collate
 from torchvision.transforms import v2
 
-__all__ = ["AUGMENTATIONS", "GEOMETRIC_AUGMENTATIONS", "MixCollate", "parse_augment", "policy_steps"]
+__all__ = [
+    "AUGMENTATIONS",
+    "GEOMETRIC_AUGMENTATIONS",
+    "MixCollate",
+    "check_crop_scale",
+    "check_flip",
+    "parse_augment",
+    "policy_steps",
+]
 
 AUGMENTATIONS = ("none", "light", "randaugment", "trivialaugment", "autoaugment", "randomerasing")
 GEOMETRIC_AUGMENTATIONS = ("none", "light")
@@ -74,6 +85,45 @@ def parse_augment(
         return ("none",)
     extras = [n for n in dict.fromkeys(names) if n != "light"]
     return ("light", *extras)
+
+
+def check_flip(flip: Any) -> bool:
+    """``flip`` if it is a bool (a string such as ``"no"`` would be true).
+
+    Raises:
+        TypeError: Anything but True or False.
+    """
+    if not isinstance(flip, bool):
+        raise TypeError(f"flip must be True or False, got {flip!r}")
+    return flip
+
+
+def check_crop_scale(crop_scale: Any) -> tuple[float, float]:
+    """``crop_scale`` as a ``(min, max)`` pair of floats: the range of the random crop's area, as a
+    fraction of the image's area, with ``0 < min <= max <= 1``.
+
+    Raises:
+        ValueError: Not a pair of finite numbers in that range, or ``min > max``.
+
+    Examples:
+        >>> check_crop_scale((0.5, 1))
+        (0.5, 1.0)
+    """
+    usage = (
+        "crop_scale is (min, max), fractions of the image's area with 0 < min <= max <= 1, e.g. (0.35, 1.0)"
+    )
+    if isinstance(crop_scale, (str, bytes)) or not isinstance(crop_scale, Sequence) or len(crop_scale) != 2:
+        raise ValueError(f"{usage}; got {crop_scale!r}")
+    if any(
+        isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) for v in crop_scale
+    ):
+        raise ValueError(f"{usage}; got {crop_scale!r}, which is not a pair of numbers")
+    low, high = float(crop_scale[0]), float(crop_scale[1])
+    if not 0 < low <= 1 or not 0 < high <= 1:
+        raise ValueError(f"{usage}; got {crop_scale!r}, outside (0, 1]")
+    if low > high:
+        raise ValueError(f"{usage}; got {crop_scale!r}, whose min is above its max")
+    return low, high
 
 
 def policy_steps(names: Sequence[str]) -> tuple[list[v2.Transform], list[v2.Transform]]:

@@ -42,6 +42,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
 from ..preprocessing import declare_data_config
+from .augment import check_flip
 from .detection_formats import read_coco, read_voc
 from .folders import _load_rgb, _require_dir
 from .loaders import _pick_data_config, _read_classes
@@ -116,18 +117,20 @@ class _BoxTransform:
 
 
 def build_detection_transforms(
-    data_config: Mapping[str, Any], train: bool, image_size: int | None = None
+    data_config: Mapping[str, Any], train: bool, image_size: int | None = None, *, flip: bool = True
 ) -> DetectionTransform:
     """Joint image + boxes transforms for detection, normalised once from the backbone's ``data_config``.
 
     Both resize the image to the config's input size (``image_size`` square if given), boxes with it, as a
-    fixed resize that every batch shares. Train adds a light colour jitter and a horizontal flip, then
-    drops boxes the flip or resize made smaller than a pixel (``SanitizeBoundingBoxes``).
+    fixed resize that every batch shares. Train adds a light colour jitter and a horizontal flip (unless
+    ``flip=False``), then drops boxes the flip or resize made smaller than a pixel
+    (``SanitizeBoundingBoxes``).
 
     Args:
         data_config: The backbone's ``model.data_config``.
         train: Whether to build the augmenting training pipeline.
         image_size: Square side that overrides ``input_size``.
+        flip: Random horizontal flips (boxes flipped with the image).
 
     Returns:
         ``(PIL image, {"boxes": [M, 4] xyxy pixels, "labels": [M]}) -> (float [3, H, W], target)``.
@@ -140,11 +143,11 @@ def build_detection_transforms(
         (torch.Size([3, 32, 32]), [[0.0, 0.0, 16.0, 16.0]])
     """
     pre = _resolve_preprocess(data_config, image_size)
-    resize = v2.Resize(pre.size, interpolation=pre.interpolation, antialias=True)
+    resize, flips = v2.Resize(pre.size, interpolation=pre.interpolation, antialias=True), check_flip(flip)
     if train:
         steps = [
             v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.02),
-            v2.RandomHorizontalFlip(),
+            *([v2.RandomHorizontalFlip()] if flips else []),
             resize,
             v2.ClampBoundingBoxes(),
             v2.SanitizeBoundingBoxes(min_size=1.0),
@@ -223,6 +226,7 @@ def detection_folder_loaders(
     num_workers: int = 0,
     seed: int = 0,
     augment: bool | str = True,
+    flip: bool = True,
 ) -> dict[str, DataLoader]:
     """Loaders for a detection folder, COCO or VOC (see the module docstring for both layouts).
 
@@ -235,6 +239,7 @@ def detection_folder_loaders(
         num_workers: DataLoader worker processes.
         seed: Seed of the train shuffling order.
         augment: ``True``/``"light"`` (flip and colour jitter) or ``False``/``"none"`` (val's transform).
+        flip: Whether the augmenting train split flips images (and their boxes) horizontally.
 
     Returns:
         ``{"train": loader}`` plus ``"val"`` when ``root/val`` exists; batches are ``(images [B, 3, H, W],
@@ -243,9 +248,11 @@ def detection_folder_loaders(
     Raises:
         FileNotFoundError: ``root/train`` or its ``images/`` or annotations are missing.
         ValueError: As `DetectionFolder`, or an ``augment`` other than the geometric choices.
+        TypeError: A ``flip`` that is not a bool.
     """
     if augment not in (True, False, "light", "none"):
         raise ValueError(f"augment for detection is True/'light' or False/'none', got {augment!r}")
+    check_flip(flip)
     root, config = Path(root), _pick_data_config(model, data_config)
     _require_dir(root / "train", _LAYOUT)
     classes = _read_classes(root / "classes.txt")
@@ -254,7 +261,8 @@ def detection_folder_loaders(
         if not (root / split).is_dir():
             continue
         train = split == "train"
-        transform = build_detection_transforms(config, train and augment in (True, "light"), image_size)
+        augmenting = train and augment in (True, "light")
+        transform = build_detection_transforms(config, augmenting, image_size, flip=flip)
         dataset = DetectionFolder(root / split, transform, classes=classes)
         declare_data_config(dataset, config, image_size)
         classes = dataset.classes  # val uses the train split's indices

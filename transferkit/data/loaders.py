@@ -119,6 +119,8 @@ def image_folder_loaders(
     num_workers: int | None = None,
     seed: int = 0,
     augment: bool | str = True,
+    flip: bool = True,
+    crop_scale: tuple[float, float] = (0.35, 1.0),
     mixup: float = 0.0,
     cutmix: float = 0.0,
     fast_decode: bool = True,
@@ -148,6 +150,10 @@ def image_folder_loaders(
             ``"none"`` (the deterministic evaluation transforms, as ``Trainer(cache_features=True)``
             needs), or ``"randaugment"``, ``"trivialaugment"``, ``"autoaugment"``, ``"randomerasing"``
             on top of light, several joined with ``+`` (see `transferkit.data.augment`).
+        flip: Whether the augmenting train split flips images horizontally; False where a mirror image
+            means something else (digits, text, left / right).
+        crop_scale: Area range ``(min, max)`` of the augmenting random crop, as fractions of the image:
+            ``0 < min <= max <= 1``.
         mixup: MixUp alpha for the train batches (0: off); targets become probabilities ``[B, K]``.
         cutmix: CutMix alpha (0: off); with both set, each batch gets one of the two.
         fast_decode: Decode JPEGs at 1/2, 1/4 or 1/8 scale (PIL's ``draft``) when both sides stay at
@@ -170,8 +176,9 @@ def image_folder_loaders(
 
     Raises:
         FileNotFoundError: If ``root/train`` is missing.
-        ValueError: If a class folder holds no images, val has a class that train lacks, or
-            ``cache_budget`` is negative.
+        ValueError: If a class folder holds no images, val has a class that train lacks,
+            ``cache_budget`` is negative, or ``crop_scale`` is outside ``0 < min <= max <= 1``.
+        TypeError: If ``flip`` is not a bool.
         OSError: For an unreadable image (the message names the file): while iterating, or while the
             loaders are built with ``cache_images=True``.
 
@@ -192,7 +199,9 @@ def image_folder_loaders(
     train_dir = _require_dir(root / "train", _CLASSIFICATION_LAYOUT)
     names = parse_augment(augment)
     augmenting = names != ("none",)
-    train_transform = build_transforms(config, augmenting, image_size, augment=names)
+    train_transform = build_transforms(
+        config, augmenting, image_size, augment=names, flip=flip, crop_scale=crop_scale
+    )
     side = _decode_side(config, image_size, augmenting) if fast_decode else None
     datasets: dict[str, Dataset] = {"train": ClassFolder(train_dir, train_transform, decode_side=side)}
     if (root / "val").is_dir():
@@ -239,6 +248,8 @@ def segmentation_folder_loaders(
     num_workers: int | None = None,
     seed: int = 0,
     augment: bool | str = True,
+    flip: bool = True,
+    crop_scale: tuple[float, float] = (0.5, 1.0),
 ) -> dict[str, DataLoader]:
     """Loaders for a segmentation folder (``root/{train,val}/images/*`` + ``masks/*.png``).
 
@@ -256,6 +267,8 @@ def segmentation_folder_loaders(
         augment: True (``"light"``: joint random crop and flip) or False / ``"none"`` (val's plain
             resize, as ``Trainer(cache_features=True)`` needs); the pixel-moving policies of
             `transferkit.data.augment` are refused, since they would not move the mask.
+        flip: Whether the augmenting train split flips image and mask horizontally.
+        crop_scale: Area range ``(min, max)`` of the joint random crop, ``0 < min <= max <= 1``.
 
     Returns:
         ``{"train": loader}`` plus ``"val"`` when ``root/val`` exists; each batch is
@@ -263,7 +276,9 @@ def segmentation_folder_loaders(
 
     Raises:
         FileNotFoundError: If ``root/train``, ``images/`` or ``masks/`` is missing.
-        ValueError: If an image has no mask (or a mask no image), or a folder holds no images.
+        ValueError: If an image has no mask (or a mask no image), a folder holds no images, or
+            ``crop_scale`` is outside ``0 < min <= max <= 1``.
+        TypeError: If ``flip`` is not a bool.
         OSError: While iterating, for an unreadable image or mask (the message names the file).
 
     Examples:
@@ -287,7 +302,8 @@ def segmentation_folder_loaders(
     for split in ("train", "val"):
         if not (root / split).is_dir():
             continue
-        transform = build_segmentation_transforms(config, augmenting and split == "train", image_size)
+        train = augmenting and split == "train"
+        transform = build_segmentation_transforms(config, train, image_size, flip=flip, crop_scale=crop_scale)
         dataset = SegmentationFolder(root / split, transform, classes=classes)
         declare_data_config(dataset, config, image_size)
         loaders[split] = _loader(

@@ -27,7 +27,7 @@ from ..preprocessing import (
     IMAGENET_STD,
     resolve_data_config,
 )
-from .augment import parse_augment, policy_steps
+from .augment import check_crop_scale, check_flip, parse_augment, policy_steps
 
 __all__ = [
     "DEFAULT_DATA_CONFIG",
@@ -84,21 +84,24 @@ def build_transforms(
     image_size: int | None = None,
     *,
     crop_scale: tuple[float, float] = (0.35, 1.0),
+    flip: bool = True,
     augment: bool | str | Sequence[str] = "light",
 ) -> v2.Compose:
     """Classification transforms matching a backbone's pretrained preprocessing.
 
-    Train: random resized crop to the input size, horizontal flip, the policies ``augment`` names,
-    normalisation. Eval: resize the shorter side to ``size / crop_pct``, centre crop to the input size,
-    normalisation.
+    Train: random resized crop to the input size, horizontal flip (unless ``flip=False``), the policies
+    ``augment`` names, normalisation. Eval: resize the shorter side to ``size / crop_pct``, centre crop
+    to the input size, normalisation.
 
     Args:
         data_config: The backbone's ``model.data_config`` (``input_size``, ``mean``, ``std`` and
             optionally ``interpolation`` and ``crop_pct``).
         train: Whether to build the augmenting training pipeline.
         image_size: Square side that overrides ``input_size``.
-        crop_scale: Area range of the random crop. Milder than ImageNet's (0.08, 1.0) because transfer
-            sets are small and their objects tend to fill the frame.
+        crop_scale: Area range of the random crop, ``0 < min <= max <= 1``. Milder than ImageNet's
+            (0.08, 1.0) because transfer sets are small and their objects tend to fill the frame.
+        flip: Random horizontal flips; False for images whose mirror image is another class (digits,
+            text, left / right).
         augment: With ``train``: ``"light"`` (crop and flip), ``"none"``, or policies on top of light
             (``"randaugment"``, ``"trivialaugment"``, ``"autoaugment"``, ``"randomerasing"``, joined
             with ``+``); see `transferkit.data.augment`.
@@ -106,18 +109,23 @@ def build_transforms(
     Returns:
         A ``v2.Compose`` that maps a PIL image (or uint8 tensor) to a float tensor ``[3, H, W]``.
 
+    Raises:
+        ValueError: A ``crop_scale`` outside ``0 < min <= max <= 1``, or an unknown ``augment``.
+        TypeError: A ``flip`` that is not a bool.
+
     Examples:
         >>> t = build_transforms(DEFAULT_DATA_CONFIG, train=False, image_size=64)
         >>> t(Image.new("RGB", (100, 80))).shape
         torch.Size([3, 64, 64])
     """
     pre = _resolve_preprocess(data_config, image_size)
+    scale, flips = check_crop_scale(crop_scale), check_flip(flip)
     names = parse_augment(augment) if train else ("none",)
     policies, erasing = policy_steps(names)
     if names != ("none",):
         geometry = [
-            v2.RandomResizedCrop(pre.size, scale=crop_scale, interpolation=pre.interpolation, antialias=True),
-            v2.RandomHorizontalFlip(),
+            v2.RandomResizedCrop(pre.size, scale=scale, interpolation=pre.interpolation, antialias=True),
+            *([v2.RandomHorizontalFlip()] if flips else []),
             *policies,
         ]
     else:
@@ -172,18 +180,20 @@ def build_segmentation_transforms(
     image_size: int | None = None,
     *,
     crop_scale: tuple[float, float] = (0.5, 1.0),
+    flip: bool = True,
 ) -> JointTransform:
     """Joint image + mask transforms for segmentation.
 
-    Train: one random resized crop and horizontal flip applied to both (the mask with nearest
-    neighbour). Eval: resize both to the input size; unlike classification there is no centre crop, so
-    the whole image is scored.
+    Train: one random resized crop and horizontal flip (unless ``flip=False``) applied to both (the mask
+    with nearest neighbour). Eval: resize both to the input size; unlike classification there is no
+    centre crop, so the whole image is scored.
 
     Args:
         data_config: The backbone's ``model.data_config``.
         train: Whether to build the augmenting training pipeline.
         image_size: Square side that overrides ``input_size``.
-        crop_scale: Area range of the random crop.
+        crop_scale: Area range of the random crop, ``0 < min <= max <= 1``.
+        flip: Random horizontal flips of image and mask.
 
     Returns:
         A callable ``(image, mask) -> (float [3, H, W], long [H, W])``; the mask is an index image (PIL
@@ -196,10 +206,11 @@ def build_segmentation_transforms(
         (torch.Size([3, 32, 32]), torch.Size([32, 32]), torch.int64)
     """
     pre = _resolve_preprocess(data_config, image_size)
+    scale, flips = check_crop_scale(crop_scale), check_flip(flip)
     if train:
         geometry = [
-            v2.RandomResizedCrop(pre.size, scale=crop_scale, interpolation=pre.interpolation, antialias=True),
-            v2.RandomHorizontalFlip(),
+            v2.RandomResizedCrop(pre.size, scale=scale, interpolation=pre.interpolation, antialias=True),
+            *([v2.RandomHorizontalFlip()] if flips else []),
         ]
     else:
         geometry = [v2.Resize(pre.size, interpolation=pre.interpolation, antialias=True)]
