@@ -51,7 +51,7 @@ DEMO = {
 def add_parser(commands: argparse._SubParsersAction) -> None:
     """Add the ``demo`` subcommand to ``commands``."""
     demo = commands.add_parser(
-        "demo", help="offline end-to-end demo on synthetic shapes (about a minute on 2 CPU cores)"
+        "demo", help="offline end-to-end demo on synthetic shapes (1-2 minutes on a laptop CPU)"
     )
     demo.add_argument("--out", default="transferkit-demo", help="folder for data, model and plots")
     demo.add_argument("--epochs", type=_positive_int, default=None, help=f"default {DEMO['full'].epochs}")
@@ -216,7 +216,7 @@ def _summary(
     unfrozen = ", ".join(map(str, _unfrozen_at(history))) or "none"
     files = {
         "history.png": "loss and accuracy per epoch; dashed lines where blocks unfroze",
-        "predictions.png": "val images titled with predicted vs true class",
+        "predictions.png": "val images titled with predicted vs true class, the mistakes first",
         "history.json": "the numbers behind the curves",
     }
     if not plots:

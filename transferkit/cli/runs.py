@@ -20,6 +20,7 @@ from collections.abc import Sized
 from pathlib import Path
 from typing import Any, cast
 
+import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from ..atomic import write_text
@@ -150,20 +151,43 @@ def _write_plots(
             stale.unlink(missing_ok=True)
         return []
     plots.plot_history(history, written[0])
-    spread = _spread(loader.dataset, 16, get_task(model.task).collate_fn)
-    plots.show_predictions(model, spread, written[1], classes=classes)
+    plots.show_predictions(model, _grid_samples(model, loader.dataset, 16), written[1], classes=classes)
     return written + get_task(model.task).draw_metrics(model, loader, out)
 
 
-def _spread(dataset: Dataset, count: int, collate_fn: Any = None) -> DataLoader:
-    """One batch of ``count`` samples spread evenly through ``dataset``.
+def _grid_samples(model: TransferModel, dataset: Dataset, count: int) -> DataLoader:
+    """One batch of ``count`` samples for ``predictions.png``: the model's mistakes first, worst first
+    (`transferkit.tasks.Task.errors`), then samples spread evenly through ``dataset``.
 
-    Folder datasets are ordered by class, so the first ``count`` samples would all show the same class.
+    Spread, because folder datasets are ordered by class and the first ``count`` samples would all show
+    the same class; mistakes first, because a grid of right answers tells nothing about a model that
+    gets one image in ten wrong.
     """
+    collate = get_task(model.task).collate_fn
     size = len(cast(Sized, dataset))  # the folder datasets all have a length
-    step = max(1, size // count)
-    subset = Subset(dataset, range(0, size, step)[:count])
-    return DataLoader(subset, batch_size=count, collate_fn=collate_fn)
+    errors = _sample_errors(model, DataLoader(dataset, batch_size=32, collate_fn=collate)) or []
+    wrong = sorted((i for i, error in enumerate(errors) if error > 0), key=lambda i: -errors[i])
+    taken = set(wrong)
+    spread = [i for i in range(0, size, max(1, size // count)) if i not in taken]
+    return DataLoader(Subset(dataset, (wrong + spread)[:count]), batch_size=count, collate_fn=collate)
+
+
+@torch.no_grad()
+def _sample_errors(model: TransferModel, loader: DataLoader) -> list[float] | None:
+    """`Task.errors` of every sample of ``loader``, in order; None for a task that does not rank them."""
+    task, device = get_task(model.task), next(model.parameters()).device
+    was_training, errors = model.training, []
+    model.eval()
+    try:
+        for inputs, targets in loader:
+            outputs = task.float_outputs(model(task.as_batch(inputs).to(device)), torch.device("cpu"))
+            found = task.errors(outputs, targets)
+            if found is None:
+                return None
+            errors += found.tolist()
+    finally:
+        model.train(was_training)
+    return errors
 
 
 def _trainer(

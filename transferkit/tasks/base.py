@@ -188,6 +188,11 @@ class Task:
         """The figure `transferkit.plots.show_predictions` draws: images ``[N, H, W, 3]`` with outputs."""
         raise NotImplementedError
 
+    def errors(self, outputs: Tensor, targets: Any) -> Tensor | None:
+        """Per sample, how wrong the outputs are (0: right), so a run's ``predictions.png`` shows its
+        mistakes first; None where the task does not rank samples (the picture then spreads them)."""
+        return None
+
     # ------------------------------------------------------------------------ what the loop calls
     has_val_loss: bool = True  # False: evaluation reports only the metric (detection models in eval mode)
     cacheable: bool = True  # False: Trainer(cache_features=True) is refused for this task

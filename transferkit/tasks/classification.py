@@ -93,6 +93,11 @@ class ClassificationTask(Task):
         plot_confusion_matrix(model, loader, folder / "confusion.png")
         return [folder / "confusion.png"]
 
+    def errors(self, outputs: Tensor, targets: Tensor) -> Tensor:
+        """1 for a wrong class, 0 for a right one (probability targets: their largest class counts)."""
+        truth = targets.argmax(1) if targets.ndim == 2 else targets
+        return (outputs.argmax(1) != truth).float()
+
     def draw_predictions(
         self, images: np.ndarray, outputs: Tensor, targets: Tensor | None, names: list[str], columns: int
     ) -> Figure:

@@ -109,6 +109,12 @@ class SegmentationTask(Task):
         plot_class_iou(model, loader, folder / "class_iou.png")
         return [folder / "class_iou.png"]
 
+    def errors(self, outputs: Tensor, targets: Tensor) -> Tensor:
+        """The fraction of each image's labelled pixels (not ``255``) whose class is wrong."""
+        labelled = targets != IGNORE_INDEX
+        wrong = (outputs.argmax(1) != targets) & labelled
+        return wrong.flatten(1).sum(1) / labelled.flatten(1).sum(1).clamp(min=1)
+
     def draw_predictions(
         self, images: np.ndarray, outputs: Tensor, targets: Tensor | None, names: list[str], columns: int
     ) -> Figure:
