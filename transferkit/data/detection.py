@@ -46,6 +46,7 @@ from .augment import check_flip
 from .detection_formats import read_coco, read_voc
 from .folders import _load_rgb, _require_dir
 from .loaders import _pick_data_config, _read_classes
+from .sampling import EpochSampler, sample_randomness
 from .transforms import _resolve_preprocess, _tensor_steps
 
 __all__ = [
@@ -212,7 +213,10 @@ class DetectionFolder(Dataset):
                 f"{declared[0]}x{declared[1]}; the boxes would not fit it"
             )
         target = {"boxes": boxes.clone(), "labels": labels.clone()}
-        return (image, target) if self.transform is None else self.transform(image, target)
+        if self.transform is None:
+            return image, target
+        with sample_randomness(index):  # an EpochSampler's index seeds the augmentation
+            return self.transform(image, target)
 
 
 # --------------------------------------------------------------------------------------------- loaders
@@ -237,7 +241,8 @@ def detection_folder_loaders(
         batch_size: Images per batch.
         image_size: Square side overriding the config's input size.
         num_workers: DataLoader worker processes.
-        seed: Seed of the train shuffling order.
+        seed: Seed of the train split's shuffling and augmentation, per epoch and sample as in
+            `image_folder_loaders`.
         augment: ``True``/``"light"`` (flip and colour jitter) or ``False``/``"none"`` (val's transform).
         flip: Whether the augmenting train split flips images (and their boxes) horizontally.
 
@@ -269,8 +274,8 @@ def detection_folder_loaders(
         loaders[split] = DataLoader(
             dataset,
             batch_size=batch_size,
-            shuffle=train,
-            generator=torch.Generator().manual_seed(seed) if train else None,
+            sampler=EpochSampler(len(dataset), seed) if train else None,
+            generator=torch.Generator().manual_seed(seed),
             num_workers=num_workers,
             collate_fn=collate_detection,
             pin_memory=torch.cuda.is_available(),

@@ -26,6 +26,7 @@ from torch.utils.data import Dataset
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
+from .sampling import sample_randomness
 from .transforms import JointTransform
 
 __all__ = [
@@ -244,6 +245,10 @@ class ClassFolder(ImageFolder):
         # Emptiness is checked (with the folder named) in find_classes; a val split may lack a class.
         super().__init__(str(root), transform=transform, loader=loader, allow_empty=True)
 
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        with sample_randomness(index):  # an EpochSampler's index seeds the augmentation
+            return super().__getitem__(index)
+
     def find_classes(self, directory: str | Path) -> tuple[list[str], dict[str, int]]:
         found = _class_dirs(Path(directory))
         classes = found if self._train_classes is None else self._train_classes
@@ -319,7 +324,8 @@ class SegmentationFolder(Dataset):
             )
         if self.transform is None:
             return image, mask
-        return self.transform(image, mask)
+        with sample_randomness(index):
+            return self.transform(image, mask)
 
 
 def _files_by_stem(folder: Path) -> dict[str, Path]:

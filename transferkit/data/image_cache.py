@@ -37,6 +37,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
 from .folders import ClassFolder
+from .sampling import sample_randomness
 
 __all__ = ["CachedFolder", "ImageCache", "usable_cpus"]
 
@@ -315,6 +316,7 @@ class CachedFolder(Dataset):
     def __getitem__(self, index: int) -> tuple[Tensor, int]:
         target = self.dataset.targets[index]  # an IndexError names the index, as the folder's would
         image = self.cache[index]
-        if self.crop is not None:
-            image = self.crop(image, self._full_sizes.get(index, tuple(image.shape[-2:])))
-        return self.transform(image), target
+        with sample_randomness(index):  # an EpochSampler's index seeds the augmentation
+            if self.crop is not None:
+                image = self.crop(image, self._full_sizes.get(index, tuple(image.shape[-2:])))
+            return self.transform(image), target

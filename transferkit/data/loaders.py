@@ -2,7 +2,8 @@
 
 ``image_folder_loaders`` and ``segmentation_folder_loaders`` build the train and val datasets with the
 transforms of the model's pretrained preprocessing (augmenting the train split as ``augment`` says) and
-wrap them in DataLoaders: the train one shuffles with a seeded generator, val keeps file order.
+wrap them in DataLoaders: the train one shuffles by an `EpochSampler` (each epoch's order and each
+sample's augmentation seed follow from ``seed``, the epoch and the index), val keeps file order.
 
 Worker processes default from the machine (`default_num_workers`); image folders decode JPEGs at a
 reduced scale where the input size allows it, and ``cache_images=True`` decodes every image only once
@@ -31,6 +32,7 @@ from .folders import (
     _require_dir,
 )
 from .image_cache import CachedFolder, usable_cpus
+from .sampling import EpochSampler
 from .transforms import (
     DEFAULT_DATA_CONFIG,
     _resolve_preprocess,
@@ -95,14 +97,17 @@ def _loader(
     seed: int,
     collate_fn: Any = None,
 ) -> DataLoader:
+    """A DataLoader over ``dataset``; train: shuffled by an `EpochSampler` (order and augmentation seeds
+    per epoch from ``seed``), val: in order. Its own generator draws the workers' base seed, so creating
+    an iterator never draws from torch's global generator."""
     if num_workers is None:
         num_workers = default_num_workers(len(dataset))  # type: ignore[arg-type]
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=train,
+        sampler=EpochSampler(len(dataset), seed) if train else None,  # type: ignore[arg-type]
         collate_fn=collate_fn,
-        generator=torch.Generator().manual_seed(seed) if train else None,
+        generator=torch.Generator().manual_seed(seed),
         num_workers=num_workers,
         pin_memory=torch.cuda.is_available(),
         persistent_workers=num_workers > 0,
@@ -132,7 +137,7 @@ def image_folder_loaders(
 
     Transforms follow ``model.data_config`` (or ``data_config``; ImageNet defaults when neither is
     given): augmenting for train (unless ``augment=False``), deterministic for val. The train loader
-    shuffles with a generator seeded by ``seed``; val keeps file order. Class indices come from the
+    shuffles by an `EpochSampler` seeded by ``seed``; val keeps file order. Class indices come from the
     train split's sorted folder names, and val reuses them (a val split may lack a class, but may not
     add one).
 
@@ -145,7 +150,9 @@ def image_folder_loaders(
         num_workers: DataLoader worker processes; None picks them per split with `default_num_workers`
             (one per usable core, at most 8; none for splits under 64 images). Workers persist across
             epochs, and batches go to pinned memory when CUDA is available.
-        seed: Seed of the train shuffling order.
+        seed: Seed of the train split's shuffling and augmentation: epoch ``e``'s order follows from
+            ``(seed, e)`` and each sample's random augmentation from ``(seed, e, index)``, whatever the
+            number of workers, so a resumed run repeats the original exactly (`transferkit.data.sampling`).
         augment: What the train split gets: True (``"light"``: random crop and flip), False or
             ``"none"`` (the deterministic evaluation transforms, as ``Trainer(cache_features=True)``
             needs), or ``"randaugment"``, ``"trivialaugment"``, ``"autoaugment"``, ``"randomerasing"``
@@ -263,7 +270,9 @@ def segmentation_folder_loaders(
         batch_size: Samples per batch.
         image_size: Square side overriding the config's input size.
         num_workers: DataLoader worker processes; None: `default_num_workers` per split.
-        seed: Seed of the train shuffling order.
+        seed: Seed of the train split's shuffling and augmentation: epoch ``e``'s order follows from
+            ``(seed, e)`` and each sample's random augmentation from ``(seed, e, index)``, whatever the
+            number of workers, so a resumed run repeats the original exactly (`transferkit.data.sampling`).
         augment: True (``"light"``: joint random crop and flip) or False / ``"none"`` (val's plain
             resize, as ``Trainer(cache_features=True)`` needs); the pixel-moving policies of
             `transferkit.data.augment` are refused, since they would not move the mask.
