@@ -8,15 +8,17 @@ SIGINT at two known epochs and resumes it each time.
 
 from __future__ import annotations
 
+import json
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from cli_runner import run
 
+import transferkit.data.loaders as loaders_module
 from transferkit import Trainer, build_model
 from transferkit.data import image_folder_loaders, make_shapes_folder
 
@@ -43,7 +45,7 @@ class InterruptAfter:
 
 
 def _fit(folder: Path, ckpt: Path, workers: int, *, resume: bool = False, stop: int | None = None) -> dict:
-    """A 4-epoch run in fresh objects (as a new process would build them): model, loaders, workers."""
+    """A 3-epoch run in fresh objects (as a new process would build them): model, loaders, workers."""
     torch.manual_seed(0)
     model = build_model("resnet18", num_classes=2, pretrained=False)
     model.freeze(policy="last_n", n=1)
@@ -51,7 +53,7 @@ def _fit(folder: Path, ckpt: Path, workers: int, *, resume: bool = False, stop: 
     assert loaders["train"].num_workers == workers
     callbacks = [] if stop is None else [InterruptAfter(stop)]
     trainer = Trainer(
-        model, epochs=4, lr=1e-2, checkpoint_dir=ckpt, resume=resume, seed=0, progress=False,
+        model, epochs=3, lr=1e-2, checkpoint_dir=ckpt, resume=resume, seed=0, progress=False,
         restore_best=False, callbacks=callbacks,
     )  # fmt: skip
     trainer.fit(loaders)
@@ -61,13 +63,74 @@ def _fit(folder: Path, ckpt: Path, workers: int, *, resume: bool = False, stop: 
 def _assert_same(a: dict, b: dict) -> None:
     assert a.keys() == b.keys()
     different = [k for k in a if not torch.equal(a[k], b[k])]
-    assert not different, f"{len(different)} tensors differ from the uninterrupted run's, e.g. {different[:3]}"
+    assert not different, f"{len(different)} tensors differ from the uninterrupted run's: {different[:3]}"
 
 
 @pytest.mark.parametrize("workers", [2, 0])
-def test_fit_interrupted_and_resumed_ends_as_the_uninterrupted_run(folder: Path, tmp_path: Path, workers) -> None:
+def test_fit_interrupted_and_resumed_ends_as_the_uninterrupted_run(
+    folder: Path, tmp_path: Path, workers
+) -> None:
     reference = _fit(folder, tmp_path / "reference", workers)
     with pytest.raises(KeyboardInterrupt):
-        _fit(folder, tmp_path / "cut", workers, stop=1)
-    assert torch.load(tmp_path / "cut" / "last.pt", weights_only=True)["epoch"] == 1
+        _fit(folder, tmp_path / "cut", workers, stop=0)
+    assert torch.load(tmp_path / "cut" / "last.pt", weights_only=True)["epoch"] == 0
     _assert_same(_fit(folder, tmp_path / "cut", workers, resume=True), reference)
+
+
+# ------------------------------------------------------------------------------ transferkit train
+# A CLI run in a new interpreter with 2 loader workers on any machine (the CLI picks workers from the
+# cores), which sends itself SIGINT (Ctrl-C) right after the checkpoint of the 0-based epoch STOP_AT.
+DRIVER = """
+import os, signal, sys
+import transferkit.data.loaders as loaders
+import transferkit.training.trainer as trainer_module
+from transferkit import cli
+
+loaders.usable_cpus = lambda: 2
+assert loaders.default_num_workers(64) == 2
+stop_at, emit = int(os.environ["STOP_AT"]), trainer_module.Callbacks.emit
+
+def interrupting(callbacks, event, trainer):
+    emit(callbacks, event, trainer)
+    if event == "on_epoch_end" and trainer.epoch == stop_at:
+        os.kill(os.getpid(), signal.SIGINT)
+
+trainer_module.Callbacks.emit = interrupting
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def _cli(*argv: object, stop_at: int) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "STOP_AT": str(stop_at)}
+    command = [sys.executable, "-c", DRIVER, *map(str, argv)]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+
+
+def _weights(out: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(out / "model.safetensors")
+
+
+@pytest.mark.slow
+def test_cli_train_sigint_twice_then_resume_ends_bit_identical(
+    folder: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """5 epochs with 2 workers and the default (light) augmentation; Ctrl-C after epochs 1 and 3."""
+    train = ["train", "--data", folder, "--backbone", "resnet18", "--pretrained", "false",
+             "--freeze", "last_n:1", "--epochs", 5, "--batch-size", 16, "--image-size", 32,
+             "--seed", 3, "--device", "cpu"]  # fmt: skip
+    reference, out = tmp_path / "reference", tmp_path / "run"
+    monkeypatch.setattr(loaders_module, "usable_cpus", lambda: 2)  # 2 workers here too, as in _cli
+    done = run(*train, "--out", reference)  # in this process: saves an interpreter start
+    assert done.code == 0, done.err
+    first = _cli(*train, "--out", out, stop_at=0)
+    assert first.returncode == 130 and "interrupted after 1 of 5 epochs" in first.stderr, first.stderr
+    second = _cli("train", "--resume", "--out", out, stop_at=2)
+    assert second.returncode == 130 and "interrupted after 3 of 5 epochs" in second.stderr, second.stderr
+    last = run("train", "--resume", "--out", out)
+    assert last.code == 0, last.err
+    history, expected = (json.loads((d / "history.json").read_text()) for d in (out, reference))
+    strip = lambda rows: [{k: v for k, v in row.items() if k != "seconds"} for row in rows]  # noqa: E731
+    assert strip(history) == strip(expected)  # every epoch's losses, not only the kept (best) weights
+    _assert_same(_weights(out), _weights(reference))

@@ -71,6 +71,8 @@ class EpochSampler(Sampler[int]):
     """Yields ``0..n-1`` (shuffled per epoch when ``shuffle``) as `SeededIndex` values.
 
     Epoch ``e``'s order depends on ``(seed, e)`` only, the seed of index ``i`` on ``(seed, e, i)`` only.
+    A shard (`shard`, what the Trainer makes under torchrun) yields every ``world_size``-th index of that
+    order, with the same seeds.
 
     Args:
         num_samples: n, the dataset's length.
@@ -94,14 +96,36 @@ class EpochSampler(Sampler[int]):
         if num_samples < 0:
             raise ValueError(f"num_samples is a dataset length >= 0, got {num_samples}")
         self.num_samples, self.seed, self.shuffle = int(num_samples), int(seed), bool(shuffle)
-        self.epoch = 0
+        self.epoch, self.rank, self.world_size, self.drop_last = 0, 0, 1, False
+
+    def shard(self, rank: int, world_size: int, drop_last: bool = False) -> EpochSampler:
+        """The part of every epoch that process ``rank`` of ``world_size`` loads, as `DistributedSampler`
+        splits it: the order is padded by repeating its start (or cut, with ``drop_last``) to a multiple
+        of ``world_size``, and each rank takes every ``world_size``-th index from its own position.
+
+        Raises:
+            ValueError: ``rank`` is not in ``[0, world_size)``.
+
+        Examples:
+            >>> full = list(EpochSampler(5, seed=0))
+            >>> parts = [list(EpochSampler(5, seed=0).shard(r, 2)) for r in range(2)]
+            >>> parts[0] + parts[1] == full[0::2] + full[1::2] + full[:1]
+            True
+        """
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank is in [0, world_size={world_size}), got {rank}")
+        part = EpochSampler(self.num_samples, self.seed, self.shuffle)
+        part.epoch, part.rank, part.world_size, part.drop_last = self.epoch, rank, world_size, drop_last
+        return part
 
     def set_epoch(self, epoch: int) -> None:
         """Makes the next pass epoch ``epoch`` (0-based)."""
         self.epoch = int(epoch)
 
     def __len__(self) -> int:
-        return self.num_samples
+        if self.drop_last:
+            return self.num_samples // self.world_size
+        return -(-self.num_samples // self.world_size)
 
     def __iter__(self) -> Iterator[int]:
         epoch, self.epoch = self.epoch, self.epoch + 1
@@ -110,11 +134,16 @@ class EpochSampler(Sampler[int]):
             order = torch.randperm(self.num_samples, generator=generator).tolist()
         else:
             order = list(range(self.num_samples))
+        if self.world_size > 1:
+            total = len(self) * self.world_size
+            order = (order * (total // max(len(order), 1) + 1))[:total]
+            order = order[self.rank :: self.world_size]
         base = derive_seed(self.seed, epoch, -1)
         return (SeededIndex(i, derive_seed(base, i)) for i in order)
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.num_samples}, seed={self.seed}, shuffle={self.shuffle})"
+        shard = f", rank={self.rank}, world_size={self.world_size}" if self.world_size > 1 else ""
+        return f"{type(self).__name__}({self.num_samples}, seed={self.seed}, shuffle={self.shuffle}{shard})"
 
 
 def _seed_generators(seed: int) -> None:

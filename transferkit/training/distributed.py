@@ -15,6 +15,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, IterableDataset, RandomSampler
 
+from ..data.sampling import EpochSampler
+
 __all__ = [
     "PRECISIONS",
     "available_devices",
@@ -109,7 +111,8 @@ def wrap(model: nn.Module, device: torch.device, world_size: int, compile: bool)
 def shard_loader(loader: Any, *, rank: int, world_size: int, seed: int, train: bool) -> Any:
     """Under DDP, a copy of a DataLoader that gives each rank its share of the samples.
 
-    Training uses a DistributedSampler (equal batch counts, as the gradient all-reduce needs);
+    Training uses a DistributedSampler, or the rank's shard of an `EpochSampler` (equal batch counts, as
+    the gradient all-reduce needs);
     evaluation gives every sample to exactly one rank, so reduced metrics count each sample once.
     """
     if (
@@ -125,9 +128,11 @@ def shard_loader(loader: Any, *, rank: int, world_size: int, seed: int, train: b
             "batch_size= (not batch_sampler=) or give it a DistributedSampler"
         )
     dataset = loader.dataset
-    if train:
+    if train and isinstance(loader.sampler, EpochSampler):  # keeps each sample's augmentation seed
+        sampler: Any = loader.sampler.shard(rank, world_size, drop_last=loader.drop_last)
+    elif train:
         shuffle = isinstance(loader.sampler, RandomSampler)
-        sampler: Any = DistributedSampler(dataset, shuffle=shuffle, seed=seed, drop_last=loader.drop_last)
+        sampler = DistributedSampler(dataset, shuffle=shuffle, seed=seed, drop_last=loader.drop_last)
     else:
         sampler = range(rank, len(dataset), world_size)  # type: ignore[arg-type]
     return DataLoader(dataset, sampler=sampler, **{k: getattr(loader, k) for k in _LOADER_ARGS})
