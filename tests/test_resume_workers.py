@@ -17,10 +17,11 @@ from pathlib import Path
 import pytest
 import torch
 from cli_runner import run
+from torch.utils.data import DataLoader, TensorDataset
 
 import transferkit.data.loaders as loaders_module
 from transferkit import Trainer, build_model
-from transferkit.data import image_folder_loaders, make_shapes_folder
+from transferkit.data import EpochSampler, image_folder_loaders, make_shapes_folder
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -75,6 +76,45 @@ def test_fit_interrupted_and_resumed_ends_as_the_uninterrupted_run(
         _fit(folder, tmp_path / "cut", workers, stop=0)
     assert torch.load(tmp_path / "cut" / "last.pt", weights_only=True)["epoch"] == 0
     _assert_same(_fit(folder, tmp_path / "cut", workers, resume=True), reference)
+
+
+# --------------------------------------------------------------------------------------- loaders
+def _epochs(loader, epochs) -> list[list[torch.Tensor]]:
+    batches = []
+    for epoch in epochs:
+        loader.sampler.set_epoch(epoch)  # what the Trainer does before each epoch
+        batches.append([images for images, _ in loader])
+    return batches
+
+
+def test_a_new_loader_with_new_workers_repeats_any_epoch_with_any_worker_count(folder: Path) -> None:
+    """The order and every augmented image follow from (seed, epoch, index) alone: persistent workers
+    that ran epochs 0 and 1 give the same epoch 2 as new workers, or as the training process itself."""
+
+    def loader(workers: int):
+        return image_folder_loaders(folder, batch_size=32, image_size=32, num_workers=workers, seed=5)[
+            "train"
+        ]
+
+    continued = _epochs(loader(2), [0, 1, 2])
+    assert not torch.equal(continued[0][0], continued[1][0])  # the augmentation changes every epoch
+    for fresh in (_epochs(loader(2), [2])[0], _epochs(loader(0), [2])[0]):
+        assert all(torch.equal(a, b) for a, b in zip(fresh, continued[2], strict=True))
+
+
+def test_shards_under_torchrun_keep_the_order_and_the_seeds() -> None:
+    from transferkit.training.distributed import shard_loader
+
+    dataset = TensorDataset(torch.arange(10))
+    loader = DataLoader(dataset, batch_size=2, sampler=EpochSampler(len(dataset), seed=1))
+    shards = [shard_loader(loader, rank=r, world_size=3, seed=0, train=True).sampler for r in range(3)]
+    for sampler in (loader.sampler, *shards):
+        sampler.set_epoch(4)
+    full = [(int(i), i.seed) for i in loader.sampler]
+    parts = [[(int(i), i.seed) for i in shard] for shard in shards]
+    assert [len(p) for p in parts] == [4, 4, 4]  # padded to equal lengths, as DistributedSampler does
+    padded = full + full[:2]
+    assert parts == [padded[r::3] for r in range(3)]
 
 
 # ------------------------------------------------------------------------------ transferkit train

@@ -3,6 +3,8 @@
 - ``transforms``: ``build_transforms`` and ``build_segmentation_transforms`` from a data config;
 - ``folders``: ``ClassFolder``, ``SegmentationFolder`` and the loaders that read the folder layouts;
 - ``image_cache``: ``CachedFolder`` and ``ImageCache``, images decoded once (``cache_images=True``);
+- ``sampling``: ``EpochSampler`` and ``sample_randomness``: each epoch's order and each sample's
+  augmentation follow from the seed, the epoch and the index, so resuming is exact with loader workers;
 - ``synthetic``: ``SyntheticShapes`` and the writers that save it as such folders;
 - ``detection``: ``DetectionFolder`` (COCO or Pascal VOC), its box-aware transforms, the padding collate
   and ``detection_folder_loaders``; ``synthetic_detection``: shapes with boxes, and their folder writer.
@@ -31,6 +33,7 @@ from .detection import (
 from .folders import ClassFolder, SegmentationFolder
 from .image_cache import CachedFolder, ImageCache
 from .loaders import default_num_workers, image_folder_loaders, segmentation_folder_loaders
+from .sampling import EpochSampler, sample_randomness
 from .synthetic import SHAPES, SyntheticShapes, make_shapes_folder, make_shapes_segmentation_folder
 from .synthetic_detection import SyntheticShapesDetection, make_shapes_detection_folder
 from .transforms import (
@@ -50,6 +53,7 @@ __all__ = [
     "CachedFolder",
     "ClassFolder",
     "DetectionFolder",
+    "EpochSampler",
     "ImageCache",
     "SegmentationFolder",
     "SyntheticShapes",
@@ -66,5 +70,6 @@ __all__ = [
     "make_shapes_folder",
     "make_shapes_segmentation_folder",
     "pad_images",
+    "sample_randomness",
     "segmentation_folder_loaders",
 ]
