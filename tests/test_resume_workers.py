@@ -115,6 +115,10 @@ def test_shards_under_torchrun_keep_the_order_and_the_seeds() -> None:
     assert [len(p) for p in parts] == [4, 4, 4]  # padded to equal lengths, as DistributedSampler does
     padded = full + full[:2]
     assert parts == [padded[r::3] for r in range(3)]
+    with pytest.raises(ValueError, match=r"rank is in \[0, world_size=3\), got 3"):
+        loader.sampler.shard(3, 3)
+    with pytest.raises(ValueError, match="num_samples is a dataset length >= 0, got -1"):
+        EpochSampler(-1)
 
 
 # ------------------------------------------------------------------------------ transferkit train
