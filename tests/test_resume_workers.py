@@ -58,6 +58,7 @@ def _fit(folder: Path, ckpt: Path, workers: int, *, resume: bool = False, stop: 
         restore_best=False, callbacks=callbacks,
     )  # fmt: skip
     trainer.fit(loaders)
+    assert loaders["train"].sampler.state_dict() == {"epoch": 3}  # resumed: 1 from the checkpoint, 2 run
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
@@ -79,27 +80,21 @@ def test_fit_interrupted_and_resumed_ends_as_the_uninterrupted_run(
 
 
 # --------------------------------------------------------------------------------------- loaders
-def _epochs(loader, epochs) -> list[list[torch.Tensor]]:
-    batches = []
-    for epoch in epochs:
-        loader.sampler.set_epoch(epoch)  # what the Trainer does before each epoch
-        batches.append([images for images, _ in loader])
-    return batches
+def _loader(folder: Path, workers: int):
+    return image_folder_loaders(folder, batch_size=32, image_size=32, num_workers=workers, seed=5)["train"]
 
 
 def test_a_new_loader_with_new_workers_repeats_any_epoch_with_any_worker_count(folder: Path) -> None:
     """The order and every augmented image follow from (seed, epoch, index) alone: persistent workers
     that ran epochs 0 and 1 give the same epoch 2 as new workers, or as the training process itself."""
-
-    def loader(workers: int):
-        return image_folder_loaders(folder, batch_size=32, image_size=32, num_workers=workers, seed=5)[
-            "train"
-        ]
-
-    continued = _epochs(loader(2), [0, 1, 2])
-    assert not torch.equal(continued[0][0], continued[1][0])  # the augmentation changes every epoch
-    for fresh in (_epochs(loader(2), [2])[0], _epochs(loader(0), [2])[0]):
-        assert all(torch.equal(a, b) for a, b in zip(fresh, continued[2], strict=True))
+    continued = _loader(folder, 2)
+    epochs = [[images for images, _ in continued] for _ in range(3)]  # each pass is the next epoch
+    assert not torch.equal(epochs[0][0], epochs[1][0])  # the augmentation changes every epoch
+    assert continued.sampler.state_dict() == {"epoch": 3}
+    for workers in (2, 0):
+        fresh = _loader(folder, workers)
+        fresh.sampler.load_state_dict({"epoch": 2})  # as a checkpoint written after epoch 1 restores it
+        assert all(torch.equal(a, b) for (a, _), b in zip(fresh, epochs[2], strict=True))
 
 
 def test_shards_under_torchrun_keep_the_order_and_the_seeds() -> None:

@@ -12,8 +12,10 @@ number of workers, nor whether the run was interrupted. In the main process (``n
 generators are restored after each sample, so loading draws nothing from the training process's own
 random state.
 
-The Trainer calls ``sampler.set_epoch(epoch)`` before every epoch, so a resumed run gets its epochs'
-orders and seeds without any saved state; iterated by hand, the sampler moves to the next epoch itself.
+Each pass over the sampler is the next epoch. Its count is all the state there is: the Trainer's
+checkpoint saves it (``sampler.state_dict()``) and a resumed run restores it, so the resumed epochs get
+the orders and seeds the uninterrupted run's epochs got. A second ``fit`` on the same loader goes on
+counting, so it sees new orders and new augmentation.
 """
 
 from __future__ import annotations
@@ -87,7 +89,9 @@ class EpochSampler(Sampler[int]):
         >>> first, second = list(sampler), list(sampler)  # by hand, each pass is the next epoch
         >>> sorted(first) == [0, 1, 2, 3, 4] and first != second
         True
-        >>> sampler.set_epoch(0)  # what the Trainer does before each epoch
+        >>> sampler.state_dict()  # what a checkpoint keeps
+        {'epoch': 2}
+        >>> sampler.set_epoch(0)  # the first epoch again: the same order and seeds
         >>> [(int(i), i.seed) for i in sampler] == [(int(i), i.seed) for i in first]
         True
     """
@@ -121,6 +125,14 @@ class EpochSampler(Sampler[int]):
     def set_epoch(self, epoch: int) -> None:
         """Makes the next pass epoch ``epoch`` (0-based)."""
         self.epoch = int(epoch)
+
+    def state_dict(self) -> dict[str, int]:
+        """``{"epoch": the next pass's epoch}``, what a checkpoint keeps."""
+        return {"epoch": self.epoch}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Continues from what `state_dict` returned."""
+        self.set_epoch(state["epoch"])
 
     def __len__(self) -> int:
         if self.drop_last:

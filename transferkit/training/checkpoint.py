@@ -1,12 +1,14 @@
 """Checkpoints: atomic writes, exact resume, and the per-epoch rollback point.
 
 A checkpoint (``last.pt``) holds everything a resumed run needs to continue as if it had never stopped:
-the model and freeze state, optimizer, scheduler, grad scaler, history, the best epoch so far and every
-random number generator (torch, CUDA, Python, NumPy and the loader's own). It is written to a temporary
-file, fsynced and renamed, so a reader sees the old file or the new one, never half of one. It is read
-with ``torch.load(weights_only=True)`` (no code in the file ever runs) and checked against the model
-before anything is changed, so a damaged or foreign file is a `CheckpointError` that leaves both the
-file and the training state as they were.
+the model and freeze state, optimizer, scheduler, grad scaler, history, the best epoch so far, every
+random number generator (torch, CUDA, Python, NumPy and the loader's own) and the epoch count of a
+sampler that keeps one (`transferkit.data.EpochSampler`, from which each sample's augmentation is
+seeded in whichever worker loads it). It is written to a temporary file, fsynced and renamed, so a
+reader sees the old file or the new one, never half of one. It is read with
+``torch.load(weights_only=True)`` (no code in the file ever runs) and checked against the model before
+anything is changed, so a damaged or foreign file is a `CheckpointError` that leaves both the file and
+the training state as they were.
 """
 
 from __future__ import annotations
@@ -208,7 +210,7 @@ def _loader_generators(loader: Any) -> list[torch.Generator]:
 
 
 def rng_state(loader: Any) -> dict[str, Any]:
-    """Every random number generator a training epoch draws from, as plain data."""
+    """Every random number generator a training epoch draws from, and the sampler's state, as plain data."""
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     return {
         "torch": torch.get_rng_state(),
@@ -216,7 +218,14 @@ def rng_state(loader: Any) -> dict[str, Any]:
         "python": random.getstate(),
         "numpy": [kind, keys.tolist(), pos, has_gauss, cached],
         "loader": [g.get_state() for g in _loader_generators(loader)],
+        "sampler": _sampler_state(loader),
     }
+
+
+def _sampler_state(loader: Any) -> dict[str, Any] | None:
+    """The state of a sampler that has one (`transferkit.data.EpochSampler`: its epoch count), else None."""
+    sampler = getattr(loader, "sampler", None)
+    return sampler.state_dict() if callable(getattr(sampler, "state_dict", None)) else None
 
 
 def set_rng_state(state: dict[str, Any], loader: Any) -> None:
@@ -229,6 +238,9 @@ def set_rng_state(state: dict[str, Any], loader: Any) -> None:
     np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
     for generator, saved in zip(_loader_generators(loader), state["loader"], strict=False):
         generator.set_state(saved)
+    sampler = getattr(loader, "sampler", None)
+    if state.get("sampler") is not None and callable(getattr(sampler, "load_state_dict", None)):
+        sampler.load_state_dict(state["sampler"])  # type: ignore[union-attr]
 
 
 # ------------------------------------------------------------------------------------------ rollback

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
+from torch.utils.data import DistributedSampler
 
 from ..classes import fill_classes
 from ..preprocessing import record_data_config, record_input_size
@@ -259,8 +260,8 @@ class Trainer:
             self.epoch, started = epoch, time.perf_counter()
             self.model.apply_schedule(epoch)
             net = self._network()
-            if callable(getattr(getattr(train, "sampler", None), "set_epoch", None)):
-                train.sampler.set_epoch(epoch)  # DistributedSampler, EpochSampler: the order is the epoch's
+            if isinstance(getattr(train, "sampler", None), DistributedSampler):
+                train.sampler.set_epoch(epoch)
             self.callbacks.emit("on_epoch_start", self)
             row = {
                 "epoch": epoch,
