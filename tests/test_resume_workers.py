@@ -97,6 +97,32 @@ def test_a_new_loader_with_new_workers_repeats_any_epoch_with_any_worker_count(f
         assert all(torch.equal(a, b) for (a, _), b in zip(fresh, epochs[2], strict=True))
 
 
+@pytest.mark.parametrize("kind", ["segmentation", "detection"])
+def test_segmentation_and_detection_loaders_repeat_an_epoch_in_new_workers(kind: str, tmp_path: Path) -> None:
+    from transferkit.data import (
+        detection_folder_loaders,
+        make_shapes_detection_folder,
+        make_shapes_segmentation_folder,
+        segmentation_folder_loaders,
+    )
+
+    if kind == "segmentation":
+        root = make_shapes_segmentation_folder(tmp_path, per_split={"train": 12}, image_size=32)
+        build = segmentation_folder_loaders
+    else:
+        root = make_shapes_detection_folder(tmp_path, per_split={"train": 12}, image_size=32)
+        build = detection_folder_loaders
+
+    def loader():
+        return build(root, batch_size=4, image_size=32, num_workers=2, seed=1)["train"]
+
+    continued = loader()
+    epochs = [[images for images, _ in continued] for _ in range(2)]
+    fresh = loader()
+    fresh.sampler.load_state_dict({"epoch": 1})
+    assert all(torch.equal(a, b) for (a, _), b in zip(fresh, epochs[1], strict=True))
+
+
 def test_shards_under_torchrun_keep_the_order_and_the_seeds() -> None:
     from transferkit.training.distributed import shard_loader
 
