@@ -3,6 +3,7 @@
 - ``transforms``: ``build_transforms`` and ``build_segmentation_transforms`` from a data config;
 - ``folders``: ``ClassFolder``, ``SegmentationFolder`` and the loaders that read the folder layouts;
 - ``image_cache``: ``CachedFolder`` and ``ImageCache``, images decoded once (``cache_images=True``);
+- ``kinds``: ``folder_kinds``, which task's layout a dataset folder has (the loaders refuse another's);
 - ``synthetic``: ``SyntheticShapes`` and the writers that save it as such folders;
 - ``detection``: ``DetectionFolder`` (COCO or Pascal VOC), its box-aware transforms, the padding collate
   and ``detection_folder_loaders``; ``synthetic_detection``: shapes with boxes, and their folder writer.
@@ -30,6 +31,7 @@ from .detection import (
 )
 from .folders import ClassFolder, SegmentationFolder
 from .image_cache import CachedFolder, ImageCache
+from .kinds import FolderKind, folder_kinds
 from .loaders import default_num_workers, image_folder_loaders, segmentation_folder_loaders
 from .synthetic import SHAPES, SyntheticShapes, make_shapes_folder, make_shapes_segmentation_folder
 from .synthetic_detection import SyntheticShapesDetection, make_shapes_detection_folder
@@ -50,6 +52,7 @@ __all__ = [
     "CachedFolder",
     "ClassFolder",
     "DetectionFolder",
+    "FolderKind",
     "ImageCache",
     "SegmentationFolder",
     "SyntheticShapes",
@@ -61,6 +64,7 @@ __all__ = [
     "default_num_workers",
     "detection_folder_loaders",
     "evaluation_geometry",
+    "folder_kinds",
     "image_folder_loaders",
     "make_shapes_detection_folder",
     "make_shapes_folder",
