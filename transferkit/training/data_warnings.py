@@ -73,7 +73,7 @@ def warn_uncovered_classes(model: Any, train: Any, val: Any, stacklevel: int = 2
 
 def _input_side(model: Any, inputs: Any) -> tuple[int, int] | None:
     if inputs is not None:
-        shape = getattr(inputs, "shape", ())
+        shape: Any = getattr(inputs, "shape", ())
         return (int(shape[-2]), int(shape[-1])) if len(shape) == 4 else None
     if getattr(model, "config", {}).get("data_config") is None:
         return None  # not known yet: the loaders do not say it, and fit looks at the first batch
