@@ -73,7 +73,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--backbone", help="e.g. resnet18, timm/convnext_tiny (transferkit list)")
     train.add_argument("--neck", help="identity (default; fpn_lite for detection heads), fpn_lite, pan, aspp")
     train.add_argument(
-        "--head", help="linear (classification, default), fcn (segmentation), fcos/retinanet/... (detection)"
+        "--head",
+        help="linear (classification), fcn (segmentation), fcos/retinanet/... (detection); default: from "
+        "--data's layout (linear; fcn for images + masks; fcos for images + annotations)",
     )
     train.add_argument(
         "--pretrained", type=parse_pretrained, help="true (default), false, a weights tag or a file"
