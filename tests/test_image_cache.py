@@ -170,8 +170,9 @@ def test_image_cache_errors_name_the_budget_and_the_file(photos: Path, tmp_path:
     with pytest.raises(ValueError, match="image cache budget is a number of bytes >= 0, got -5"):
         ImageCache([], lambda item: item, budget=-5)
     root = tmp_path / "broken"
-    (root / "train" / "ants").mkdir(parents=True)
-    (root / "train" / "ants" / "bad.jpg").write_bytes(b"not a jpeg")
+    for name in ("ants", "bees"):  # two classes: a classifier of one is refused before any image is read
+        (root / "train" / name).mkdir(parents=True)
+        (root / "train" / name / "bad.jpg").write_bytes(b"not a jpeg")
     with pytest.raises(OSError, match=r"cannot read image file .*bad\.jpg"):
         _loaders(root, cache_images=True)
     folder = ClassFolder(root / "train", lambda image: image)

@@ -55,9 +55,9 @@ def test_fit_fills_classes_from_the_train_data_only_when_unknown_and_fitting() -
     assert named.classes == ["a", "b", "c"]  # given names win
 
     wider = build_model("resnet18", num_classes=4, pretrained=False)
-    wider.freeze()
-    Trainer(wider, epochs=1, progress=False).fit(DataLoader(shapes, batch_size=4))
-    assert wider.classes == ["0", "1", "2", "3"]  # 3 names for 4 outputs: not taken
+    with pytest.raises(ValueError, match=r"has 3 class\(es\) .* build the model with num_classes=3"):
+        Trainer(wider, epochs=1, progress=False).fit(DataLoader(shapes, batch_size=4))
+    assert wider.classes == ["0", "1", "2", "3"]  # 3 names for 4 outputs: refused, none taken
 
 
 def test_prediction_grids_title_images_with_the_model_classes() -> None:

@@ -68,9 +68,22 @@ def dataset_classes(loader: Any) -> list[str] | None:
 
 
 def fill_classes(model: TransferModel, loader: Any) -> None:
-    """Give ``model`` the class names of ``loader``'s dataset, when it has none and the count fits."""
+    """Give ``model`` the class names of ``loader``'s dataset, when it has none and the count fits.
+
+    Raises:
+        ValueError: The dataset names fewer classes than the model has outputs: the extra outputs would
+            never train and the names would be lost (``"0" .. "K-1"``). More classes than outputs are
+            refused at the first batch, by the target check (`Task.check_targets`).
+    """
+    names = dataset_classes(loader)
+    if names is not None and len(names) < model.num_classes:
+        shown = ", ".join(map(repr, names[:10])) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
+        raise ValueError(
+            f"the training data has {len(names)} class(es) ({shown}) but the model has "
+            f"num_classes={model.num_classes} outputs; build the model with num_classes={len(names)}, or "
+            "give the data its other classes."
+        )
     if model.config.get("classes") is not None:
         return
-    names = dataset_classes(loader)
     if names is not None and len(names) == model.num_classes and len(set(names)) == len(names):
         model.classes = names

@@ -16,6 +16,7 @@ import torch
 from .. import build_model
 from ..tasks import get_task
 from ..training import Trainer
+from .data_kind import head_for_data
 from .options import (
     FREEZE_GRAMMAR,
     _add_device,
@@ -54,6 +55,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 def _cmd_lr_find(args: argparse.Namespace) -> int:
     data = _existing_dir(args.data, "--data")
+    head_for_data(args.data, args.head, "transferkit lr-find")  # refuses a head that misreads the folder
     task = get_task(_head_task(args.head))
     classes = _data_classes(data, task, args)
     torch.manual_seed(args.seed)

@@ -28,6 +28,7 @@ from .. import PretrainedUnavailableError, __version__, build_model
 from ..heads import HEADS
 from ..model import TransferModel
 from ..tasks import IGNORE_INDEX, Task, get_task
+from .data_kind import head_for_data
 from .folder import HISTORY_CSV, HISTORY_FILE, refuse_linked_entries, remove_entries
 from .lock import locked_run_folder
 from .meta import META_FILE
@@ -72,7 +73,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--backbone", help="e.g. resnet18, timm/convnext_tiny (transferkit list)")
     train.add_argument("--neck", help="identity (default; fpn_lite for detection heads), fpn_lite, pan, aspp")
     train.add_argument(
-        "--head", help="linear (classification, default), fcn (segmentation), fcos/retinanet/... (detection)"
+        "--head",
+        help="linear (classification), fcn (segmentation), fcos/retinanet/... (detection); default: from "
+        "--data's layout (linear; fcn for images + masks; fcos for images + annotations)",
     )
     train.add_argument(
         "--pretrained", type=parse_pretrained, help="true (default), false, a weights tag or a file"
@@ -199,10 +202,16 @@ def _image_size_text(model: TransferModel, image_size: int | None) -> str:
 def _new_run_values(args: argparse.Namespace) -> dict[str, Any]:
     """A new run's options (the given ones, and the defaults of the rest) as ``transferkit.json`` keeps them.
 
+    Without ``--head``, a segmentation or detection folder trains that task's default head (and says so);
+    a ``--head`` of another task than the folder's layout is refused (`transferkit.cli.data_kind`).
+
     Raises:
-        UsageError: ``--data`` or ``--backbone`` is missing.
+        UsageError: ``--data`` or ``--backbone`` is missing, or ``--head`` does not read ``--data``.
     """
     values = new_run_arguments(args)
+    values["head"], note = head_for_data(values["data"], args.head)  # the head must read the folder
+    if note:
+        _say(f"transferkit train: {note}")
     if args.neck is None:  # the head's task picks the neck: detection heads read a pyramid
         values["neck"] = get_task(_head_task(values["head"])).default_neck
     return values

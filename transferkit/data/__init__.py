@@ -5,6 +5,7 @@
 - ``image_cache``: ``CachedFolder`` and ``ImageCache``, images decoded once (``cache_images=True``);
 - ``sampling``: ``EpochSampler`` and ``sample_randomness``: each epoch's order and each sample's
   augmentation follow from the seed, the epoch and the index, so resuming is exact with loader workers;
+- ``kinds``: ``folder_kinds``, which task's layout a dataset folder has (the loaders refuse another's);
 - ``synthetic``: ``SyntheticShapes`` and the writers that save it as such folders;
 - ``detection``: ``DetectionFolder`` (COCO or Pascal VOC), its box-aware transforms, the padding collate
   and ``detection_folder_loaders``; ``synthetic_detection``: shapes with boxes, and their folder writer.
@@ -32,6 +33,7 @@ from .detection import (
 )
 from .folders import ClassFolder, SegmentationFolder
 from .image_cache import CachedFolder, ImageCache
+from .kinds import FolderKind, folder_kinds
 from .loaders import default_num_workers, image_folder_loaders, segmentation_folder_loaders
 from .sampling import EpochSampler, sample_randomness
 from .synthetic import SHAPES, SyntheticShapes, make_shapes_folder, make_shapes_segmentation_folder
@@ -54,6 +56,7 @@ __all__ = [
     "ClassFolder",
     "DetectionFolder",
     "EpochSampler",
+    "FolderKind",
     "ImageCache",
     "SegmentationFolder",
     "SyntheticShapes",
@@ -65,6 +68,7 @@ __all__ = [
     "default_num_workers",
     "detection_folder_loaders",
     "evaluation_geometry",
+    "folder_kinds",
     "image_folder_loaders",
     "make_shapes_detection_folder",
     "make_shapes_folder",

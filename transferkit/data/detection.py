@@ -45,6 +45,7 @@ from ..preprocessing import declare_data_config
 from .augment import check_flip
 from .detection_formats import read_coco, read_voc
 from .folders import _load_rgb, _require_dir
+from .kinds import check_folder_kind
 from .loaders import _pick_data_config, _read_classes
 from .sampling import EpochSampler, sample_randomness
 from .transforms import _resolve_preprocess, _tensor_steps
@@ -260,6 +261,7 @@ def detection_folder_loaders(
     check_flip(flip)
     root, config = Path(root), _pick_data_config(model, data_config)
     _require_dir(root / "train", _LAYOUT)
+    check_folder_kind(root, "detection")
     classes = _read_classes(root / "classes.txt")
     loaders = {}
     for split in ("train", "val"):

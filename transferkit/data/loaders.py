@@ -32,6 +32,7 @@ from .folders import (
     _require_dir,
 )
 from .image_cache import CachedFolder, usable_cpus
+from .kinds import check_folder_kind, check_two_classes
 from .sampling import EpochSampler
 from .transforms import (
     DEFAULT_DATA_CONFIG,
@@ -183,7 +184,8 @@ def image_folder_loaders(
 
     Raises:
         FileNotFoundError: If ``root/train`` is missing.
-        ValueError: If a class folder holds no images, val has a class that train lacks,
+        ValueError: If ``root`` is a segmentation or detection folder (`transferkit.data.kinds`), train
+            holds one class folder, a class folder holds no images, val has a class that train lacks,
             ``cache_budget`` is negative, or ``crop_scale`` is outside ``0 < min <= max <= 1``.
         TypeError: If ``flip`` is not a bool.
         OSError: For an unreadable image (the message names the file): while iterating, or while the
@@ -204,6 +206,7 @@ def image_folder_loaders(
     root = Path(root)
     config = _pick_data_config(model, data_config)
     train_dir = _require_dir(root / "train", _CLASSIFICATION_LAYOUT)
+    check_folder_kind(root, "classification")
     names = parse_augment(augment)
     augmenting = names != ("none",)
     train_transform = build_transforms(
@@ -211,6 +214,7 @@ def image_folder_loaders(
     )
     side = _decode_side(config, image_size, augmenting) if fast_decode else None
     datasets: dict[str, Dataset] = {"train": ClassFolder(train_dir, train_transform, decode_side=side)}
+    check_two_classes(train_dir, datasets["train"].classes)  # type: ignore[attr-defined]
     if (root / "val").is_dir():
         val_transform = build_transforms(config, False, image_size)
         side = _decode_side(config, image_size, False) if fast_decode else None
@@ -285,8 +289,8 @@ def segmentation_folder_loaders(
 
     Raises:
         FileNotFoundError: If ``root/train``, ``images/`` or ``masks/`` is missing.
-        ValueError: If an image has no mask (or a mask no image), a folder holds no images, or
-            ``crop_scale`` is outside ``0 < min <= max <= 1``.
+        ValueError: If ``root`` is a class or detection folder, an image has no mask (or a mask no image),
+            a folder holds no images, or ``crop_scale`` is outside ``0 < min <= max <= 1``.
         TypeError: If ``flip`` is not a bool.
         OSError: While iterating, for an unreadable image or mask (the message names the file).
 
@@ -305,6 +309,7 @@ def segmentation_folder_loaders(
     root = Path(root)
     config = _pick_data_config(model, data_config)
     _require_dir(root / "train", _SEGMENTATION_LAYOUT)
+    check_folder_kind(root, "segmentation")
     classes = _read_classes(root / "classes.txt")
     augmenting = parse_augment(augment, allowed=GEOMETRIC_AUGMENTATIONS) != ("none",)
     loaders = {}

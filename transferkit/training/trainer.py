@@ -30,6 +30,7 @@ from .best import BestEpoch
 from .cache import DEFAULT_CACHE_BUDGET, CachedBatch, PrefixCaches
 from .callbacks import Callbacks
 from .checkpoint import restore, resume_from, rollback_point, save_checkpoint, seed_everything
+from .data_warnings import warn_about_data, warn_small_inputs
 from .distributed import init_distributed, resolve_device, resolve_precision, shard_loader, wrap
 from .evaluation import evaluate_batches, predict_batches
 from .loaders import check_length, split_batch, split_loaders
@@ -223,6 +224,7 @@ class Trainer:
                 check_length(loader, name)
         fill_classes(self.model, train)
         self._size_from_batches = record_data_config(self.model, train, val)
+        warn_about_data(self.model, train, val)  # val lacking classes; inputs too small for the backbone
         apply_default_recipe(self.model, train)  # decided again now the data is known; never over a choice
         if self.seed is not None:
             seed_everything(self.seed + self.rank)
@@ -303,6 +305,7 @@ class Trainer:
             inputs, targets = split_batch(batch, self.task, where)
             if self._size_from_batches:  # loaders that do not say their preprocessing still show the size
                 record_input_size(self.model, inputs)
+                warn_small_inputs(self.model, inputs)
                 self._size_from_batches = False
             if not isinstance(inputs, CachedBatch):  # cached targets were checked when cached
                 self.task.check_batch(inputs, targets, self.model.num_classes, where)
