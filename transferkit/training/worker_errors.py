@@ -28,8 +28,9 @@ def original_message(err: BaseException) -> str | None:
 
     Examples:
         >>> wrapped = OSError(
-        ...     "Caught OSError in DataLoader worker process 0.\\nOriginal Traceback (most recent call last):\\n"
-        ...     '  File "folders.py", line 9, in load\\n    raise OSError(...)\\nOSError: cannot read image a.jpg'
+        ...     "Caught OSError in DataLoader worker process 0.\\nOriginal Traceback (most recent call "
+        ...     'last):\\n  File "folders.py", line 9, in load\\n    raise OSError(...)\\n'
+        ...     "OSError: cannot read image a.jpg"
         ... )
         >>> original_message(wrapped)
         'cannot read image a.jpg'
