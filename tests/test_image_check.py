@@ -115,7 +115,7 @@ def test_an_error_in_a_dataloader_worker_is_raised_as_its_own_one_line_message(
     assert message.endswith("Replace or delete the file.")
 
 
-def test_cli_train_stops_before_training_naming_the_damaged_file(tmp_path: Path) -> None:
+def test_cli_train_and_eval_stop_before_any_work_naming_the_damaged_file(tmp_path: Path) -> None:
     root = make_shapes_folder(tmp_path / "data", num_classes=2, per_class={"train": 3}, image_size=32)
     broken = _truncate(sorted(root.rglob("*.jpg"))[0])
     code, out, err = run(
@@ -125,3 +125,7 @@ def test_cli_train_stops_before_training_naming_the_damaged_file(tmp_path: Path)
     assert code == 1
     assert err.count("\n") == 1 and broken.name in err and "1 of 6 image files" in err
     assert "epoch" not in out.lower()
+    model = build_model("resnet18", num_classes=2, classes=["circle", "square"], pretrained=False)
+    model.save(tmp_path / "model")
+    code, out, err = run("eval", "--model", tmp_path / "model", "--data", root, "--split", "train")
+    assert code == 1 and err.count("\n") == 1 and f"1 of 6 image files under {root / 'train'}" in err

@@ -66,7 +66,7 @@ def image_file_problem(path: str | os.PathLike[str]) -> str | None:
     except (OSError, SyntaxError, ValueError) as err:
         if isinstance(err, Image.UnidentifiedImageError):
             return "not an image file PIL can read"
-        return " ".join(str(err).split()) or type(err).__name__
+        return f"it cannot be opened: {' '.join(str(err).split()) or type(err).__name__}"
 
 
 def _tail(fp: Any, size: int) -> bytes:
