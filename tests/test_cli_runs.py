@@ -94,7 +94,7 @@ def test_predict_reports_an_unreadable_file_and_predicts_the_rest(
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"not a jpeg")
     result = run("predict", "--model", reference[0], broken, good)
-    assert result.code == 0, result.err
+    assert result.code == 1, result.err  # the good file is predicted; the skip shows in the exit status
     assert result.out.strip().startswith(f"{good}: ")
     assert len(result.out.strip().splitlines()) == 1
     assert re.search(rf"skipped {re.escape(str(broken))}: cannot read image", result.err)

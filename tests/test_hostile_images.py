@@ -75,7 +75,7 @@ def test_cli_predict_reports_the_strip_and_predicts_the_other_files(
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", LIMIT)
     good = _png(tmp_path / "images" / "a_good.png", SIDE, SIDE)
     strip = _png(tmp_path / "images" / "b_strip.png", 1, 2000)
-    assert cli.main(["predict", "--model", str(run), str(good), str(strip)]) == 0  # as for unreadable files
+    assert cli.main(["predict", "--model", str(run), str(good), str(strip)]) == 1  # as for unreadable files
     out, err = capsys.readouterr()
     assert [line.split(":")[0] for line in out.strip().splitlines()] == [str(good)]
     assert f"skipped {strip}" in err and "MAX_IMAGE_PIXELS" in err

@@ -7,6 +7,7 @@ without a word.
 
 from __future__ import annotations
 
+import csv
 import doctest
 import json
 import os
@@ -208,23 +209,24 @@ def test_python_cli_and_onnx_run_at_the_trained_preprocessing(tmp_path: Path, ta
     assert done.returncode == 0, done.stderr[-2000:]
     answers = json.loads(done.stdout.splitlines()[-1])
     assert answers["size"] == [3, 64, 64]
-    code, printed, err = run("predict", "--model", out, *files, "--top-k", "2")
+    table = tmp_path / "predicted.csv"
+    code, printed, err = run("predict", "--model", out, *files, "--top-k", "2", "--csv", table)
     assert code == 0, err
-    lines = [line for line in printed.splitlines() if line.strip()]
-    assert len(lines) == len(files)
-    for python, onnx, line in zip(answers["python"], answers["onnx"], lines):
+    with open(table, newline="") as f:
+        rows = list(csv.reader(f))[1:]  # path, rank, class, probability (or pixel_share), full precision
+    assert [row[0] for row in rows] == [str(path) for path in files for _ in range(2)]
+    for index, (python, onnx) in enumerate(zip(answers["python"], answers["onnx"])):
+        cli = {name: float(value) for _, _, name, value in rows[2 * index : 2 * index + 2]}
         if task == "classification":
             assert python.keys() == onnx.keys()
             for name in python:
                 assert abs(python[name] - onnx[name]) < 1e-4, (name, python, onnx)
-            cli = line.split(": ", 1)[1].split()
-            for name, value in zip(cli[::2], cli[1::2]):
-                assert abs(float(value) - python[name]) < 5e-4  # printed with 3 decimals
+            for name, value in cli.items():
+                assert abs(value - python[name]) < 1e-4
         else:
             python, onnx = torch.tensor(python), torch.tensor(onnx)
             assert (python == onnx).float().mean() > 0.999  # bilinear ties aside
             shares = torch.bincount(python.flatten(), minlength=4).float() / python.numel()
-            cli = line.split(": ", 1)[1].replace(" of pixels", "").split()
-            for name, value in zip(cli[::2], cli[1::2]):
+            for name, value in cli.items():
                 index = ["background", "circle", "square", "triangle"].index(name)
-                assert abs(float(value) - shares[index].item()) < 5e-4
+                assert abs(value - shares[index].item()) < 1e-4

@@ -78,15 +78,27 @@ class TransferModel(nn.Module):
     def classes(self, names: Sequence[str] | None) -> None:
         self.config["classes"] = check_class_names(names, self.num_classes)
 
-    def predict(self, images: Any, *, top_k: int = 5, image_size: int | None = None) -> Any:
-        """Top classes with probabilities (or masks) for images: `transferkit.predict.predict_images`.
+    def predict(
+        self,
+        images: Any,
+        *,
+        top_k: int = 5,
+        image_size: int | None = None,
+        score_threshold: float | None = None,
+        max_detections: int | None = None,
+    ) -> Any:
+        """Top classes with probabilities, masks or boxes for images: `transferkit.predict.predict_images`
+        (detection keeps boxes scoring ``score_threshold``, default 0.3, at most ``max_detections``).
 
         >>> model.predict("bee.jpg", top_k=2)  # doctest: +SKIP
         [('bees', 0.968), ('ants', 0.032)]
         """
         from .predict import predict_images
 
-        return predict_images(self, images, top_k=top_k, image_size=image_size)
+        return predict_images(
+            self, images, top_k=top_k, image_size=image_size, score_threshold=score_threshold,
+            max_detections=max_detections,
+        )  # fmt: skip
 
     @property
     def data_config(self) -> dict[str, Any]:

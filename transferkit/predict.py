@@ -121,6 +121,8 @@ def predict_images(
     top_k: int = 5,
     image_size: int | None = None,
     batch_size: int = 32,
+    score_threshold: float | None = None,
+    max_detections: int | None = None,
 ) -> Any:
     """Predict images with ``model``; what ``model.predict`` calls.
 
@@ -135,18 +137,23 @@ def predict_images(
         top_k: Classes per image (classification), at most ``num_classes``.
         image_size: The square side the model was trained at, when not its ``data_config``'s.
         batch_size: Images per forward pass.
+        score_threshold: Detection: the lowest score kept (default 0.3, from the detections the head keeps,
+            which score its ``score_thresh``, 0.05 by default, or more).
+        max_detections: Detection: the most boxes kept per image, best first (default 100, what the
+            heads keep).
 
     Returns:
         For one image, its answer; for a list or a batch, a list of answers in order. Classification:
         ``[(class name, probability), ...]``, the ``top_k`` most likely first. Segmentation: the mask
         ``[H, W]`` of class indices (int64) at the image's own size (for tensors, the tensor's size).
         Detection: ``{"boxes" [D, 4], "scores" [D], "labels" [D]}``, boxes ``xyxy`` in the image's own
-        pixels, best first (``top_k`` does not apply).
+        pixels, best first, scoring ``score_threshold`` or more (``top_k`` does not apply).
 
     Raises:
         OSError: A file cannot be read, or is too large to read (see `read_image`); the message names it.
-        ValueError: An in-memory image too large for the evaluation transform, or model outputs that are
-            not finite (`check_finite_outputs`: the message names the images).
+        ValueError: An in-memory image too large for the evaluation transform, model outputs that are
+            not finite (`check_finite_outputs`: the message names the images), or ``score_threshold`` /
+            ``max_detections`` for a model that does not detect, or out of range.
         TypeError: An input of another kind.
 
     Examples:
@@ -164,6 +171,7 @@ def predict_images(
     if not items:
         raise ValueError("predict got no images; pass a path, a PIL image, a tensor or a list of them")
     task = get_task(model.task)
+    options = task.prediction_options(score_threshold=score_threshold, max_detections=max_detections)
     transform = task.image_transform(model, image_size)
     side = evaluation_side(model, image_size)
     classes = model.classes
@@ -176,7 +184,7 @@ def predict_images(
         outputs = _forward(model, task, list(inputs), batch_size)
         check_finite_outputs(outputs, [_name(image, start + i) for i, image in enumerate(chunk)])
         answers += [
-            task.prediction(out, classes, top_k, size, tuple(x.shape[-2:]))
+            task.prediction(out, classes, top_k, size, tuple(x.shape[-2:]), **options)
             for out, size, x in zip(outputs, sizes, inputs, strict=True)
         ]
     return answers[0] if single else answers

@@ -13,6 +13,7 @@ from typing import Any, cast
 
 from torch.utils.data import DataLoader
 
+from ..data.check import check_dataset_files
 from ..model import TransferModel
 from ..tasks import get_task
 from ..training import Trainer
@@ -73,6 +74,7 @@ def evaluate_folder(
     """
     task = get_task(model.task)
     dataset = task.folder_dataset(split_dir, model, model.classes, None)
+    check_dataset_files([dataset])  # every damaged file named before evaluating
     loader = DataLoader(dataset, batch_size=batch_size, collate_fn=task.collate_fn)
     return Trainer(model, device=device).evaluate(loader), len(cast(Sized, dataset))
 

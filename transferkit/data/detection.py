@@ -43,6 +43,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from ..preprocessing import declare_data_config
 from .augment import check_flip
+from .check import check_dataset_files
 from .detection_formats import read_coco, read_voc
 from .folders import _load_rgb, _require_dir
 from .kinds import check_folder_kind
@@ -283,4 +284,5 @@ def detection_folder_loaders(
             pin_memory=torch.cuda.is_available(),
             persistent_workers=num_workers > 0,
         )
+    check_dataset_files(loader.dataset for loader in loaders.values())
     return loaders

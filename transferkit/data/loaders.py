@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..preprocessing import declare_data_config
 from .augment import GEOMETRIC_AUGMENTATIONS, MixCollate, parse_augment
+from .check import check_dataset_files
 from .folders import (
     _CLASSIFICATION_LAYOUT,
     _SEGMENTATION_LAYOUT,
@@ -220,6 +221,7 @@ def image_folder_loaders(
         side = _decode_side(config, image_size, False) if fast_decode else None
         train_classes = datasets["train"].classes  # type: ignore[attr-defined]
         datasets["val"] = ClassFolder(root / "val", val_transform, classes=train_classes, decode_side=side)
+    check_dataset_files(datasets.values())  # every unreadable file named now, not mid-epoch
     if cache_images:
         if cache_budget < 0:
             raise ValueError(f"cache_budget is a number of bytes >= 0, got {cache_budget}.")
@@ -323,4 +325,5 @@ def segmentation_folder_loaders(
         loaders[split] = _loader(
             dataset, train=split == "train", batch_size=batch_size, num_workers=num_workers, seed=seed
         )
+    check_dataset_files(loader.dataset for loader in loaders.values())
     return loaders

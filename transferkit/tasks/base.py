@@ -131,7 +131,7 @@ class Task:
         input_size: tuple[int, int] | None = None,
     ) -> Any:
         """What ``model.predict`` returns for one image from its output (``size``: the image's ``(H, W)``,
-        ``input_size``: the ``(H, W)`` the model saw it at)."""
+        ``input_size``: the ``(H, W)`` the model saw it at; a task may take `prediction_options` too)."""
         raise NotImplementedError
 
     # --------------------------------------------------------------------------------- data folders
@@ -158,16 +158,56 @@ class Task:
     predict_picture: str | None = None  # what ``transferkit predict`` draws into the run folder, if anything
     default_neck = "identity"  # the neck ``transferkit train`` builds when given none
 
+    # the columns of `rows` after the class name, as ``transferkit predict --csv`` heads them
+    csv_columns: tuple[str, ...] = ("probability",)
+    score_unit = ""  # what `describe` says after the scores
+    writes_masks = False  # `prediction` is a mask of class indices (``transferkit predict --masks-dir``)
+
+    def prediction_options(self, **options: Any) -> dict[str, Any]:
+        """The keyword options of `prediction` given (not None), checked, with this task's defaults.
+
+        Raises:
+            ValueError: An option this task's predictions do not take (detection's ``score_threshold``
+                and ``max_detections`` given for a classification model), or an invalid value.
+        """
+        given = sorted(name for name, value in options.items() if value is not None)
+        if given:
+            raise ValueError(
+                f"{' and '.join(given)} {'apply' if len(given) > 1 else 'applies'} to detection models; "
+                f"this is a {self.name} model (its predictions take top_k)"
+            )
+        return {}
+
+    def rows(
+        self,
+        output: Any,
+        classes: list[str],
+        top_k: int,
+        size: tuple[int, int],
+        input_size: tuple[int, int],
+        **options: Any,
+    ) -> list[tuple[Any, ...]]:
+        """One image's ranked answer: ``(class name, score, ...)`` per row, the columns `csv_columns` names
+        after the name; here the ``top_k`` classes by `class_scores`."""
+        scores, _ = self.class_scores(output[None])
+        values, indices = scores[0].topk(min(top_k, len(classes)))
+        return [(classes[i], v) for v, i in zip(values.tolist(), indices.tolist())]
+
     def describe(
-        self, output: Any, classes: list[str], top_k: int, size: tuple[int, int], input_size: tuple[int, int]
+        self,
+        output: Any,
+        classes: list[str],
+        top_k: int,
+        size: tuple[int, int],
+        input_size: tuple[int, int],
+        **options: Any,
     ) -> str:
-        """One image's output as ``transferkit predict`` prints it: the ``top_k`` classes with their scores.
+        """One image's output as ``transferkit predict`` prints it: the `rows`, scores with 3 decimals.
 
         ``size`` is the image's own ``(H, W)``, ``input_size`` the one the model saw.
         """
-        scores, unit = self.class_scores(output[None])
-        values, indices = scores[0].topk(min(top_k, len(classes)))
-        return "  ".join(f"{classes[i]} {v:.3f}" for v, i in zip(values.tolist(), indices.tolist())) + unit
+        rows = self.rows(output, classes, top_k, size, input_size, **options)
+        return "  ".join(f"{name} {score:.3f}" for name, score, *_ in rows) + self.score_unit
 
     def draw_answers(
         self, images: list[Image.Image], answers: list[Any], classes: list[str], path: Path

@@ -37,10 +37,15 @@ if TYPE_CHECKING:
 
     from ..model import TransferModel
 
-__all__ = ["DetectionTask"]
+__all__ = ["MAX_DETECTIONS", "SCORE_THRESHOLD", "DetectionTask"]
 
 Target = dict[str, Tensor]
 _EDGE = 0.01  # pixels a box may pass the image edge by (float rounding of resized boxes)
+# What `DetectionTask.prediction` keeps by default (``model.predict``, ``transferkit predict``). The heads
+# keep every detection from 0.05 (SSDlite: 0.001), as COCO mAP wants low-scoring boxes too; an answer for
+# a person is the boxes worth drawing, the score from which the pictures draw them (`SHOW_SCORE`).
+SCORE_THRESHOLD = 0.3
+MAX_DETECTIONS = 100  # the heads' own detections_per_img: no cut unless asked for
 
 
 def _empty() -> Target:
@@ -201,6 +206,28 @@ class DetectionTask(Task):
         """One detection dict per image, in loader order."""
         return [image for batch in outputs for image in batch]
 
+    csv_columns = ("score", "x1", "y1", "x2", "y2")
+
+    def prediction_options(self, **options: Any) -> dict[str, Any]:
+        """``score_threshold`` and ``max_detections`` for `prediction`, checked; None: the defaults,
+        `SCORE_THRESHOLD` and `MAX_DETECTIONS`.
+
+        Raises:
+            ValueError: A threshold outside [0, 1], or a count below 1.
+        """
+        given = {name: value for name, value in options.items() if value is not None}
+        threshold = given.pop("score_threshold", SCORE_THRESHOLD)
+        count = given.pop("max_detections", MAX_DETECTIONS)
+        if given:
+            raise TypeError(
+                f"detection predictions take score_threshold and max_detections, not {sorted(given)}"
+            )
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold <= 1:
+            raise ValueError(f"score_threshold is a score in [0, 1], got {threshold!r}")
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise ValueError(f"max_detections is an int >= 1, got {count!r}")
+        return {"score_threshold": float(threshold), "max_detections": count}
+
     def prediction(
         self,
         output: Target,
@@ -208,10 +235,15 @@ class DetectionTask(Task):
         top_k: int,
         size: tuple[int, int],
         input_size: tuple[int, int] | None = None,
+        *,
+        score_threshold: float = SCORE_THRESHOLD,
+        max_detections: int = MAX_DETECTIONS,
     ) -> Target:
         """``{"boxes", "scores", "labels"}`` with boxes in the image's own pixels (``size``: its ``(H, W)``).
 
-        Every detection above the head's score threshold is kept, best first; ``top_k`` does not apply.
+        The ``max_detections`` best detections scoring ``score_threshold`` or more, best first (from those
+        the head kept: its own ``score_thresh`` and ``detections_per_img`` come first); ``top_k`` does
+        not apply.
         """
         boxes = output["boxes"].float()
         if input_size is not None and tuple(input_size) != tuple(size):
@@ -219,7 +251,22 @@ class DetectionTask(Task):
             boxes = (boxes * scale).clamp(min=0)
             boxes = torch.minimum(boxes, boxes.new_tensor([size[1], size[0]] * 2))
         order = output["scores"].argsort(descending=True)
+        order = order[output["scores"][order] >= score_threshold][:max_detections]
         return {"boxes": boxes[order], "scores": output["scores"][order], "labels": output["labels"][order]}
+
+    def rows(
+        self,
+        output: Target,
+        classes: list[str],
+        top_k: int,
+        size: tuple[int, int],
+        input_size: tuple[int, int],
+        **options: Any,
+    ) -> list[tuple[Any, ...]]:
+        """``(class name, score, x1, y1, x2, y2)`` per box of `prediction`, best first, in image pixels."""
+        answer = self.prediction(output, classes, top_k, size, input_size, **options)
+        listed = zip(*(answer[k].tolist() for k in ("labels", "scores", "boxes")))
+        return [(classes[label], score, *box) for label, score, box in listed]
 
     # --------------------------------------------------------------------------------- data folders
     def folder_loaders(self, root: Path, model: TransferModel | None, **kwargs: Any) -> dict[str, DataLoader]:
@@ -247,18 +294,19 @@ class DetectionTask(Task):
     default_neck = "fpn_lite"  # the heads share one predictor over levels of equal channels
 
     def describe(
-        self, output: Any, classes: list[str], top_k: int, size: tuple[int, int], input_size: tuple[int, int]
+        self,
+        output: Any,
+        classes: list[str],
+        top_k: int,
+        size: tuple[int, int],
+        input_size: tuple[int, int],
+        **options: Any,
     ) -> str:
-        """``name score [x1, y1, x2, y2]`` per box scoring `SHOW_SCORE` or more, in the image's pixels."""
-        from ..detection_plots import SHOW_SCORE
-
-        answer = self.prediction(output, classes, top_k, size, input_size)
-        kept = [
-            f"{classes[label]} {score:.3f} [{', '.join(f'{v:.0f}' for v in box)}]"
-            for box, score, label in zip(*(answer[k].tolist() for k in ("boxes", "scores", "labels")))
-            if score >= SHOW_SCORE
-        ]
-        return "; ".join(kept) if kept else f"no box scoring {SHOW_SCORE:g} or more"
+        """``name score [x1, y1, x2, y2]`` per box of `prediction` (``options``: its threshold and count)."""
+        rows = self.rows(output, classes, top_k, size, input_size, **options)
+        kept = [f"{name} {score:.3f} [{', '.join(f'{v:.0f}' for v in box)}]" for name, score, *box in rows]
+        threshold = options.get("score_threshold", SCORE_THRESHOLD)
+        return "; ".join(kept) if kept else f"no box scoring {threshold:g} or more"
 
     def draw_answers(
         self, images: list[Image.Image], answers: list[Any], classes: list[str], path: Path

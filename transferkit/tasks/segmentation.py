@@ -98,6 +98,25 @@ class SegmentationTask(Task):
             output = F.interpolate(output[None].float(), size=size, mode="bilinear", align_corners=False)[0]
         return output.argmax(0)
 
+    csv_columns = ("pixel_share",)
+    score_unit = " of pixels"
+    writes_masks = True
+
+    def rows(
+        self,
+        output: Tensor,
+        classes: list[str],
+        top_k: int,
+        size: tuple[int, int],
+        input_size: tuple[int, int],
+        **options: Any,
+    ) -> list[tuple[Any, ...]]:
+        """The ``top_k`` classes by their share of the pixels of `prediction`'s mask (the image's size)."""
+        mask = self.prediction(output, classes, top_k, size, input_size)
+        shares = torch.bincount(mask.flatten(), minlength=len(classes)).double() / mask.numel()
+        values, indices = shares.topk(min(top_k, len(classes)))
+        return [(classes[i], v) for v, i in zip(values.tolist(), indices.tolist())]
+
     def class_scores(self, outputs: Tensor) -> tuple[Tensor, str]:
         k = outputs.shape[1]
         counts = torch.stack([torch.bincount(p.flatten(), minlength=k) for p in outputs.argmax(1)])

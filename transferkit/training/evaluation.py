@@ -12,6 +12,7 @@ from .feature_cache import CachedBatch
 from .finite import check_finite_inputs, not_finite, warn_if_not_finite
 from .loaders import refuse_dataset, split_batch
 from .progress import progress
+from .worker_errors import plain_worker_errors
 
 if TYPE_CHECKING:
     from .trainer import Trainer
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
 __all__ = ["evaluate_batches", "predict_batches"]
 
 
+@plain_worker_errors
 @torch.no_grad()
 def evaluate_batches(
     trainer: Trainer, loader: Iterable[Any], epoch: int | None = None, bar: Any = None
@@ -68,6 +70,7 @@ def evaluate_batches(
     return results
 
 
+@plain_worker_errors
 @torch.no_grad()
 def predict_batches(trainer: Trainer, loader: Iterable[Any]) -> Any:
     """The model's outputs for every batch of ``loader`` (inputs alone or ``(inputs, targets)``): a tensor,

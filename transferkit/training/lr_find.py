@@ -29,6 +29,7 @@ import torch
 
 from .loaders import check_length, split_batch, split_loaders
 from .one_sample import OneSampleBatches, all_skipped_message
+from .worker_errors import plain_worker_errors
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -74,6 +75,7 @@ def _suggest(lrs: list[float], losses: list[float]) -> float:
     return max(lrs[0], lrs[lowest] / 10)
 
 
+@plain_worker_errors
 def lr_find(
     trainer: Trainer,
     loader: Any,

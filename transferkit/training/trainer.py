@@ -41,6 +41,7 @@ from .progress import EpochProgress
 from .recipe import DEFAULT_LR, apply_default_recipe, default_lr_scale
 from .running_loss import LossParts, sync_losses
 from .step import AccumulationWindows, close_window, train_batch
+from .worker_errors import plain_worker_errors
 
 if TYPE_CHECKING:
     from ..model import TransferModel
@@ -187,6 +188,7 @@ class Trainer:
         )
 
     # ----------------------------------------------------------------------------------------- fit
+    @plain_worker_errors
     def fit(self, loaders: Any) -> list[dict[str, Any]]:
         """Trains for ``epochs`` epochs and returns the history (one dict per epoch).
 
