@@ -2,6 +2,8 @@
 
 - ``transforms``: ``build_transforms`` and ``build_segmentation_transforms`` from a data config;
 - ``folders``: ``ClassFolder``, ``SegmentationFolder`` and the loaders that read the folder layouts;
+- ``arrays`` and ``csv_labels``: ``array_loaders`` (numpy arrays, tensors) and ``csv_loaders`` (a table of
+  paths and labels) with the same preprocessing; ``split``: the seeded, stratified ``val_pct`` split;
 - ``image_cache``: ``CachedFolder`` and ``ImageCache``, images decoded once (``cache_images=True``);
 - ``synthetic``: ``SyntheticShapes`` and the writers that save it as such folders;
 - ``detection``: ``DetectionFolder`` (COCO or Pascal VOC), its box-aware transforms, the padding collate
@@ -21,6 +23,8 @@ Examples:
 
 from __future__ import annotations
 
+from .arrays import ArrayDataset, array_loaders
+from .csv_labels import LabelledFiles, csv_loaders
 from .detection import (
     DetectionFolder,
     build_detection_transforms,
@@ -31,6 +35,7 @@ from .detection import (
 from .folders import ClassFolder, SegmentationFolder
 from .image_cache import CachedFolder, ImageCache
 from .loaders import default_num_workers, image_folder_loaders, segmentation_folder_loaders
+from .split import stratified_split
 from .synthetic import SHAPES, SyntheticShapes, make_shapes_folder, make_shapes_segmentation_folder
 from .synthetic_detection import SyntheticShapesDetection, make_shapes_detection_folder
 from .transforms import (
@@ -47,17 +52,21 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "SHAPES",
+    "ArrayDataset",
     "CachedFolder",
     "ClassFolder",
     "DetectionFolder",
     "ImageCache",
+    "LabelledFiles",
     "SegmentationFolder",
     "SyntheticShapes",
     "SyntheticShapesDetection",
+    "array_loaders",
     "build_detection_transforms",
     "build_segmentation_transforms",
     "build_transforms",
     "collate_detection",
+    "csv_loaders",
     "default_num_workers",
     "detection_folder_loaders",
     "evaluation_geometry",
@@ -67,4 +76,5 @@ __all__ = [
     "make_shapes_segmentation_folder",
     "pad_images",
     "segmentation_folder_loaders",
+    "stratified_split",
 ]
