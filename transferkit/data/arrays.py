@@ -212,9 +212,13 @@ def array_loaders(
     datasets: dict[str, Dataset] = {"train": train}
     if val_pct is not None:
         train_idx, val_idx = stratified_split(train.targets, check_val_pct(val_pct), seed, train.classes)
-        common = {"classes": train.classes, "layout": train.layout}
-        datasets["train"] = ArrayDataset(images, labels, train_transform, indices=train_idx, **common)
-        datasets["val"] = ArrayDataset(images, labels, val_transform, indices=val_idx, **common)
+        for split, transform, indices in (
+            ("train", train_transform, train_idx),
+            ("val", val_transform, val_idx),
+        ):
+            datasets[split] = ArrayDataset(
+                images, labels, transform, classes=train.classes, layout=train.layout, indices=indices
+            )
     elif val is not None:
         if not isinstance(val, (tuple, list)) or len(val) != 2:
             raise TypeError(f"val must be a pair (images, labels), got {type(val).__name__}")
