@@ -95,7 +95,7 @@ def test_layouts_that_do_not_fit_are_refused_naming_the_fix() -> None:
         array_loaders(np.full((4, 8, 8), 255.0), labels)
     with pytest.raises(ValueError, match="NaN"):
         array_loaders(np.full((4, 8, 8), np.nan, np.float32), labels)
-    with pytest.raises(ValueError, match=r"int16 images span 1000\.\.1000; integer pixels must lie in 0\.\.255"):
+    with pytest.raises(ValueError, match=r"int16 images span 1000\.\.1000; integer pixels must lie in 0"):
         array_loaders(np.full((4, 8, 8), 1000, np.int16), labels)
     with pytest.raises(TypeError, match="labels must be integer class indices"):
         array_loaders(np.zeros((4, 8, 8), np.uint8), labels.astype(float))
