@@ -11,7 +11,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-__all__ = ["BestEpoch", "cpu_copy"]
+__all__ = ["BestEpoch", "check_monitor", "cpu_copy"]
 
 
 def cpu_copy(state: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -73,3 +73,13 @@ class BestEpoch:
         self.weights = state.get("state") if self.keep_weights else None
         if self.keep_weights and self.epoch == current_epoch:
             self.weights = cpu_copy(model.state_dict())
+
+
+def check_monitor(monitor: str, *, has_val: bool) -> None:
+    """Refuse a ``val_*`` monitor without a validation loader (`Trainer.fit`).
+
+    Raises:
+        ValueError: ``monitor`` starts with ``val_`` and ``has_val`` is False.
+    """
+    if monitor.startswith("val_") and not has_val:
+        raise ValueError(f"monitor={monitor!r} needs a validation loader; pass {{'train': ..., 'val': ...}}")

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["OPTIMIZERS", "SCHEDULERS", "build_optimizer", "build_scheduler"]
+__all__ = ["OPTIMIZERS", "SCHEDULERS", "build_optimizer", "build_scheduler", "start_schedule"]
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULERS = ("cosine", "step", "onecycle", "none")
@@ -59,3 +59,13 @@ def build_scheduler(spec: Any, optimizer: torch.optim.Optimizer, base_lrs: list[
         "none": lambda s: 1.0,
     }
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factors[spec])
+
+
+def start_schedule(
+    spec: Any, optimizer: torch.optim.Optimizer, base_lrs: list[float], total: int
+) -> tuple[list[float], Any]:
+    """Sets each param group's learning rate to ``base_lrs`` (where the schedule starts) and returns
+    ``(base_lrs, scheduler)`` for ``total`` optimizer steps (`build_scheduler`)."""
+    for group, lr in zip(optimizer.param_groups, base_lrs, strict=True):
+        group["lr"] = group["initial_lr"] = lr
+    return base_lrs, build_scheduler(spec, optimizer, base_lrs, total)

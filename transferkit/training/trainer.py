@@ -22,21 +22,21 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.data import DistributedSampler
 
-from ..classes import fill_classes
-from ..preprocessing import record_data_config, record_input_size
+from ..preprocessing import record_input_size
 from ..tasks import get_task
 from .arguments import check_trainer_arguments
-from .best import BestEpoch
+from .best import BestEpoch, check_monitor
 from .cache import DEFAULT_CACHE_BUDGET, CachedBatch, PrefixCaches
 from .callbacks import Callbacks
 from .checkpoint import restore, resume_from, rollback_point, save_checkpoint, seed_everything
-from .data_warnings import warn_about_data, warn_small_inputs
+from .data_warnings import warn_small_inputs
 from .distributed import init_distributed, resolve_device, resolve_precision, shard_loader, wrap
 from .evaluation import evaluate_batches, predict_batches
-from .loaders import check_length, split_batch, split_loaders
+from .loaders import check_length, split_batch
 from .lr_find import LRFindResult, lr_find
 from .one_sample import OneSampleBatches, all_skipped_message
-from .optim import build_optimizer, build_scheduler
+from .optim import build_optimizer, start_schedule
+from .prepare import prepare_data
 from .progress import EpochProgress
 from .recipe import DEFAULT_LR, apply_default_recipe, default_lr_scale
 from .running_loss import LossParts, sync_losses
@@ -220,28 +220,17 @@ class Trainer:
             CheckpointError: ``resume=True`` and ``last.pt`` is damaged or was written for another model
                 (nothing is changed, the file is kept).
         """
-        train, val = split_loaders(loaders)
-        for name, loader in (("train", train), ("val", val)):
-            if loader is not None:
-                check_length(loader, name)
-        fill_classes(self.model, train)
-        self._size_from_batches = record_data_config(self.model, train, val)
-        warn_about_data(self.model, train, val)  # val lacking classes; inputs too small for the backbone
-        apply_default_recipe(self.model, train)  # decided again now the data is known; never over a choice
+        train, val, self._size_from_batches = prepare_data(self.model, loaders)
         if self.seed is not None:
             seed_everything(self.seed + self.rank)
         train, val = self._shard(train, train=True), self._shard(val, train=False)
         monitor = self.monitor or self.task.default_monitor(has_val=val is not None)
-        if monitor.startswith("val_") and val is None:
-            raise ValueError(
-                f"monitor={monitor!r} needs a validation loader; pass {{'train': ..., 'val': ...}}"
-            )
+        check_monitor(monitor, has_val=val is not None)
         scale = default_lr_scale(self.model, train) if self._auto_lr else 1.0
-        self.base_lrs = [lr * scale for lr in self._given_lrs]
-        for group, lr in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
-            group["lr"] = group["initial_lr"] = lr  # the schedule starts from these
         total_steps = self.epochs * math.ceil(len(train) / self.grad_accum)
-        self.scheduler = build_scheduler(self.scheduler_spec, self.optimizer, self.base_lrs, total_steps)
+        self.base_lrs, self.scheduler = start_schedule(
+            self.scheduler_spec, self.optimizer, [lr * scale for lr in self._given_lrs], total_steps
+        )
         self.history, self.should_stop, self._one_sample = [], False, OneSampleBatches()
         self.best = BestEpoch(monitor, val is not None and self.restore_best, self.early_stopping)
         last = self.checkpoint_dir / "last.pt" if self.checkpoint_dir is not None else None
