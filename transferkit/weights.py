@@ -24,6 +24,7 @@ __all__ = [
     "fetch_url",
     "fetch_hf",
     "weight_tags",
+    "refused_objects",
 ]
 
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
@@ -76,7 +77,9 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
         )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
+    except pickle.UnpicklingError as err:
+        if not refused_objects(err):
+            raise ValueError(_damaged(path, err)) from None
         # torch's message advises turning weights_only off, which would run whatever code the file holds
         raise ValueError(
             f"refusing to load {str(path)!r}: it is not a plain state_dict (it holds objects other than "
@@ -92,6 +95,13 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"{str(path)!r} does not hold a state_dict (a dict of tensor names to tensors)")
     return state
+
+
+def refused_objects(err: pickle.UnpicklingError) -> bool:
+    """Whether torch's weights-only unpickler stopped at an object it does not allow (a class, a call),
+    rather than at bytes that are not a pickle at all (damage: it reads them as unknown opcodes)."""
+    text = str(err)
+    return "Unsupported operand" not in text and "String is too long" not in text
 
 
 def _damaged(path: Path, err: Exception) -> str:

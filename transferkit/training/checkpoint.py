@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from ..atomic import atomic_write
+from ..weights import refused_objects
 
 if TYPE_CHECKING:
     from ..model import TransferModel
@@ -111,7 +112,12 @@ def read_checkpoint(path: Path, model: TransferModel, optimizer: torch.optim.Opt
     """
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
+    except pickle.UnpicklingError as err:
+        if not refused_objects(err):  # bytes that are no pickle: damage, not a foreign object
+            raise CheckpointError(
+                f"cannot resume from {path}: the file is truncated or damaged (not a checkpoint's bytes). "
+                f"The file was left as it is; {_MOVE_AWAY}."
+            ) from None
         # torch's own message advises turning weights_only off, which would run whatever code the file holds
         raise CheckpointError(
             f"cannot resume from {path}: it holds objects other than tensors and plain data, which a "
