@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any, TypeVar
+
 from .backbones import BACKBONES, Backbone
 from .build import build_model
 from .features import FeatureInfo
@@ -38,9 +41,70 @@ __all__ = [
     "rename_keys",
 ]
 
-register_backbone = BACKBONES.register
-register_neck = NECKS.register
-register_head = HEADS.register
+_Factory = TypeVar("_Factory", bound=Callable[..., Any])
+
+
+def register_backbone(name: str) -> Callable[[_Factory], _Factory]:
+    """Decorator: registers a backbone class or factory under ``name`` for `build_model` and `load_model`.
+
+    It is called as ``factory(pretrained=..., in_chans=..., out_indices=..., **backbone_kwargs)`` and
+    returns a module that meets the `Backbone` contract. Registering a name twice raises ``ValueError``.
+
+    Examples:
+        >>> @register_backbone("my_resnet18")
+        ... def my_resnet18(pretrained=False, in_chans=3, out_indices=None):
+        ...     model = build_model("resnet18", num_classes=1, pretrained=pretrained, in_chans=in_chans)
+        ...     return model.backbone
+        >>> build_model("my_resnet18", num_classes=2, pretrained=False).backbone.feature_info.reductions
+        (2, 4, 8, 16, 32)
+    """
+    return BACKBONES.register(name)  # type: ignore[return-value]
+
+
+def register_neck(name: str) -> Callable[[_Factory], _Factory]:
+    """Decorator: registers a neck class or factory under ``name`` (``build_model(neck=name)``).
+
+    It is built as ``neck(feature_info, **neck_kwargs)``, maps a list of feature maps to a list of maps
+    and exposes its own ``feature_info``. Registering a name twice raises ``ValueError``.
+
+    Examples:
+        >>> from torch import nn
+        >>> @register_neck("doubled")
+        ... class Doubled(nn.Module):
+        ...     def __init__(self, feature_info):
+        ...         super().__init__()
+        ...         self.feature_info = feature_info
+        ...     def forward(self, features):
+        ...         return [2 * level for level in features]
+        >>> model = build_model("resnet18", neck="doubled", num_classes=2, pretrained=False)
+        >>> model(torch.randn(1, 3, 64, 64)).shape, "doubled" in list_necks()
+        (torch.Size([1, 2]), True)
+    """
+    return NECKS.register(name)  # type: ignore[return-value]
+
+
+def register_head(name: str) -> Callable[[_Factory], _Factory]:
+    """Decorator: registers a head class or factory under ``name`` (``build_model(head=name)``).
+
+    It is built as ``head(feature_info, num_classes, **head_kwargs)``, called as ``head(features,
+    input_size)``, and declares its task in a ``task`` attribute (``"classification"``, ...). See
+    docs/concepts.md for a complete head. Registering a name twice raises ``ValueError``.
+
+    Examples:
+        >>> from torch import nn
+        >>> @register_head("first_level")
+        ... class FirstLevel(nn.Module):
+        ...     task = "classification"
+        ...     def __init__(self, feature_info, num_classes):
+        ...         super().__init__()
+        ...         self.fc = nn.Linear(feature_info.channels[0], num_classes)
+        ...     def forward(self, features, input_size):
+        ...         return self.fc(features[0].mean(dim=(-2, -1)))
+        >>> model = build_model("resnet18", head="first_level", num_classes=3, pretrained=False)
+        >>> model(torch.randn(2, 3, 64, 64)).shape
+        torch.Size([2, 3])
+    """
+    return HEADS.register(name)  # type: ignore[return-value]
 
 
 def list_backbones(pattern: str = "*") -> list[str]:
@@ -56,10 +120,20 @@ def list_backbones(pattern: str = "*") -> list[str]:
 
 
 def list_necks(pattern: str = "*") -> list[str]:
-    """Sorted neck names matching ``pattern``."""
+    """Sorted neck names matching an fnmatch ``pattern``, registered ones included.
+
+    Examples:
+        >>> list_necks()
+        ['aspp', 'fpn_lite', 'identity', 'pan']
+    """
     return NECKS.list(pattern)
 
 
 def list_heads(pattern: str = "*") -> list[str]:
-    """Sorted head names matching ``pattern``."""
+    """Sorted head names matching an fnmatch ``pattern``, registered ones included.
+
+    Examples:
+        >>> list_heads("f*")
+        ['fasterrcnn', 'fcn', 'fcos']
+    """
     return HEADS.list(pattern)

@@ -34,7 +34,19 @@ __all__ = [
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
+"""ImageNet's per-channel RGB mean (pixels in [0, 1]), which most pretrained weights expect.
+
+Examples:
+    >>> IMAGENET_MEAN
+    (0.485, 0.456, 0.406)
+"""
 IMAGENET_STD = (0.229, 0.224, 0.225)
+"""ImageNet's per-channel RGB standard deviation (pixels in [0, 1]), paired with `IMAGENET_MEAN`.
+
+Examples:
+    >>> IMAGENET_STD
+    (0.229, 0.224, 0.225)
+"""
 DEFAULT_DATA_CONFIG: Mapping[str, Any] = {
     "input_size": (3, 224, 224),
     "mean": IMAGENET_MEAN,
@@ -42,6 +54,13 @@ DEFAULT_DATA_CONFIG: Mapping[str, Any] = {
     "interpolation": "bilinear",
     "crop_pct": 0.875,
 }
+"""The evaluation preprocessing of a backbone that states none: 224 px, ImageNet's mean and std,
+bilinear resizing of the short side to ``224 / crop_pct`` (256 px), then a centre crop.
+
+Examples:
+    >>> DEFAULT_DATA_CONFIG["input_size"], DEFAULT_DATA_CONFIG["crop_pct"]
+    ((3, 224, 224), 0.875)
+"""
 DATA_CONFIG_KEYS = tuple(DEFAULT_DATA_CONFIG)
 _MAX_SIDE = 16384  # a larger side in a config is damage, not a model's input
 

@@ -32,11 +32,37 @@ _CONNECT_TIMEOUT_S = 5.0
 
 
 class PretrainedUnavailableError(RuntimeError):
-    """Pretrained weights are neither cached nor downloadable (typically: no network)."""
+    """Pretrained weights are neither cached nor downloadable (typically: no network).
+
+    The message names the file to place and where, and the ``pretrained=PATH`` alternative.
+
+    Examples:
+        >>> try:  # doctest: +SKIP
+        ...     build_model("resnet18", num_classes=2, pretrained=True)  # offline, nothing cached
+        ... except PretrainedUnavailableError as error:
+        ...     print(error)
+        Cannot download pretrained weights for torchvision/resnet18 from
+        https://download.pytorch.org/models/resnet18-f37072fd.pth: no network. To use pretrained weights
+        for torchvision/resnet18 without network, place the weights file at
+        ~/.cache/torch/hub/checkpoints/resnet18-f37072fd.pth, ...
+    """
 
 
 class WeightsMismatchError(ValueError):
-    """A weights file does not fit the model it is loaded into."""
+    """A weights file does not fit the model it is loaded into; the message counts and names the keys.
+
+    Examples:
+        >>> import tempfile, torchvision
+        >>> path = f"{tempfile.mkdtemp()}/resnet34.pth"
+        >>> torch.save(torchvision.models.resnet34().state_dict(), path)
+        >>> try:
+        ...     build_model("resnet18", num_classes=2, pretrained=path)
+        ... except WeightsMismatchError as error:
+        ...     print(error)
+        weights for torchvision/resnet18 (.../resnet34.pth) does not fit this model: 0 missing keys [],
+        96 unexpected keys ['layer1.2.conv1.weight', ...] .... The file must hold the state_dict of the
+        same architecture (classifier keys are ignored).
+    """
 
 
 def _ways_out(model: str, where: str) -> str:

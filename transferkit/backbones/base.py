@@ -44,6 +44,13 @@ class Backbone(nn.Module):
 
     Library backbones can also ``split(k)`` at a block boundary (see `TorchvisionBackbone.split`), which
     lets a trainer run a frozen prefix once and cache its outputs.
+
+    Examples:
+        >>> backbone = build_model("resnet18", num_classes=2, pretrained=False).backbone
+        >>> [tuple(level.shape[1:]) for level in backbone(torch.randn(1, 3, 64, 64))]
+        [(64, 32, 32), (64, 16, 16), (128, 8, 8), (256, 4, 4), (512, 2, 2)]
+        >>> backbone.feature_info.reductions, list(backbone.blocks)[:3]
+        ((2, 4, 8, 16, 32), ['stem', 'layer1.0', 'layer1.1'])
     """
 
     feature_info: FeatureInfo

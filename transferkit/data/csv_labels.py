@@ -123,6 +123,16 @@ class LabelledFiles(Dataset):
         classes: Class names by index.
         transform: ``PIL image -> tensor``; None gives the RGB PIL image.
         decode_side: Smallest side JPEGs keep when decoded at a reduced scale; None: full size.
+
+    Examples:
+        >>> import tempfile
+        >>> from PIL import Image
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> Image.new("RGB", (8, 8), "red").save(f"{tmp.name}/a.png")
+        >>> data = LabelledFiles([f"{tmp.name}/a.png"], [1], ["cat", "dog"])
+        >>> image, index = data[0]
+        >>> image.size, data.classes[index]
+        ((8, 8), 'dog')
     """
 
     def __init__(
@@ -173,6 +183,9 @@ def csv_loaders(
 ) -> dict[str, DataLoader]:
     """Loaders for images listed in a table with their labels, preprocessed as `image_folder_loaders` does.
 
+    ``data_config``, ``batch_size``, ``image_size``, ``num_workers``, ``seed``, ``augment``, ``flip``,
+    ``crop_scale``, ``mixup``, ``cutmix`` and ``fast_decode`` are as in `image_folder_loaders`.
+
     Args:
         table: A ``.csv`` file, a DataFrame (anything with ``to_dict("list")``) or a dict of columns.
         model: A ``TransferModel`` whose ``data_config`` sets size, mean, std and interpolation.
@@ -184,8 +197,6 @@ def csv_loaders(
         val_pct: Instead of ``val``: hold out this fraction of each class, drawn by ``seed``.
         classes: Class names in index order (default: the sorted distinct labels, numerically when all
             are integers); a label outside them is an error.
-        data_config, batch_size, image_size, num_workers, seed, augment, flip, crop_scale, mixup, cutmix,
-            fast_decode: As in `image_folder_loaders`.
 
     Returns:
         ``{"train": loader}`` plus ``"val"`` with ``val`` or ``val_pct``; each batch is

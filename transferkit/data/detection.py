@@ -256,6 +256,16 @@ def detection_folder_loaders(
         FileNotFoundError: ``root/train`` or its ``images/`` or annotations are missing.
         ValueError: As `DetectionFolder`, or an ``augment`` other than the geometric choices.
         TypeError: A ``flip`` that is not a bool.
+
+    Examples:
+        >>> import tempfile
+        >>> from transferkit.data import make_shapes_detection_folder
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> root = make_shapes_detection_folder(tmp.name, per_split={"train": 4, "val": 2}, image_size=64)
+        >>> loaders = detection_folder_loaders(root, batch_size=2, image_size=64, num_workers=0)
+        >>> images, targets = next(iter(loaders["val"]))
+        >>> images.shape, sorted(targets[0])
+        (torch.Size([2, 3, 64, 64]), ['boxes', 'labels'])
     """
     if augment not in (True, False, "light", "none"):
         raise ValueError(f"augment for detection is True/'light' or False/'none', got {augment!r}")

@@ -37,7 +37,12 @@ _LAYOUT_NAMES = ("images", "masks", "annotations", "annotations.json")
 
 
 class FolderKind(NamedTuple):
-    """A task whose folder layout a dataset folder has, and what in ``root/train`` says so."""
+    """A task whose folder layout a dataset folder has, and what in ``root/train`` says so.
+
+    Examples:
+        >>> FolderKind("segmentation", "train/images and train/masks").task
+        'segmentation'
+    """
 
     task: str  # "classification", "segmentation" or "detection"
     evidence: str  # e.g. "train/images and train/masks"

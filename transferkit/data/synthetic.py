@@ -31,6 +31,12 @@ __all__ = [
 ]
 
 SHAPES = ("circle", "square", "triangle", "cross", "star", "ring")
+"""The classes `SyntheticShapes` draws, in class-index order (``num_classes=3`` uses the first three).
+
+Examples:
+    >>> SHAPES[:3]
+    ('circle', 'square', 'triangle')
+"""
 
 
 def _local_outline(kind: str, radius: float) -> list[tuple[float, float]]:

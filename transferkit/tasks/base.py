@@ -23,8 +23,11 @@ if TYPE_CHECKING:
 
 __all__ = ["IGNORE_INDEX", "TASKS", "Meter", "Task", "get_task"]
 
-IGNORE_INDEX = 255  # mask value of unlabelled pixels
+IGNORE_INDEX = 255
+"""The mask value of unlabelled pixels: segmentation losses and metrics skip them."""
 TASKS = Registry("task")
+"""Every task by name (``"classification"``, ``"segmentation"``, ``"detection"``); `get_task` reads it,
+and ``@TASKS.register(name)`` adds a `Task` subclass."""
 
 
 class Meter(Protocol):

@@ -51,6 +51,22 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be resumed from: damaged, not a checkpoint, or written for another model.
 
     The message names the file and what to do; the file and the training state are left unchanged.
+
+    Examples:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> from torch.utils.data import DataLoader, TensorDataset
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> _ = (folder / "last.pt").write_bytes(b"not a checkpoint")
+        >>> model = build_model("resnet18", num_classes=2, pretrained=False)
+        >>> data = TensorDataset(torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 0, 1]))
+        >>> loader = DataLoader(data, batch_size=2)
+        >>> try:
+        ...     Trainer(model, checkpoint_dir=folder, resume=True, progress=False).fit(loader)
+        ... except CheckpointError as error:
+        ...     print(str(error).split(":")[1].strip())
+        the file is truncated or damaged (not a checkpoint's bytes). The file was left as it is; move it
+        away (or delete it) to start afresh, or point checkpoint_dir= at this model's own run.
     """
 
 

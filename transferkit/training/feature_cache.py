@@ -44,10 +44,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from .cacheable import check_cacheable
-from .progress import bar_renders
+from .progress import (
+    bar_renders,
+    tqdm,  # tqdm.auto, imported without its notebook warning
+)
 
 if TYPE_CHECKING:
     from ..model import TransferModel

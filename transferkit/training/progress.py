@@ -9,12 +9,17 @@ in the output, so there the Trainer prints one plain line per epoch instead and 
 from __future__ import annotations
 
 import sys
+import warnings
 from collections.abc import Iterable, Iterator
 from typing import IO, Any
 
-from tqdm.auto import tqdm
+from tqdm import TqdmWarning
 
-__all__ = ["EpochProgress", "bar_renders", "epoch_line", "progress"]
+with warnings.catch_warnings():  # a notebook without ipywidgets: tqdm warns, and the text bar is handled here
+    warnings.simplefilter("ignore", TqdmWarning)
+    from tqdm.auto import tqdm
+
+__all__ = ["EpochProgress", "bar_renders", "epoch_line", "progress", "tqdm"]
 
 
 def bar_renders(stream: IO[str] | None = None) -> bool:

@@ -99,6 +99,9 @@ class Trainer:
             validation loss is smoothed alike, so ``val_loss`` stays comparable with ``train_loss``.
 
     Examples:
+        >>> from torch.utils.data import DataLoader, TensorDataset
+        >>> data = TensorDataset(torch.randn(8, 3, 32, 32), torch.tensor([0, 1] * 4))  # 8 images, 2 classes
+        >>> train = val = DataLoader(data, batch_size=4)
         >>> model = build_model("resnet18", num_classes=2, pretrained=False)  # logits [N, 2]
         >>> model.freeze(policy="gradual", n=0, step=1)
         >>> history = Trainer(model, epochs=3, progress=False).fit({"train": train, "val": val})
