@@ -79,6 +79,7 @@ CASES: dict[str, tuple[str, Callable[[dict[str, bytes]], bytes], str]] = {
     "random bytes .safetensors": (ST, _fixed(random.Random(2).randbytes(4096)), DAMAGED),
     "safetensors header lying about sizes": (ST, lambda good: _lying_header(good[ST]), DAMAGED),
     "safetensors header longer than the file": (ST, _fixed(struct.pack("<Q", 10**12) + b"{}"), DAMAGED),
+    "text, not weights .pth": (PTH, _fixed(b"not a weights file"), DAMAGED),
     "pickle with code .pth": (PTH, _fixed(pickle.dumps({"conv.weight": _RunsCode()})), NOT_RUN),
     "pickle with code .pt (protocol 2)": ("w.pt", _fixed(pickle.dumps([_RunsCode()], protocol=2)), NOT_RUN),
     "a list, not a state_dict": (PTH, lambda good: _torch_bytes([torch.zeros(1)]), NOT_A_STATE_DICT),

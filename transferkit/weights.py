@@ -104,7 +104,7 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        if not refused_objects(err):
+        if not refused_objects(err, path):
             raise ValueError(_damaged(path, err)) from None
         # torch's message advises turning weights_only off, which would run whatever code the file holds
         raise ValueError(
@@ -123,11 +123,18 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     return state
 
 
-def refused_objects(err: pickle.UnpicklingError) -> bool:
-    """Whether torch's weights-only unpickler stopped at an object it does not allow (a class, a call),
-    rather than at bytes that are not a pickle at all (damage: it reads them as unknown opcodes)."""
+def refused_objects(err: pickle.UnpicklingError, path: Path) -> bool:
+    """Whether torch's weights-only unpickler refused what ``path`` holds (a class, a call, or opcodes of a
+    pickle protocol it does not read), rather than bytes that are no pickle at all (damage).
+
+    A file torch wrote is a zip archive (``PK``); a plain pickle starts with its protocol opcode (``0x80``).
+    Anything else that fails as unknown opcodes is damaged bytes."""
     text = str(err)
-    return "Unsupported operand" not in text and "String is too long" not in text
+    if "Unsupported operand" not in text and "String is too long" not in text:
+        return True
+    with open(path, "rb") as file:
+        head = file.read(2)
+    return head == b"PK" or (head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"))
 
 
 def _damaged(path: Path, err: Exception) -> str:

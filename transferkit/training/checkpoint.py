@@ -129,7 +129,7 @@ def read_checkpoint(path: Path, model: TransferModel, optimizer: torch.optim.Opt
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        if not refused_objects(err):  # bytes that are no pickle: damage, not a foreign object
+        if not refused_objects(err, path):  # bytes that are no pickle: damage, not a foreign object
             raise CheckpointError(
                 f"cannot resume from {path}: the file is truncated or damaged (not a checkpoint's bytes). "
                 f"The file was left as it is; {_MOVE_AWAY}."
