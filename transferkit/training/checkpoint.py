@@ -1,7 +1,8 @@
 """Checkpoints: atomic writes, exact resume, and the per-epoch rollback point.
 
 A checkpoint (``last.pt``) holds everything a resumed run needs to continue as if it had never stopped:
-the model and freeze state, optimizer, scheduler, grad scaler, history, the best epoch so far, every
+the model and freeze state, optimizer, scheduler, grad scaler, history, the best epoch so far, the
+optimizer steps taken (``trainer.global_step``), the callbacks' states (`Callbacks.state_dict`), every
 random number generator (torch, CUDA, Python, NumPy and the loader's own) and the epoch count of a
 sampler that keeps one (`transferkit.data.EpochSampler`, from which each sample's augmentation is
 seeded in whichever worker loads it). It is written to a temporary file, fsynced and renamed, so a
@@ -154,7 +155,7 @@ def read_checkpoint(path: Path, model: TransferModel, optimizer: torch.optim.Opt
             f"{', '.join(missing)}). "
             f"The file was left as it is; {_MOVE_AWAY}."
         )
-    wrong = [key for key, ok in _ENTRY_CHECKS.items() if not ok(ckpt[key])]
+    wrong = [key for key, ok in _ENTRY_CHECKS.items() if key in ckpt and not ok(ckpt[key])]
     if wrong:
         entries = f"{', '.join(wrong)} {'entry is' if len(wrong) == 1 else 'entries are'}"
         raise CheckpointError(
@@ -183,6 +184,14 @@ _ENTRY_CHECKS = {
     "history": lambda v: isinstance(v, list) and all(isinstance(row, dict) for row in v),
     "best": lambda v: isinstance(v, dict),
     "rng": lambda v: isinstance(v, dict) and {"torch", "cuda", "python", "numpy", "loader"} <= set(v),
+    # written since callbacks have state (older checkpoints lack both; they resume all the same)
+    "global_step": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+    "callbacks": lambda v: (
+        isinstance(v, list)
+        and all(
+            e is None or isinstance(e, dict) and isinstance(e.get("name"), str) and "state" in e for e in v
+        )
+    ),
 }
 
 
@@ -322,6 +331,8 @@ def save_checkpoint(trainer: Any, path: Path, train_loader: Any) -> None:
         "history": trainer.history,
         "best": trainer.best.state_dict(trainer.epoch),
         "rng": rng_state(train_loader),
+        "global_step": trainer.global_step,
+        "callbacks": trainer.callbacks.state_dict(),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_save(state, path)
@@ -338,4 +349,13 @@ def resume_from(trainer: Any, path: Path, train_loader: Any) -> int:
     trainer.history = ckpt["history"]
     trainer.best.load_state_dict(ckpt["best"], trainer.model, ckpt["epoch"])
     set_rng_state(ckpt["rng"], train_loader)
+    trainer.global_step = ckpt.get("global_step", _steps_taken(ckpt["scheduler"]))
+    trainer.callbacks.load_state_dict(ckpt.get("callbacks"), f"the checkpoint {path}")
     return ckpt["epoch"] + 1
+
+
+def _steps_taken(scheduler: dict[str, Any]) -> int:
+    """Optimizer steps before a checkpoint that does not count them: its scheduler's count (the Trainer's
+    schedulers step once per optimizer step), or 0 for a scheduler that keeps none."""
+    steps = scheduler.get("last_epoch")
+    return steps if isinstance(steps, int) and steps >= 0 else 0
