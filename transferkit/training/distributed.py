@@ -21,6 +21,7 @@ __all__ = [
     "PRECISIONS",
     "available_devices",
     "init_distributed",
+    "join_processes",
     "resolve_device",
     "resolve_precision",
     "shard_loader",
@@ -81,6 +82,22 @@ def init_distributed(device: torch.device) -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+def join_processes(device: str | torch.device, cache_features: bool) -> tuple[torch.device, int, int]:
+    """``(device, rank, world size)`` of this process (`resolve_device`, `init_distributed`).
+
+    Raises:
+        NotImplementedError: ``cache_features=True`` under torchrun (several processes).
+    """
+    resolved = resolve_device(device, int(os.environ.get("LOCAL_RANK", "0")))
+    rank, world_size = init_distributed(resolved)
+    if cache_features and world_size > 1:
+        raise NotImplementedError(
+            "cache_features=True is not supported under torchrun (DistributedDataParallel) yet; "
+            "use cache_features=False when training on several processes"
+        )
+    return resolved, rank, world_size
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype:

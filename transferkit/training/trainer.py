@@ -30,12 +30,12 @@ from .cache import DEFAULT_CACHE_BUDGET, PrefixCaches
 from .callbacks import Callbacks
 from .checkpoint import restore, resume_from, rollback_point, save_checkpoint, seed_everything
 from .data_warnings import warn_small_inputs
-from .distributed import init_distributed, resolve_device, resolve_precision, shard_loader, wrap
+from .distributed import join_processes, resolve_precision, shard_loader, wrap
 from .evaluation import evaluate_batches, predict_batches
 from .loaders import Feed, check_length
 from .lr_find import LRFindResult, lr_find
 from .one_sample import OneSampleBatches, all_skipped_message
-from .optim import build_optimizer, start_schedule
+from .optim import model_optimizer, start_schedule
 from .prepare import prepare_data
 from .progress import EpochProgress
 from .recipe import DEFAULT_LR, apply_default_recipe, default_lr_scale
@@ -109,6 +109,12 @@ class Trainer:
         ([0, 1, 2], ['epoch', 'lr', 'seconds', 'train_loss', 'trainable_blocks', 'val_acc', 'val_loss'])
     """
 
+    scheduler: Any  # built by fit(), over its number of optimizer steps
+    history: list[dict[str, Any]]
+    loss: Tensor | None  # last training loss, on the device (read it without a sync)
+    _net: nn.Module  # the training module (`_network`)
+    _net_trainable: tuple[str, ...] | None  # the trainable parameters it was built for
+
     def __init__(
         self,
         model: TransferModel,
@@ -140,63 +146,35 @@ class Trainer:
         label_smoothing: float = 0.0,
     ) -> None:
         check_trainer_arguments(locals())  # every argument by name, before anything is built
-        self.model, self.task, self.epochs, self.scheduler_spec = (
-            model,
-            get_task(model.task),
-            epochs,
-            scheduler,
-        )
-        self.cache_features, self.resume, self.early_stopping = cache_features, resume, early_stopping
-        self.monitor, self.restore_best, self.callbacks = monitor, restore_best, Callbacks(callbacks)
-        self.seed, self.compile, self.cache_dir, self._auto_lr = seed, compile, cache_dir, lr is None
+        self.model, self.task, self.epochs = model, get_task(model.task), epochs
+        self.scheduler_spec, self.cache_features, self.resume = scheduler, cache_features, resume
+        self.early_stopping, self.monitor, self.restore_best = early_stopping, monitor, restore_best
+        self.callbacks, self.seed, self.compile = Callbacks(callbacks), seed, compile
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
-
-        self.device = resolve_device(device, int(os.environ.get("LOCAL_RANK", "0")))
-        self.rank, self.world_size = init_distributed(self.device)
-        self.is_main = self.rank == 0
-        if cache_features and self.world_size > 1:
-            raise NotImplementedError(
-                "cache_features=True is not supported under torchrun (DistributedDataParallel) yet; "
-                "use cache_features=False when training on several processes"
-            )
-        self.show_progress = progress and self.is_main
+        self.device, self.rank, self.world_size = join_processes(device, cache_features)
+        self.is_main, self.show_progress = self.rank == 0, progress and self.rank == 0
         self.amp_dtype = resolve_precision(precision, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
-        cuda = self.device.type == "cuda"
-        self.memory_format = torch.channels_last if cuda else torch.contiguous_format
+        self.memory_format = torch.channels_last if self.device.type == "cuda" else torch.contiguous_format
         model.to(self.device, memory_format=self.memory_format)  # type: ignore[call-overload]  # torch's stubs
-
         apply_default_recipe(model)  # only when no freeze was chosen (fit decides again with the data)
-        scales: dict[str, Any] = {"layer_decay": layer_decay, "backbone_lr_mult": backbone_lr_mult}
-        groups = model.param_groups(lr or DEFAULT_LR, weight_decay=weight_decay, **scales)
-        partly_frozen = len(model.trainable_blocks) < len(model.blocks)
-        self.optimizer = build_optimizer(optimizer, groups, fused_on_cpu=partly_frozen)
+        scales = {"layer_decay": layer_decay, "backbone_lr_mult": backbone_lr_mult}
+        self.optimizer = model_optimizer(model, optimizer, lr or DEFAULT_LR, weight_decay, **scales)
         self.base_lrs = self._given_lrs = [g["lr"] for g in self.optimizer.param_groups]
-        self.scheduler: Any = None
-        loss_fn = loss or self.task.training_loss(label_smoothing)
         self.stepper = Step(  # device, precision, forward, loss, update: shared by every pass
-            self.task, loss_fn, self.optimizer, self.scaler, self.device, self.amp_dtype, self.memory_format,
-            grad_accum=grad_accum, clip_grad_norm=clip_grad_norm, world_size=self.world_size,
+            self.task, loss or self.task.training_loss(label_smoothing), self.optimizer, self.scaler,
+            self.device, self.amp_dtype, self.memory_format, grad_accum=grad_accum,
+            clip_grad_norm=clip_grad_norm, world_size=self.world_size,
         )  # fmt: skip
-        self.history: list[dict[str, Any]] = []
+        self.scheduler, self.history, self.loss, self._net, self._net_trainable = None, [], None, model, None
         self.epoch, self.step, self.global_step, self.should_stop = 0, 0, 0, False
-        self.loss: Tensor | None = None  # last training loss, on the device (read it without a sync)
-        self._net: nn.Module = model
-        self._net_trainable: tuple[str, ...] | None = None
-        self.best = BestEpoch("val_loss", keep_weights=False)  # replaced in fit(), once the monitor is known
-        self._one_sample = OneSampleBatches()  # replaced in fit(): it warns once per fit
-        self._size_from_batches = False  # fit() sets it (`transferkit.preprocessing.record_data_config`)
-        self._cache = PrefixCaches(
-            model,
-            device=self.device,
-            memory_format=self.memory_format,
-            autocast=self.stepper.autocast,
-            budget=cache_budget,
-            directory=cache_dir,
-            check_targets=self._check_targets,
-            progress=self.show_progress,
-            compile=compile,
-        )
+        self.best = BestEpoch("val_loss", keep_weights=False)  # fit() renews it and the one-sample guard
+        self._one_sample, self._size_from_batches, self._auto_lr = OneSampleBatches(), False, lr is None
+        self._cache = PrefixCaches(  # the frozen prefix's feature caches (cache_features=True)
+            model, device=self.device, memory_format=self.memory_format, autocast=self.stepper.autocast,
+            budget=cache_budget, directory=cache_dir, check_targets=self._check_targets,
+            progress=self.show_progress, compile=compile,
+        )  # fmt: skip
 
     # ----------------------------------------------------------------------------------------- fit
     @plain_worker_errors
@@ -276,7 +254,7 @@ class Trainer:
             desc = f"epoch {epoch + 1}/{self.epochs}"
             total = len(train) + (len(val) if val is not None else 0)
             with (
-                rollback_point(self.model, self.cache_dir) as last_good,
+                rollback_point(self.model, self._cache.directory) as last_good,
                 EpochProgress(desc, total, self.show_progress) as bar,
             ):
                 try:
