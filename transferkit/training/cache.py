@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -148,7 +148,8 @@ class PrefixCaches:
             )
             self._caches[role] = cache
             if role == "train" or self.net is None:
-                self.net = CachedInputs(torch.compile(cache.trainable) if self.compile else cache.trainable)
+                part = cast(nn.Module, torch.compile(cache.trainable)) if self.compile else cache.trainable
+                self.net = CachedInputs(part)
         return Feed(cache.epoch(), self.net, checked=True)
 
     def close(self) -> None:

@@ -21,7 +21,7 @@ import random
 import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -242,7 +242,8 @@ def _loader_generators(loader: Any) -> list[torch.Generator]:
 
 def rng_state(loader: Any) -> dict[str, Any]:
     """Every random number generator a training epoch draws from, and the sampler's state, as plain data."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = cast("tuple[str, np.ndarray, int, int, float]", np.random.get_state())  # the legacy tuple
+    kind, keys, pos, has_gauss, cached = state
     return {
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
@@ -256,7 +257,8 @@ def rng_state(loader: Any) -> dict[str, Any]:
 def _sampler_state(loader: Any) -> dict[str, Any] | None:
     """The state of a sampler that has one (`transferkit.data.EpochSampler`: its epoch count), else None."""
     sampler = getattr(loader, "sampler", None)
-    return sampler.state_dict() if callable(getattr(sampler, "state_dict", None)) else None
+    state = getattr(sampler, "state_dict", None)
+    return state() if callable(state) else None
 
 
 def set_rng_state(state: dict[str, Any], loader: Any) -> None:
@@ -304,7 +306,7 @@ def mutable_state(model: TransferModel) -> dict[str, Tensor]:
     keys = {name for name, p in model.named_parameters() if p.requires_grad}
     for prefix, module in model.named_modules():
         if module.training:
-            skip = getattr(module, "_non_persistent_buffers_set", set())
+            skip: set[str] = getattr(module, "_non_persistent_buffers_set", set())
             keys.update(f"{prefix}.{b}" if prefix else b for b, _ in module.named_buffers(recurse=False))
             keys.difference_update(f"{prefix}.{b}" if prefix else b for b in skip)
     return {k: v for k, v in model.state_dict().items() if k in keys}

@@ -7,7 +7,7 @@ nccl on CUDA) on its shard of each loader; only rank 0 logs and writes.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.distributed as dist
@@ -29,7 +29,14 @@ __all__ = [
 ]
 
 PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-_LOADER_ARGS = ("batch_size", "num_workers", "collate_fn", "pin_memory", "drop_last", "timeout")
+_LOADER_ARGS: tuple[str, ...] = (
+    "batch_size",
+    "num_workers",
+    "collate_fn",
+    "pin_memory",
+    "drop_last",
+    "timeout",
+)
 _LOADER_ARGS += ("worker_init_fn", "generator", "prefetch_factor", "persistent_workers")
 
 
@@ -122,7 +129,7 @@ def wrap(model: nn.Module, device: torch.device, world_size: int, compile: bool)
     net = model
     if world_size > 1:
         net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
-    return torch.compile(net) if compile else net
+    return cast(nn.Module, torch.compile(net)) if compile else net
 
 
 def shard_loader(loader: Any, *, rank: int, world_size: int, seed: int, train: bool) -> Any:

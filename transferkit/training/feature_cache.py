@@ -160,7 +160,7 @@ class FeatureCache:
         levels = sorted(model.levels_read)
         if boundary == num_blocks:
             prefix: nn.Module = SelectLevels(model.backbone, levels)
-            suffix: nn.Module = ScatterLevels(levels, len(model.backbone.feature_info))
+            suffix: nn.Module = ScatterLevels(levels, len(model.backbone.feature_info))  # type: ignore[arg-type]
         else:
             splitter = getattr(model.backbone, "split", None)
             if split is None and splitter is None:
@@ -169,7 +169,7 @@ class FeatureCache:
                     "frozen inside the backbone needs one. Freeze the whole backbone (freeze('all')) or "
                     "train with cache_features=False"
                 )
-            prefix, suffix = split if split is not None else splitter(boundary, levels=set(levels))
+            prefix, suffix = split if split is not None else splitter(boundary, levels=set(levels))  # type: ignore[misc]
         self.model, self.boundary, self.prefix = model, boundary, prefix
         self.trainable = TrainablePart(suffix, model.neck, model.head)
         self.device, self.memory_format, self.autocast = device, memory_format, autocast
