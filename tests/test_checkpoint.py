@@ -110,3 +110,33 @@ def test_checkpoint_with_another_optimizer_layout_is_refused(tmp_path: Path) -> 
     )
     with pytest.raises(CheckpointError, match="parameter groups"):
         trainer.fit(_train())
+
+
+def test_checkpoint_written_before_callbacks_had_state_still_resumes(tmp_path: Path) -> None:
+    class Counter:
+        def __init__(self) -> None:
+            self.batches = 0
+
+        def on_batch_end(self, trainer: Trainer) -> None:
+            self.batches += 1
+
+        def state_dict(self) -> dict[str, int]:
+            return {"batches": self.batches}
+
+        def load_state_dict(self, state: dict[str, int]) -> None:
+            self.batches = state["batches"]
+
+    Trainer(_model(), epochs=1, checkpoint_dir=tmp_path, progress=False).fit(_train())
+    old = torch.load(tmp_path / "last.pt", weights_only=True)
+    steps = old["global_step"]
+    del old["global_step"], old["callbacks"]  # what a checkpoint held before callbacks had state
+    torch.save(old, tmp_path / "last.pt")
+    counter = Counter()
+    trainer = Trainer(
+        _model(), epochs=2, checkpoint_dir=tmp_path, resume=True, progress=False, callbacks=[counter]
+    )
+    with pytest.warns(UserWarning, match=r"no matching state .* Counter \(callback 1\) starts afresh"):
+        history = trainer.fit(_train())
+    assert len(history) == 2
+    assert trainer.global_step == 2 * steps  # counted on from the scheduler's steps
+    assert counter.batches == steps  # the batches of the resumed epoch only

@@ -242,7 +242,7 @@ def test_tensorboard_never_writes_into_a_linked_folder(
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", fake)
     (tmp_path / "elsewhere").mkdir()
     (tmp_path / "tb").symlink_to(tmp_path / "elsewhere")
-    trainer = SimpleNamespace(is_main=True, history=[{"epoch": 0, "train_loss": 0.5}])
+    trainer = SimpleNamespace(is_main=True, global_step=1, history=[{"epoch": 0, "train_loss": 0.5}])
     with pytest.raises(FileExistsError, match="tb: it is a symbolic link"):
         TensorBoard(tmp_path / "tb").on_epoch_end(trainer)
     assert opened == []

@@ -1,7 +1,8 @@
 """Training: the `Trainer` loop and what it is made of.
 
 - `trainer`: the loop (fit, evaluate, predict).
-- `step`: one batch's forward and backward, gradient accumulation windows, the optimizer step.
+- `step`: the one `Step` of every pass (device, precision, forward, loss, backward, clipped update) and
+  the gradient accumulation windows.
 - `one_sample`: training batches of one sample that BatchNorm cannot normalise (skipped, with a warning).
 - `finite`: NaN or infinite validation inputs (an error) and results (a diverged model: a warning).
 - `checkpoint`: atomic checkpoints, exact resume, the per-epoch rollback point.
@@ -9,8 +10,9 @@
 - `optim`: optimizers and schedules by name.
 - `recipe`: the default recipe (what trains when no freeze was chosen).
 - `lr_find`: the learning-rate range test (``Trainer.lr_find``).
-- `cache`, `feature_cache`, `cacheable`: the frozen prefix's feature cache (``cache_features=True``).
-- `loaders`: what ``fit`` accepts as loaders.
+- `cache`, `feature_cache`, `cached_parts`, `cacheable`: the frozen prefix's feature cache
+  (``cache_features=True``).
+- `loaders`: what ``fit`` accepts as loaders, and the `Feed` a pass iterates (batches and their module).
 - `callbacks`: the callback protocol, `CSVLogger` and `TensorBoard`.
 """
 

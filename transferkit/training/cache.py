@@ -1,8 +1,9 @@
 """The Trainer's side of ``cache_features=True``: which prefix is frozen now, and its caches.
 
 `PrefixCaches` keeps one `FeatureCache` per loader role (``"train"``, ``"val"``) at the current
-boundary (the first trainable block). When ``gradual`` unfreezes blocks the boundary moves, the stale
-caches are dropped and rebuilt there; once nothing is frozen the loaders are used directly.
+boundary (the first trainable block), and hands each pass a `Feed`: the cached batches and the trainable
+part that takes them, or the loader itself for the model. When ``gradual`` unfreezes blocks the boundary
+moves, the stale caches are dropped and rebuilt there; once nothing is frozen the loaders are used directly.
 """
 
 from __future__ import annotations
@@ -10,13 +11,15 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import Tensor, nn
 
 from .cacheable import check_cacheable, find_random_transforms
+from .cached_parts import CachedInputs
 from .feature_cache import DEFAULT_CACHE_BUDGET, CachedBatch, FeatureCache, TrainablePart
+from .loaders import Feed
 
 if TYPE_CHECKING:
     from ..model import TransferModel
@@ -65,7 +68,7 @@ class PrefixCaches:
         self.progress, self.compile = progress, compile
         self._caches: dict[str, FeatureCache] = {}
         self._splits: dict[int, tuple[nn.Module, nn.Module]] = {}  # boundary -> backbone.split result
-        self.net: nn.Module | None = None  # the part after the cached prefix (maybe compiled)
+        self.net: nn.Module | None = None  # the part after the cached prefix (maybe compiled), on batches
 
     def boundary(self) -> int:
         """Index of the first trainable block: the frozen prefix is the blocks before it."""
@@ -113,8 +116,9 @@ class PrefixCaches:
             self._splits[k] = split(k, levels=self.model.levels_read)
         return self._splits[k]
 
-    def epoch(self, loader: Any, role: str) -> Any:
-        """``loader``, or this epoch's batches from the cache of ``role`` (rebuilt if the boundary moved)."""
+    def epoch(self, loader: Any, role: str) -> Feed:
+        """This epoch's batches from the cache of ``role`` (rebuilt if the boundary moved) with the module
+        that takes them, or ``Feed(loader)`` where nothing is cached."""
         k = self.boundary()
         cache = self._caches.get(role)
         if cache is not None and cache.boundary != k:
@@ -122,13 +126,13 @@ class PrefixCaches:
             del self._caches[role]
             cache = None
         if k == 0:
-            return loader  # nothing is frozen: nothing to cache
+            return Feed(loader)  # nothing is frozen: nothing to cache
         if cache is None:
             if role != "train":
                 try:
                     check_cacheable(loader, role)
                 except (TypeError, ValueError):
-                    return loader  # caching validation is an optimisation only
+                    return Feed(loader)  # caching validation is an optimisation only
             cache = FeatureCache(
                 self.model,
                 k,
@@ -144,8 +148,9 @@ class PrefixCaches:
             )
             self._caches[role] = cache
             if role == "train" or self.net is None:
-                self.net = torch.compile(cache.trainable) if self.compile else cache.trainable
-        return cache.epoch()
+                part = cast(nn.Module, torch.compile(cache.trainable)) if self.compile else cache.trainable
+                self.net = CachedInputs(part)
+        return Feed(cache.epoch(), self.net, checked=True)
 
     def close(self) -> None:
         """Releases every cache's memory and files."""

@@ -1,16 +1,20 @@
 """Callbacks: objects with any of the Trainer's event methods, each called with the trainer.
 
 `CSVLogger` and `TensorBoard` are the two that ship: the history as a CSV file written as training goes,
-and the same values (plus the step loss) as TensorBoard scalars.
+and the same values (plus the step loss) as TensorBoard scalars. A callback with ``state_dict()`` and
+``load_state_dict(state)`` has its state saved in the checkpoint and restored on resume (`Callbacks`).
 """
 
 from __future__ import annotations
 
 import csv
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from torch import Tensor
 
 from ..atomic import atomic_write, refuse_symlink
 
@@ -44,6 +48,69 @@ class Callbacks:
             handler = getattr(cb, event, None)
             if handler is not None:
                 handler(trainer)
+
+    def state_dict(self) -> list[dict[str, Any] | None]:
+        """Per callback, ``{"name": its class name, "state": its state_dict()}`` (None: it keeps no state).
+
+        Raises:
+            TypeError: A state that holds more than tensors and plain data (the checkpoint could not be
+                read back safely); the message names the callback.
+        """
+        states: list[dict[str, Any] | None] = []
+        for cb in self.callbacks:
+            if not callable(getattr(cb, "state_dict", None)):
+                states.append(None)
+                continue
+            state = cb.state_dict()  # type: ignore[attr-defined]
+            odd = _not_plain(state)
+            if odd is not None:
+                raise TypeError(
+                    f"callback {type(cb).__name__}.state_dict() returned a {odd} inside; a checkpoint holds "
+                    "tensors and plain data only (dict, list, tuple, str, int, float, bool, None): convert it"
+                )
+            states.append({"name": type(cb).__name__, "state": state})
+        return states
+
+    def load_state_dict(self, states: list[dict[str, Any] | None] | None, where: str) -> None:
+        """Gives each callback with ``load_state_dict`` the state saved at its position for its class.
+
+        ``states`` None: a checkpoint written before callbacks had state. A callback that finds no state
+        of its own starts afresh, and a saved state that finds no callback is left out: one warning names
+        them (``where``: the checkpoint).
+        """
+        saved = list(states or [])
+        unmatched = []
+        for i, cb in enumerate(self.callbacks):
+            entry = saved[i] if i < len(saved) else None
+            name = type(cb).__name__
+            if entry is not None and entry["name"] == name and callable(getattr(cb, "load_state_dict", None)):
+                cb.load_state_dict(entry["state"])  # type: ignore[attr-defined]
+                saved[i] = None
+            elif callable(getattr(cb, "state_dict", None)):
+                unmatched.append(f"{name} (callback {i + 1}) starts afresh")
+        unmatched += [
+            f"the state of {e['name']} (callback {i + 1}) is not used" for i, e in enumerate(saved) if e
+        ]
+        if unmatched:
+            warnings.warn(
+                f"{where} holds no matching state for every callback: {'; '.join(unmatched)}. Pass the "
+                "callbacks of the interrupted run, in the same order, to resume them exactly",
+                UserWarning,
+                stacklevel=3,
+            )
+
+
+def _not_plain(value: Any) -> str | None:
+    """The type name of the first value in ``value`` that is not a tensor or plain data, or None."""
+    if isinstance(value, (Tensor, str, int, float, bool, type(None))):
+        return None
+    if isinstance(value, (list, tuple)):
+        items: Any = value
+    elif isinstance(value, dict):
+        items = [*value.keys(), *value.values()]
+    else:
+        return type(value).__name__
+    return next((odd for odd in map(_not_plain, items) if odd is not None), None)
 
 
 class CSVLogger:
@@ -113,10 +180,13 @@ class TensorBoard:
 
     Needs the ``tensorboard`` package (``pip install tensorboard``). Only rank 0 writes. A ``log_dir``
     that is a symbolic link is refused when the first value is written: events never go through one.
+    Every value is logged at ``trainer.global_step`` (optimizer steps so far), which a resumed run
+    continues, so the curves of an interrupted and resumed run join without overlapping.
 
     Args:
         log_dir: The event files' folder; view it with ``tensorboard --logdir LOG_DIR``.
-        log_every: Training steps between loss points (0: epochs only).
+        log_every: Optimizer steps between loss points (0: epochs only); the point is the loss of the
+            batch that ended the step.
 
     Raises:
         ImportError: tensorboard is not installed (the message gives the install command).
@@ -132,7 +202,7 @@ class TensorBoard:
         self.log_dir, self.log_every = Path(log_dir), log_every
         self._writer_class = SummaryWriter
         self._writer: Any = None
-        self._steps = 0
+        self._seen = 0  # trainer.global_step at the last batch
 
     def _open(self) -> Any:
         if self._writer is None:
@@ -140,10 +210,14 @@ class TensorBoard:
             self._writer = self._writer_class(log_dir=str(self.log_dir))
         return self._writer
 
+    def on_fit_start(self, trainer: Any) -> None:
+        self._seen = trainer.global_step
+
     def on_batch_end(self, trainer: Any) -> None:
-        self._steps += 1
-        if trainer.is_main and self.log_every and self._steps % self.log_every == 0:
-            self._open().add_scalar("train/loss_step", float(trainer.loss), self._steps)
+        step, stepped = trainer.global_step, trainer.global_step != self._seen
+        self._seen = step
+        if stepped and trainer.is_main and self.log_every and step % self.log_every == 0:
+            self._open().add_scalar("train/loss_step", float(trainer.loss), step)
 
     def on_epoch_end(self, trainer: Any) -> None:
         if not trainer.is_main:
@@ -152,7 +226,7 @@ class TensorBoard:
         for key, value in row.items():
             if key != "epoch" and isinstance(value, (int, float)):
                 group = key.split("_", 1)[0] if key.startswith(("train_", "val_")) else "epoch"
-                writer.add_scalar(f"{group}/{key}", value, row["epoch"] + 1)
+                writer.add_scalar(f"{group}/{key}", value, trainer.global_step)
         writer.flush()
 
     def on_fit_end(self, trainer: Any) -> None:

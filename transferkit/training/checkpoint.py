@@ -1,7 +1,8 @@
 """Checkpoints: atomic writes, exact resume, and the per-epoch rollback point.
 
 A checkpoint (``last.pt``) holds everything a resumed run needs to continue as if it had never stopped:
-the model and freeze state, optimizer, scheduler, grad scaler, history, the best epoch so far, every
+the model and freeze state, optimizer, scheduler, grad scaler, history, the best epoch so far, the
+optimizer steps taken (``trainer.global_step``), the callbacks' states (`Callbacks.state_dict`), every
 random number generator (torch, CUDA, Python, NumPy and the loader's own) and the epoch count of a
 sampler that keeps one (`transferkit.data.EpochSampler`, from which each sample's augmentation is
 seeded in whichever worker loads it). It is written to a temporary file, fsynced and renamed, so a
@@ -20,7 +21,7 @@ import random
 import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -154,7 +155,7 @@ def read_checkpoint(path: Path, model: TransferModel, optimizer: torch.optim.Opt
             f"{', '.join(missing)}). "
             f"The file was left as it is; {_MOVE_AWAY}."
         )
-    wrong = [key for key, ok in _ENTRY_CHECKS.items() if not ok(ckpt[key])]
+    wrong = [key for key, ok in _ENTRY_CHECKS.items() if key in ckpt and not ok(ckpt[key])]
     if wrong:
         entries = f"{', '.join(wrong)} {'entry is' if len(wrong) == 1 else 'entries are'}"
         raise CheckpointError(
@@ -183,6 +184,14 @@ _ENTRY_CHECKS = {
     "history": lambda v: isinstance(v, list) and all(isinstance(row, dict) for row in v),
     "best": lambda v: isinstance(v, dict),
     "rng": lambda v: isinstance(v, dict) and {"torch", "cuda", "python", "numpy", "loader"} <= set(v),
+    # written since callbacks have state (older checkpoints lack both; they resume all the same)
+    "global_step": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+    "callbacks": lambda v: (
+        isinstance(v, list)
+        and all(
+            e is None or isinstance(e, dict) and isinstance(e.get("name"), str) and "state" in e for e in v
+        )
+    ),
 }
 
 
@@ -233,7 +242,8 @@ def _loader_generators(loader: Any) -> list[torch.Generator]:
 
 def rng_state(loader: Any) -> dict[str, Any]:
     """Every random number generator a training epoch draws from, and the sampler's state, as plain data."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = cast("tuple[str, np.ndarray, int, int, float]", np.random.get_state())  # the legacy tuple
+    kind, keys, pos, has_gauss, cached = state
     return {
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
@@ -247,7 +257,8 @@ def rng_state(loader: Any) -> dict[str, Any]:
 def _sampler_state(loader: Any) -> dict[str, Any] | None:
     """The state of a sampler that has one (`transferkit.data.EpochSampler`: its epoch count), else None."""
     sampler = getattr(loader, "sampler", None)
-    return sampler.state_dict() if callable(getattr(sampler, "state_dict", None)) else None
+    state = getattr(sampler, "state_dict", None)
+    return state() if callable(state) else None
 
 
 def set_rng_state(state: dict[str, Any], loader: Any) -> None:
@@ -295,7 +306,7 @@ def mutable_state(model: TransferModel) -> dict[str, Tensor]:
     keys = {name for name, p in model.named_parameters() if p.requires_grad}
     for prefix, module in model.named_modules():
         if module.training:
-            skip = getattr(module, "_non_persistent_buffers_set", set())
+            skip: set[str] = getattr(module, "_non_persistent_buffers_set", set())
             keys.update(f"{prefix}.{b}" if prefix else b for b, _ in module.named_buffers(recurse=False))
             keys.difference_update(f"{prefix}.{b}" if prefix else b for b in skip)
     return {k: v for k, v in model.state_dict().items() if k in keys}
@@ -322,6 +333,8 @@ def save_checkpoint(trainer: Any, path: Path, train_loader: Any) -> None:
         "history": trainer.history,
         "best": trainer.best.state_dict(trainer.epoch),
         "rng": rng_state(train_loader),
+        "global_step": trainer.global_step,
+        "callbacks": trainer.callbacks.state_dict(),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_save(state, path)
@@ -338,4 +351,13 @@ def resume_from(trainer: Any, path: Path, train_loader: Any) -> int:
     trainer.history = ckpt["history"]
     trainer.best.load_state_dict(ckpt["best"], trainer.model, ckpt["epoch"])
     set_rng_state(ckpt["rng"], train_loader)
+    trainer.global_step = ckpt.get("global_step", _steps_taken(ckpt["scheduler"]))
+    trainer.callbacks.load_state_dict(ckpt.get("callbacks"), f"the checkpoint {path}")
     return ckpt["epoch"] + 1
+
+
+def _steps_taken(scheduler: dict[str, Any]) -> int:
+    """Optimizer steps before a checkpoint that does not count them: its scheduler's count (the Trainer's
+    schedulers step once per optimizer step), or 0 for a scheduler that keeps none."""
+    steps = scheduler.get("last_epoch")
+    return steps if isinstance(steps, int) and steps >= 0 else 0

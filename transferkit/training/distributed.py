@@ -7,7 +7,7 @@ nccl on CUDA) on its shard of each loader; only rank 0 logs and writes.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.distributed as dist
@@ -21,6 +21,7 @@ __all__ = [
     "PRECISIONS",
     "available_devices",
     "init_distributed",
+    "join_processes",
     "resolve_device",
     "resolve_precision",
     "shard_loader",
@@ -28,7 +29,14 @@ __all__ = [
 ]
 
 PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-_LOADER_ARGS = ("batch_size", "num_workers", "collate_fn", "pin_memory", "drop_last", "timeout")
+_LOADER_ARGS: tuple[str, ...] = (
+    "batch_size",
+    "num_workers",
+    "collate_fn",
+    "pin_memory",
+    "drop_last",
+    "timeout",
+)
 _LOADER_ARGS += ("worker_init_fn", "generator", "prefetch_factor", "persistent_workers")
 
 
@@ -83,6 +91,22 @@ def init_distributed(device: torch.device) -> tuple[int, int]:
     return 0, 1
 
 
+def join_processes(device: str | torch.device, cache_features: bool) -> tuple[torch.device, int, int]:
+    """``(device, rank, world size)`` of this process (`resolve_device`, `init_distributed`).
+
+    Raises:
+        NotImplementedError: ``cache_features=True`` under torchrun (several processes).
+    """
+    resolved = resolve_device(device, int(os.environ.get("LOCAL_RANK", "0")))
+    rank, world_size = init_distributed(resolved)
+    if cache_features and world_size > 1:
+        raise NotImplementedError(
+            "cache_features=True is not supported under torchrun (DistributedDataParallel) yet; "
+            "use cache_features=False when training on several processes"
+        )
+    return resolved, rank, world_size
+
+
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
     """``"auto"``: bf16 on CUDA when supported, else fp16 (with a grad scaler); fp32 elsewhere."""
     if precision != "auto":
@@ -105,7 +129,7 @@ def wrap(model: nn.Module, device: torch.device, world_size: int, compile: bool)
     net = model
     if world_size > 1:
         net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
-    return torch.compile(net) if compile else net
+    return cast(nn.Module, torch.compile(net)) if compile else net
 
 
 def shard_loader(loader: Any, *, rank: int, world_size: int, seed: int, train: bool) -> Any:

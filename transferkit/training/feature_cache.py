@@ -37,7 +37,6 @@ import shutil
 import tempfile
 import weakref
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -46,6 +45,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from .cacheable import check_cacheable
+from .cached_parts import CachedBatch, ScatterLevels, SelectLevels, TrainablePart
 from .progress import (
     bar_renders,
     tqdm,  # tqdm.auto, imported without its notebook warning
@@ -57,88 +57,6 @@ if TYPE_CHECKING:
 __all__ = ["DEFAULT_CACHE_BUDGET", "CachedBatch", "FeatureCache", "TrainablePart"]
 
 DEFAULT_CACHE_BUDGET = 2 * 1024**3  # bytes of host memory before the cache spills to disk
-
-
-# ------------------------------------------------------------------------------------------ modules
-class _SelectLevels(nn.Module):
-    """The whole backbone as a prefix: returns the levels the neck and head read, as a tuple."""
-
-    def __init__(self, backbone: nn.Module, levels: Sequence[int]) -> None:
-        super().__init__()
-        self.backbone, self.levels = backbone, list(levels)
-
-    def forward(self, x: Tensor) -> tuple[Tensor, ...]:
-        features = self.backbone(x)
-        return tuple(features[i] for i in self.levels)
-
-
-class _ScatterLevels(nn.Module):
-    """The matching suffix: puts the cached levels back at their places, None elsewhere."""
-
-    def __init__(self, levels: Sequence[int], num_levels: int) -> None:
-        super().__init__()
-        self.levels, self.num_levels = list(levels), num_levels
-
-    def forward(self, *state: Tensor) -> list[Tensor | None]:
-        features: list[Tensor | None] = [None] * self.num_levels
-        for i, f in zip(self.levels, state, strict=True):
-            features[i] = f
-        return features
-
-
-class TrainablePart(nn.Module):
-    """What runs after the frozen prefix: the backbone's suffix, then the neck and the head.
-
-    Shares its modules (and so its parameters and train/eval modes) with the model.
-
-    Args:
-        suffix: ``suffix(*state) -> feature maps`` (from ``backbone.split``).
-        neck: The model's neck.
-        head: The model's head.
-
-    Examples:
-        >>> prefix, suffix = model.backbone.split(7, levels=model.levels_read)
-        >>> part = TrainablePart(suffix, model.neck, model.head)
-        >>> part(*prefix(x), input_size=tuple(x.shape[-2:])).shape  # equals model(x)
-        torch.Size([8, 2])
-    """
-
-    def __init__(self, suffix: nn.Module, neck: nn.Module, head: nn.Module) -> None:
-        super().__init__()
-        self.suffix, self.neck, self.head = suffix, neck, head
-
-    def forward(self, *state: Tensor, input_size: tuple[int, int]) -> Tensor:
-        return self.head(self.neck(self.suffix(*state)), input_size)
-
-
-@dataclass(frozen=True)
-class CachedBatch:
-    """A batch of cached prefix outputs: what the trainable part reads in place of the images.
-
-    Attributes:
-        state: The prefix's outputs, each ``[N, ...]``.
-        input_size: ``(H, W)`` of the images they came from (segmentation heads upsample to it).
-    """
-
-    state: tuple[Tensor, ...]
-    input_size: tuple[int, int]
-
-    def to(
-        self,
-        device: torch.device,
-        non_blocking: bool = False,
-        memory_format: torch.memory_format = torch.contiguous_format,
-    ) -> CachedBatch:
-        """The batch on ``device`` (4-d tensors in ``memory_format``), like ``Tensor.to``."""
-        return CachedBatch(
-            tuple(
-                s.to(device, non_blocking=non_blocking, memory_format=memory_format)
-                if s.ndim == 4
-                else s.to(device, non_blocking=non_blocking)
-                for s in self.state
-            ),
-            self.input_size,
-        )
 
 
 # -------------------------------------------------------------------------------------------- store
@@ -241,8 +159,8 @@ class FeatureCache:
             raise ValueError(f"boundary must be in [1, {num_blocks}] (a frozen prefix), got {boundary}")
         levels = sorted(model.levels_read)
         if boundary == num_blocks:
-            prefix: nn.Module = _SelectLevels(model.backbone, levels)
-            suffix: nn.Module = _ScatterLevels(levels, len(model.backbone.feature_info))
+            prefix: nn.Module = SelectLevels(model.backbone, levels)
+            suffix: nn.Module = ScatterLevels(levels, len(model.backbone.feature_info))  # type: ignore[arg-type]
         else:
             splitter = getattr(model.backbone, "split", None)
             if split is None and splitter is None:
@@ -251,7 +169,7 @@ class FeatureCache:
                     "frozen inside the backbone needs one. Freeze the whole backbone (freeze('all')) or "
                     "train with cache_features=False"
                 )
-            prefix, suffix = split if split is not None else splitter(boundary, levels=set(levels))
+            prefix, suffix = split if split is not None else splitter(boundary, levels=set(levels))  # type: ignore[misc]
         self.model, self.boundary, self.prefix = model, boundary, prefix
         self.trainable = TrainablePart(suffix, model.neck, model.head)
         self.device, self.memory_format, self.autocast = device, memory_format, autocast

@@ -17,33 +17,32 @@ Examples:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, SequentialSampler
 
-from .feature_cache import CachedBatch
-
 __all__ = ["check_finite_inputs", "not_finite", "warn_if_not_finite"]
 
 
-def check_finite_inputs(inputs: Tensor | CachedBatch, where: str, loader: Any = None, step: int = 0) -> None:
+def check_finite_inputs(inputs: Any, where: str, loader: Any = None, step: int = 0) -> None:
     """Raise ``ValueError`` naming the samples of the batch at ``where`` whose inputs are not all finite.
 
     Args:
-        inputs: The batch's float inputs ``[N, ...]`` (or its cached prefix outputs).
+        inputs: The batch's float inputs ``[N, ...]``, or tensors ``[N, ...]`` in tuples, lists and
+            dataclasses (a cached batch's prefix outputs).
         where: The batch, for the message (``"epoch 2, evaluation batch 3"``).
         loader: The loader the batch came from; an unshuffled DataLoader lets the message name the dataset
             indices too.
         step: Index (from 0) of the batch in ``loader``.
     """
-    tensors = inputs.state if isinstance(inputs, CachedBatch) else (inputs,)
     bad: Tensor | None = None
-    for tensor in tensors:
+    for tensor in _tensors(inputs):
         if tensor.is_floating_point():
             rows = ~tensor.reshape(len(tensor), -1).isfinite().all(1)
             bad = rows if bad is None else bad | rows
@@ -57,6 +56,18 @@ def check_finite_inputs(inputs: Tensor | CachedBatch, where: str, loader: Any = 
         "metric computed over them would be NaN. Fix or drop those images (a corrupt file, or a transform "
         "that divides by a zero standard deviation, gives such values), then run again."
     )
+
+
+def _tensors(inputs: Any) -> Iterator[Tensor]:
+    """The tensors in ``inputs``: itself, or those held in its tuples, lists and dataclass fields."""
+    if isinstance(inputs, Tensor):
+        yield inputs
+    elif isinstance(inputs, (tuple, list)):
+        for item in inputs:
+            yield from _tensors(item)
+    elif dataclasses.is_dataclass(inputs) and not isinstance(inputs, type):
+        for item in dataclasses.fields(inputs):
+            yield from _tensors(getattr(inputs, item.name))
 
 
 def not_finite(value: Any) -> Tensor:

@@ -1,15 +1,52 @@
-"""What ``fit`` accepts as loaders and batches, checked up front."""
+"""What ``fit`` accepts as loaders and batches, checked up front, and what a pass iterates (`Feed`)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
+from torch import nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
-from .feature_cache import CachedBatch
+__all__ = ["Feed", "check_length", "refuse_dataset", "split_batch", "split_loaders"]
 
-__all__ = ["check_length", "refuse_dataset", "split_batch", "split_loaders"]
+
+@dataclass(frozen=True)
+class Feed:
+    """What one pass iterates and what it calls: batches, and the module that takes their inputs.
+
+    A user's loader is a feed of raw batches for the model itself; the feature cache
+    (`transferkit.training.cache.PrefixCaches.epoch`) hands a feed of batches it made, checked when it
+    filled, with its trainable part as the module. A pass calls ``feed.module or model`` on each batch's
+    inputs and never asks what the inputs are.
+
+    Attributes:
+        batches: Yields ``(inputs, targets)`` pairs; has a ``len()``.
+        module: The module to call on the inputs; None: the model (or its training wrapper).
+        checked: The batches are ``(inputs, targets)`` pairs already checked (see `split`).
+
+    Examples:
+        >>> feed = Feed(DataLoader(dataset, batch_size=4))  # 8 samples
+        >>> len(feed), feed.module is None
+        (2, True)
+    """
+
+    batches: Any
+    module: nn.Module | None = None
+    checked: bool = False
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def split(self, batch: Any, task: Any, where: str) -> tuple[Any, Any]:
+        """``(inputs, targets)`` of a batch: `split_batch` for a raw batch, a checked one as it is."""
+        return batch if self.checked else split_batch(batch, task, where)  # type: ignore[no-any-return]
+
+    def check(self, task: Any, inputs: Any, targets: Any, num_classes: int, where: str) -> None:
+        """``task.check_batch`` for a raw batch (a checked batch's targets were checked when it was made)."""
+        if not self.checked:
+            task.check_batch(inputs, targets, num_classes, where)
 
 
 def split_loaders(loaders: Any) -> tuple[Any, Any]:
@@ -70,7 +107,6 @@ def split_batch(batch: Any, task: Any, where: str) -> tuple[Any, Any]:
             "(inputs, targets) pairs, e.g. DataLoader(TensorDataset(images, labels), batch_size=32)"
         )
     inputs, targets = batch
-    if not isinstance(inputs, CachedBatch):
-        inputs = task.as_batch(inputs)  # detection: a list of images of different sizes, padded
-        task.check_inputs(inputs, where)
+    inputs = task.as_batch(inputs)  # detection: a list of images of different sizes, padded
+    task.check_inputs(inputs, where)
     return inputs, targets

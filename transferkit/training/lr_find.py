@@ -11,8 +11,10 @@ Every group of the Trainer's optimizer is scaled by the same factor, so ``layer_
 head's rate.
 
 The sweep trains what the model's freeze state trains now (under a ``gradual`` schedule: its current
-epoch's blocks). Afterwards the model's weights and buffers, its train/eval mode, the optimizer's state
-and rates, the gradient scaler and the random number generators are exactly as before.
+epoch's blocks), with the step ``fit`` takes (`transferkit.training.step.Step`): the same precision,
+``grad_accum`` batches per optimizer step (their mean loss is the rate's), and ``clip_grad_norm``.
+Afterwards the model's weights and buffers, its train/eval mode, the optimizer's state and rates, the
+gradient scaler and the random number generators are exactly as before.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import torch
 
 from .loaders import check_length, split_batch, split_loaders
 from .one_sample import OneSampleBatches, all_skipped_message
+from .step import AccumulationWindows
 from .worker_errors import plain_worker_errors
 
 if TYPE_CHECKING:
@@ -93,7 +96,7 @@ def lr_find(
             the training loader is used); it is cycled when shorter than ``steps``.
         start_lr: First rate.
         end_lr: Last rate.
-        steps: Optimizer steps (rates, spaced evenly in log scale).
+        steps: Optimizer steps (rates, spaced evenly in log scale), each over ``grad_accum`` batches.
         diverge: Stop early once the smoothed loss exceeds this many times its lowest value.
 
     Returns:
@@ -136,28 +139,24 @@ def lr_find(
 def _sweep(
     trainer: Trainer, loader: Any, start_lr: float, end_lr: float, steps: int, diverge: float
 ) -> tuple[list[float], list[float]]:
-    model, optimizer = trainer.model, trainer.optimizer
+    model, optimizer, step = trainer.model, trainer.optimizer, trainer.stepper
     # the configured rates (the schedule may have lowered the current ones): the head's is the highest
     shares = [lr / max(trainer.base_lrs) for lr in trainer.base_lrs]
-    lrs, losses, average = [], [], 0.0
+    lrs, losses, average, accum = [], [], 0.0, step.grad_accum
     batches = _trainable_batches(trainer, loader)
+    windows = AccumulationWindows(steps * accum, accum)
     model.train()
-    for step in range(steps):
-        lr = start_lr * (end_lr / start_lr) ** (step / (steps - 1))
+    for index in range(steps):
+        lr = start_lr * (end_lr / start_lr) ** (index / (steps - 1))
         for group, share in zip(optimizer.param_groups, shares):
             group["lr"] = lr * share
-        inputs, targets = next(batches)
-        with trainer._autocast():
-            loss = trainer.loss_fn(trainer._forward(model, inputs, targets), targets)
-        trainer.scaler.scale(loss).backward()
-        trainer.scaler.step(optimizer)
-        trainer.scaler.update()
-        optimizer.zero_grad(set_to_none=True)
-        value = float(loss.detach())
+        window = [index * accum + i for i in range(accum)]
+        value = sum(float(step.backward(model, *next(batches), windows, i)[0]) for i in window) / accum
+        step.update(model.parameters(), windows, window[-1])
         if not math.isfinite(value):
             break
         average = _SMOOTHING * average + (1 - _SMOOTHING) * value
-        smoothed = average / (1 - _SMOOTHING ** (step + 1))  # without the bias towards the zero start
+        smoothed = average / (1 - _SMOOTHING ** (index + 1))  # without the bias towards the zero start
         lrs.append(lr)
         losses.append(smoothed)
         if smoothed > diverge * min(losses):
@@ -181,8 +180,8 @@ def _trainable_batches(trainer: Trainer, loader: Any) -> Iterator[tuple[Any, Any
             where = f"lr_find batch {drawn}"
             inputs, targets = split_batch(batch, trainer.task, where)
             trainer.task.check_batch(inputs, targets, trainer.model.num_classes, where)
-            inputs, targets = trainer._to_device(inputs, targets)
-            probe = functools.partial(trainer._forward, trainer.model, inputs)
+            inputs, targets = trainer.stepper.to_device(inputs, targets)
+            probe = functools.partial(trainer.stepper.forward, trainer.model, inputs)
             if not guard.skips(trainer.model, inputs, probe, where, loader):
                 skipped_in_a_row = 0
                 yield inputs, targets

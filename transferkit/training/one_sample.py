@@ -17,17 +17,15 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
-
-from .feature_cache import CachedBatch
 
 __all__ = ["OneSampleBatches", "num_samples"]
 
 
-def num_samples(inputs: Tensor | CachedBatch) -> int:
-    """Samples in a batch of inputs (or of cached prefix outputs)."""
-    return len(inputs.state[0]) if isinstance(inputs, CachedBatch) else len(inputs)
+def num_samples(inputs: Any) -> int:
+    """Samples in a batch of inputs (a tensor ``[N, ...]``, or a cached batch of prefix outputs)."""
+    return len(inputs)
 
 
 class _OneValuePerChannel(Exception):
@@ -51,7 +49,7 @@ class OneSampleBatches:
     def skips(
         self,
         model: nn.Module,
-        inputs: Tensor | CachedBatch,
+        inputs: Any,
         forward: Callable[[], Any],
         where: str,
         loader: Any,

@@ -11,7 +11,14 @@ from typing import Any
 
 import torch
 
-__all__ = ["OPTIMIZERS", "SCHEDULERS", "build_optimizer", "build_scheduler", "start_schedule"]
+__all__ = [
+    "OPTIMIZERS",
+    "SCHEDULERS",
+    "build_optimizer",
+    "build_scheduler",
+    "model_optimizer",
+    "start_schedule",
+]
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULERS = ("cosine", "step", "onecycle", "none")
@@ -42,6 +49,16 @@ def build_optimizer(spec: Any, groups: list[dict[str, Any]], fused_on_cpu: bool)
     if spec == "sgd":
         return torch.optim.SGD(groups, momentum=0.9, fused=fused)
     return (torch.optim.AdamW if spec == "adamw" else torch.optim.Adam)(groups, fused=fused)
+
+
+def model_optimizer(
+    model: Any, spec: Any, lr: float, weight_decay: float, **scales: Any
+) -> torch.optim.Optimizer:
+    """`build_optimizer` over ``model.param_groups(lr, weight_decay, **scales)`` (``layer_decay``,
+    ``backbone_lr_mult``), fused on the CPU where part of the model is frozen."""
+    groups = model.param_groups(lr, weight_decay=weight_decay, **scales)
+    partly_frozen = len(model.trainable_blocks) < len(model.blocks)
+    return build_optimizer(spec, groups, fused_on_cpu=partly_frozen)
 
 
 def build_scheduler(spec: Any, optimizer: torch.optim.Optimizer, base_lrs: list[float], total: int) -> Any:

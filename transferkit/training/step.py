@@ -1,4 +1,9 @@
-"""Gradient accumulation over windows of batches, and the optimizer step that closes each window.
+"""One batch as every pass runs it (`Step`), and gradient accumulation over windows of batches.
+
+`Step` is shared by ``fit``, ``evaluate``, ``predict`` and ``lr_find``: device placement, precision
+(autocast and the grad scaler), the forward pass, the loss, the backward pass and the update with
+clipping. The module it calls is whatever the pass hands it (the model, its DDP wrapper, or the feature
+cache's trainable part, `transferkit.training.loaders.Feed`); it never looks at what the inputs are.
 
 A window is ``grad_accum`` consecutive batches of an epoch (the epoch's last window may be shorter). Each
 batch's loss is divided by the window's size, so the accumulated gradient is the mean over the window, and
@@ -16,16 +21,14 @@ Examples:
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable
+from typing import Any
 
+import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-if TYPE_CHECKING:
-    from .trainer import Trainer
-
-__all__ = ["AccumulationWindows", "close_window", "train_batch"]
+__all__ = ["AccumulationWindows", "Step"]
 
 
 class AccumulationWindows:
@@ -79,37 +82,106 @@ class AccumulationWindows:
         return True
 
 
-def train_batch(
-    trainer: Trainer, net: nn.Module, inputs: Any, targets: Any, windows: AccumulationWindows, step: int
-) -> tuple[Tensor, Any]:
-    """Forward, loss and backward of the batch at ``step``, its loss divided by its window's size.
+class Step:
+    """Device placement, precision, forward, loss, backward and the clipped, accumulated update.
 
-    Returns:
-        The detached loss and the outputs.
+    Args:
+        task: The model's task (`transferkit.tasks.Task`): how targets move and how the forward is called.
+        loss_fn: ``loss_fn(outputs, targets) -> scalar``.
+        optimizer: Stepped by `update`.
+        scaler: The grad scaler (enabled for fp16 only).
+        device: Where batches go.
+        amp_dtype: The autocast dtype (``torch.float32``: no autocast).
+        memory_format: Memory format of 4-d inputs on ``device``.
+        grad_accum: Batches per optimizer step (see `AccumulationWindows`).
+        clip_grad_norm: Maximum gradient norm, or None.
+        world_size: Processes training together (DDP).
+
+    Examples:
+        >>> step = Step(task, loss_fn, optimizer, scaler, torch.device("cpu"), torch.float32)
+        >>> windows = AccumulationWindows(num_batches=1, grad_accum=1)
+        >>> inputs, targets = step.to_device(torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 0, 1]))
+        >>> loss, logits = step.backward(model, inputs, targets, windows, 0)  # logits [4, 2]
+        >>> step.update(model.parameters(), windows, 0)  # the window closed: the optimizer stepped
+        True
     """
-    synced = trainer.world_size == 1 or windows.closes(step)  # DDP averages at a window's last batch
-    with contextlib.nullcontext() if synced else net.no_sync():  # type: ignore[operator]
-        with trainer._autocast():
-            outputs = trainer._forward(net, inputs, targets)
-            loss = trainer.loss_fn(outputs, targets)
-        trainer.scaler.scale(loss / windows.size(step)).backward()
-    windows.train()
-    return loss.detach(), outputs
 
+    def __init__(
+        self,
+        task: Any,
+        loss_fn: Callable[[Any, Any], Tensor],
+        optimizer: torch.optim.Optimizer,
+        scaler: torch.amp.GradScaler,
+        device: torch.device,
+        amp_dtype: torch.dtype,
+        memory_format: torch.memory_format = torch.contiguous_format,
+        *,
+        grad_accum: int = 1,
+        clip_grad_norm: float | None = None,
+        world_size: int = 1,
+    ) -> None:
+        self.task, self.loss_fn, self.optimizer, self.scaler = task, loss_fn, optimizer, scaler
+        self.device, self.amp_dtype, self.memory_format = device, amp_dtype, memory_format
+        self.grad_accum, self.clip_grad_norm, self.world_size = grad_accum, clip_grad_norm, world_size
 
-def close_window(trainer: Trainer, windows: AccumulationWindows, step: int) -> None:
-    """Steps the optimizer where ``step`` ends a window in which a batch trained.
+    def autocast(self) -> torch.autocast:
+        """The autocast context of the precision (disabled for fp32)."""
+        enabled = self.amp_dtype != torch.float32
+        return torch.amp.autocast(self.device.type, dtype=self.amp_dtype, enabled=enabled)
 
-    Clips the gradients (``clip_grad_norm``), steps through the grad scaler, clears the gradients and steps
-    the scheduler; see `AccumulationWindows.close` for the windows with skipped batches.
-    """
-    if not windows.closes(step) or not windows.close(step, trainer.model.parameters(), trainer.world_size):
-        return
-    if trainer.clip_grad_norm is not None:
-        trainer.scaler.unscale_(trainer.optimizer)
-        grads = [p for p in trainer.model.parameters() if p.grad is not None]
-        nn.utils.clip_grad_norm_(grads, trainer.clip_grad_norm)
-    trainer.scaler.step(trainer.optimizer)
-    trainer.scaler.update()
-    trainer.optimizer.zero_grad(set_to_none=True)  # frozen params keep grad None: AdamW skips them
-    trainer.scheduler.step()
+    def inputs_to_device(self, inputs: Any) -> Any:
+        """``inputs`` (a tensor ``[N, C, H, W]``, or anything with the same ``to``) on the device."""
+        return inputs.to(self.device, non_blocking=True, memory_format=self.memory_format)
+
+    def to_device(self, inputs: Any, targets: Any) -> tuple[Any, Any]:
+        """The batch on the device: inputs in the memory format, targets as the task wants them."""
+        return self.inputs_to_device(inputs), self.task.to_device(targets, self.device)
+
+    def forward(self, module: nn.Module, inputs: Any, targets: Any = None) -> Any:
+        """``module``'s outputs for ``inputs`` (the task decides how it is called), without autocast.
+
+        Frozen parameters and inputs need no grad, so autograd records nothing until the first trainable
+        block: a frozen prefix runs without a graph, exactly as under ``torch.no_grad()``.
+        """
+        return self.task.forward(module, inputs, targets)
+
+    def outputs(self, module: nn.Module, inputs: Any) -> Any:
+        """`forward` under autocast, for evaluation and prediction (call it under ``torch.no_grad()``)."""
+        with self.autocast():
+            return self.forward(module, inputs)
+
+    def backward(
+        self, net: nn.Module, inputs: Any, targets: Any, windows: AccumulationWindows, step: int
+    ) -> tuple[Tensor, Any]:
+        """Forward, loss and backward of the batch at ``step``, its loss divided by its window's size.
+
+        Returns:
+            The detached loss and the outputs.
+        """
+        no_sync = getattr(net, "no_sync", None)  # DDP averages the gradients at a window's last batch
+        synced = self.world_size == 1 or windows.closes(step) or no_sync is None
+        with contextlib.nullcontext() if synced else no_sync():  # type: ignore[misc]
+            with self.autocast():
+                outputs = self.forward(net, inputs, targets)
+                loss = self.loss_fn(outputs, targets)
+            self.scaler.scale(loss / windows.size(step)).backward()
+        windows.train()
+        return loss.detach(), outputs
+
+    def update(self, params: Iterable[nn.Parameter], windows: AccumulationWindows, step: int) -> bool:
+        """Steps the optimizer where ``step`` ends a window in which a batch trained; whether it did.
+
+        Clips the gradients (``clip_grad_norm``), steps through the grad scaler and clears the gradients;
+        see `AccumulationWindows.close` for the windows with skipped batches. The caller steps its
+        scheduler when this returns True.
+        """
+        params = list(params)
+        if not windows.closes(step) or not windows.close(step, params, self.world_size):
+            return False
+        if self.clip_grad_norm is not None:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], self.clip_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)  # frozen params keep grad None: AdamW skips them
+        return True

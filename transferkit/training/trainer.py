@@ -26,21 +26,21 @@ from ..preprocessing import record_input_size
 from ..tasks import get_task
 from .arguments import check_trainer_arguments
 from .best import BestEpoch, check_monitor
-from .cache import DEFAULT_CACHE_BUDGET, CachedBatch, PrefixCaches
+from .cache import DEFAULT_CACHE_BUDGET, PrefixCaches
 from .callbacks import Callbacks
 from .checkpoint import restore, resume_from, rollback_point, save_checkpoint, seed_everything
 from .data_warnings import warn_small_inputs
-from .distributed import init_distributed, resolve_device, resolve_precision, shard_loader, wrap
+from .distributed import join_processes, resolve_precision, shard_loader, wrap
 from .evaluation import evaluate_batches, predict_batches
-from .loaders import check_length, split_batch
+from .loaders import Feed, check_length
 from .lr_find import LRFindResult, lr_find
 from .one_sample import OneSampleBatches, all_skipped_message
-from .optim import build_optimizer, start_schedule
+from .optim import model_optimizer, start_schedule
 from .prepare import prepare_data
 from .progress import EpochProgress
 from .recipe import DEFAULT_LR, apply_default_recipe, default_lr_scale
 from .running_loss import LossParts, sync_losses
-from .step import AccumulationWindows, close_window, train_batch
+from .step import AccumulationWindows, Step
 from .worker_errors import plain_worker_errors
 
 if TYPE_CHECKING:
@@ -109,6 +109,12 @@ class Trainer:
         ([0, 1, 2], ['epoch', 'lr', 'seconds', 'train_loss', 'trainable_blocks', 'val_acc', 'val_loss'])
     """
 
+    scheduler: Any  # built by fit(), over its number of optimizer steps
+    history: list[dict[str, Any]]
+    loss: Tensor | None  # last training loss, on the device (read it without a sync)
+    _net: nn.Module  # the training module (`_network`)
+    _net_trainable: tuple[str, ...] | None  # the trainable parameters it was built for
+
     def __init__(
         self,
         model: TransferModel,
@@ -140,55 +146,35 @@ class Trainer:
         label_smoothing: float = 0.0,
     ) -> None:
         check_trainer_arguments(locals())  # every argument by name, before anything is built
-        self.model, self.task, self.epochs, self.grad_accum = model, get_task(model.task), epochs, grad_accum
-        self.clip_grad_norm, self.scheduler_spec = clip_grad_norm, scheduler
-        self.cache_features, self.resume, self.early_stopping = cache_features, resume, early_stopping
-        self.monitor, self.restore_best, self.callbacks = monitor, restore_best, Callbacks(callbacks)
-        self.seed, self.compile, self.cache_dir, self._auto_lr = seed, compile, cache_dir, lr is None
+        self.model, self.task, self.epochs = model, get_task(model.task), epochs
+        self.scheduler_spec, self.cache_features, self.resume = scheduler, cache_features, resume
+        self.early_stopping, self.monitor, self.restore_best = early_stopping, monitor, restore_best
+        self.callbacks, self.seed, self.compile = Callbacks(callbacks), seed, compile
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
-        self.loss_fn = loss or self.task.training_loss(label_smoothing)
-
-        self.device = resolve_device(device, int(os.environ.get("LOCAL_RANK", "0")))
-        self.rank, self.world_size = init_distributed(self.device)
-        self.is_main = self.rank == 0
-        if cache_features and self.world_size > 1:
-            raise NotImplementedError(
-                "cache_features=True is not supported under torchrun (DistributedDataParallel) yet; "
-                "use cache_features=False when training on several processes"
-            )
-        self.show_progress = progress and self.is_main
+        self.device, self.rank, self.world_size = join_processes(device, cache_features)
+        self.is_main, self.show_progress = self.rank == 0, progress and self.rank == 0
         self.amp_dtype = resolve_precision(precision, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
-        cuda = self.device.type == "cuda"
-        self.memory_format = torch.channels_last if cuda else torch.contiguous_format
+        self.memory_format = torch.channels_last if self.device.type == "cuda" else torch.contiguous_format
         model.to(self.device, memory_format=self.memory_format)  # type: ignore[call-overload]  # torch's stubs
-
         apply_default_recipe(model)  # only when no freeze was chosen (fit decides again with the data)
-        scales: dict[str, Any] = {"layer_decay": layer_decay, "backbone_lr_mult": backbone_lr_mult}
-        groups = model.param_groups(lr or DEFAULT_LR, weight_decay=weight_decay, **scales)
-        partly_frozen = len(model.trainable_blocks) < len(model.blocks)
-        self.optimizer = build_optimizer(optimizer, groups, fused_on_cpu=partly_frozen)
+        scales = {"layer_decay": layer_decay, "backbone_lr_mult": backbone_lr_mult}
+        self.optimizer = model_optimizer(model, optimizer, lr or DEFAULT_LR, weight_decay, **scales)
         self.base_lrs = self._given_lrs = [g["lr"] for g in self.optimizer.param_groups]
-        self.scheduler: Any = None
-        self.history: list[dict[str, Any]] = []
-        self.epoch, self.step, self.should_stop = 0, 0, False
-        self.loss: Tensor | None = None  # last training loss, on the device (read it without a sync)
-        self._net: nn.Module = model
-        self._net_trainable: tuple[str, ...] | None = None
-        self.best = BestEpoch("val_loss", keep_weights=False)  # replaced in fit(), once the monitor is known
-        self._one_sample = OneSampleBatches()  # replaced in fit(): it warns once per fit
-        self._size_from_batches = False  # fit() sets it (`transferkit.preprocessing.record_data_config`)
-        self._cache = PrefixCaches(
-            model,
-            device=self.device,
-            memory_format=self.memory_format,
-            autocast=self._autocast,
-            budget=cache_budget,
-            directory=cache_dir,
-            check_targets=self._check_targets,
-            progress=self.show_progress,
-            compile=compile,
-        )
+        self.stepper = Step(  # device, precision, forward, loss, update: shared by every pass
+            self.task, loss or self.task.training_loss(label_smoothing), self.optimizer, self.scaler,
+            self.device, self.amp_dtype, self.memory_format, grad_accum=grad_accum,
+            clip_grad_norm=clip_grad_norm, world_size=self.world_size,
+        )  # fmt: skip
+        self.scheduler, self.history, self.loss, self._net, self._net_trainable = None, [], None, model, None
+        self.epoch, self.step, self.global_step, self.should_stop = 0, 0, 0, False
+        self.best = BestEpoch("val_loss", keep_weights=False)  # fit() renews it and the one-sample guard
+        self._one_sample, self._size_from_batches, self._auto_lr = OneSampleBatches(), False, lr is None
+        self._cache = PrefixCaches(  # the frozen prefix's feature caches (cache_features=True)
+            model, device=self.device, memory_format=self.memory_format, autocast=self.stepper.autocast,
+            budget=cache_budget, directory=cache_dir, check_targets=self._check_targets,
+            progress=self.show_progress, compile=compile,
+        )  # fmt: skip
 
     # ----------------------------------------------------------------------------------------- fit
     @plain_worker_errors
@@ -230,11 +216,11 @@ class Trainer:
         monitor = self.monitor or self.task.default_monitor(has_val=val is not None)
         check_monitor(monitor, has_val=val is not None)
         scale = default_lr_scale(self.model, train) if self._auto_lr else 1.0
-        total_steps = self.epochs * math.ceil(len(train) / self.grad_accum)
+        total_steps = self.epochs * math.ceil(len(train) / self.stepper.grad_accum)
         self.base_lrs, self.scheduler = start_schedule(
             self.scheduler_spec, self.optimizer, [lr * scale for lr in self._given_lrs], total_steps
         )
-        self.history, self.should_stop, self._one_sample = [], False, OneSampleBatches()
+        self.history, self.should_stop, self._one_sample, self.global_step = [], False, OneSampleBatches(), 0
         self.best = BestEpoch(monitor, val is not None and self.restore_best, self.early_stopping)
         last = self.checkpoint_dir / "last.pt" if self.checkpoint_dir is not None else None
         start = resume_from(self, last, train) if self.resume and last is not None and last.exists() else 0
@@ -268,7 +254,7 @@ class Trainer:
             desc = f"epoch {epoch + 1}/{self.epochs}"
             total = len(train) + (len(val) if val is not None else 0)
             with (
-                rollback_point(self.model, self.cache_dir) as last_good,
+                rollback_point(self.model, self._cache.directory) as last_good,
                 EpochProgress(desc, total, self.show_progress) as bar,
             ):
                 try:
@@ -288,32 +274,33 @@ class Trainer:
             self.callbacks.emit("on_epoch_end", self)
         self.callbacks.emit("on_fit_end", self)
 
-    def _train_epoch(self, net: nn.Module, loader: Iterable[Any], bar: EpochProgress) -> dict[str, float]:
-        """One pass over ``loader``; the mean batch loss (over all ranks) and of each part of the loss.
+    def _train_epoch(self, net: nn.Module, feed: Feed, bar: EpochProgress) -> dict[str, float]:
+        """One pass over ``feed``; the mean batch loss (over all ranks) and of each part of the loss.
         A batch of one sample that BatchNorm cannot normalise is skipped (`training.one_sample`)."""
         self.model.train()
-        n, pending, loss_total, parts = len(loader), [], 0.0, LossParts()  # type: ignore[arg-type]
-        windows = AccumulationWindows(n, self.grad_accum)
-        for step, batch in enumerate(loader):
+        n, pending, loss_total, parts = len(feed), [], 0.0, LossParts()
+        windows, step_fn, module = AccumulationWindows(n, self.stepper.grad_accum), self.stepper, feed.module
+        for step, batch in enumerate(feed.batches):
             self.step, where = step, f"epoch {self.epoch + 1}, batch {step + 1}"
-            inputs, targets = split_batch(batch, self.task, where)
+            inputs, targets = feed.split(batch, self.task, where)
             if self._size_from_batches:  # loaders that do not say their preprocessing still show the size
                 record_input_size(self.model, inputs)
                 warn_small_inputs(self.model, inputs)
                 self._size_from_batches = False
-            if not isinstance(inputs, CachedBatch):  # cached targets were checked when cached
-                self.task.check_batch(inputs, targets, self.model.num_classes, where)
-            inputs, targets = self._to_device(inputs, targets)
-            probe = functools.partial(self._forward, self.model, inputs)
-            skip = self._one_sample.skips(self.model, inputs, probe, where, loader)
+            feed.check(self.task, inputs, targets, self.model.num_classes, where)
+            inputs, targets = step_fn.to_device(inputs, targets)
+            probe = functools.partial(step_fn.forward, module or self.model, inputs)
+            skip = self._one_sample.skips(self.model, inputs, probe, where, feed.batches)
             if skip:
                 windows.skip(step)
                 pending.append(torch.zeros((), device=self.device))  # later batches keep their numbers
             else:
-                self.loss, outputs = train_batch(self, net, inputs, targets, windows, step)
+                self.loss, outputs = step_fn.backward(module or net, inputs, targets, windows, step)
                 parts.add(self.task.loss_parts(outputs))
                 pending.append(self.loss)
-            close_window(self, windows, step)
+            if step_fn.update(self.model.parameters(), windows, step):
+                self.scheduler.step()
+                self.global_step += 1
             bar.update()
             if len(pending) == _SYNC_EVERY or step + 1 == n:
                 loss_total += sync_losses(pending, step + 1 - len(pending), self.epoch, self.world_size)
@@ -330,19 +317,9 @@ class Trainer:
                 dist.broadcast(buffer, src=0)
         return {"train_loss": loss_total / windows.trained, **parts.means(self.world_size)}
 
-    def _forward(self, net: nn.Module, inputs: Tensor | CachedBatch, targets: Any = None) -> Any:
-        """Logits for a batch; the one place the frozen prefix runs, so cached features can replace it.
-
-        Frozen parameters and inputs need no grad, so autograd records nothing until the first trainable
-        block: the frozen prefix runs without a graph, exactly as under ``torch.no_grad()``.
-        """
-        if isinstance(inputs, CachedBatch):
-            return self._cache.net(*inputs.state, input_size=inputs.input_size)  # type: ignore[misc]
-        return self.task.forward(net, inputs, targets)
-
-    def _batches(self, loader: Any, role: str) -> Any:
-        """``loader`` itself, or with ``cache_features`` this epoch's batches from the feature cache."""
-        return self._cache.epoch(loader, role) if self.cache_features else loader
+    def _batches(self, loader: Any, role: str) -> Feed:
+        """``loader`` for the model, or with ``cache_features`` this epoch's cached batches, their module."""
+        return self._cache.epoch(loader, role) if self.cache_features else Feed(loader)
 
     def lr_find(self, loader: Any, **kwargs: Any) -> LRFindResult:
         """Learning-rate range test; model and optimizer end as before (`transferkit.training.lr_find`)."""
@@ -361,7 +338,7 @@ class Trainer:
             {'loss': 0.31, 'acc': 0.9}
         """
         check_length(loader, "evaluation")
-        return evaluate_batches(self, self._shard(loader, train=False))
+        return evaluate_batches(self, Feed(self._shard(loader, train=False)))
 
     def predict(self, loader: Iterable[Any]) -> Any:
         """Outputs for every batch of ``loader``, in loader order, on the CPU in float32 (detection: a list
@@ -376,15 +353,6 @@ class Trainer:
         return predict_batches(self, loader)
 
     # ---------------------------------------------------------------------------------------- helpers
-    def _autocast(self) -> torch.autocast:
-        return torch.amp.autocast(
-            self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype != torch.float32
-        )
-
-    def _to_device(self, inputs: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
-        inputs = inputs.to(self.device, non_blocking=True, memory_format=self.memory_format)
-        return inputs, self.task.to_device(targets, self.device)
-
     def _check_targets(self, targets: Tensor, where: str) -> None:  # CPU targets: the check needs no sync
         self.task.check_targets(targets, self.model.num_classes, where)
 
