@@ -7,6 +7,8 @@ import re
 import subprocess
 import sys
 import warnings
+from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -234,3 +236,46 @@ def test_timm_is_imported_only_for_timm_backbones() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
+
+
+# ------------------------------------------------------------------------------- timm, built by timm
+
+
+@pytest.mark.parametrize("name", ["resnet18", "efficientnet_lite0"])
+def test_a_timm_backbone_is_built_once_and_its_file_loaded_by_timm(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    """One ``timm.create_model(features_only=True)`` builds the extractor and loads the file: no second
+    (meta-device) model for names and levels, no weights mapped by hand."""
+    import timm
+    from safetensors.torch import save_file
+
+    torch.manual_seed(2)
+    state = timm.create_model(name).state_dict()
+    path = tmp_path / f"{name}.safetensors"
+    save_file(state, str(path))
+    real, calls = timm.create_model, []
+
+    def counted(*args: Any, **kwargs: Any) -> torch.nn.Module:
+        calls.append(kwargs.get("features_only", False))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(timm, "create_model", counted)
+    for pretrained in (False, str(path)):
+        calls.clear()
+        backbone = create_backbone(f"timm/{name}", pretrained=pretrained)
+        assert calls == [True]
+    loaded = backbone.body.state_dict()
+    assert loaded and all(torch.equal(value, state[key]) for key, value in loaded.items())
+
+
+def test_no_private_timm_module_is_imported() -> None:
+    root = Path(tk.__file__).parent
+    private = re.compile(r"timm\.(models|layers)\._")
+    hits = [
+        f"{path.relative_to(root)}: {line.strip()}"
+        for path in sorted(root.rglob("*.py"))
+        for line in path.read_text().splitlines()
+        if private.search(line)
+    ]
+    assert not hits, hits

@@ -86,3 +86,12 @@ def test_a_file_of_another_variant_still_names_the_mismatch(tmp_path: Path) -> N
     save_file(state, str(path))
     with pytest.raises(tk.WeightsMismatchError, match="'layer1.0.conv1.weight' is \\(64, 32, 3, 3\\)"):
         tk.build_model("resnet18", num_classes=2, pretrained=path, in_chans=1)
+
+
+@pytest.mark.parametrize("in_chans", [1, 2, 4, 6])
+def test_timms_adaptation_gives_the_same_kernels_as_the_torchvision_path(in_chans: int) -> None:
+    """timm backbones adapt through timm's loader, torchvision ones through ours: one behaviour."""
+    from timm.models import adapt_input_conv as timm_adapt
+
+    w = torch.randn(16, 3, 3, 3)
+    assert torch.allclose(adapt_input_conv(w, in_chans), timm_adapt(in_chans, w.clone()))

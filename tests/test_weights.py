@@ -213,3 +213,64 @@ def test_every_weights_tag_the_docs_name_exists_for_its_model() -> None:
         if tag not in {t for t, _ in weight_tags(model)}
     ]
     assert not wrong, wrong
+
+
+# ----------------------------------------------------------------------------------- timm's own loading
+
+
+def test_timm_file_at_another_img_size_loads_through_timms_checkpoint_filter(tmp_path: Path) -> None:
+    """timm loads the file and runs the model's checkpoint filter: a ViT file made at 224 px loads into a
+    64 px model with its position embeddings resampled, every other tensor as it is in the file."""
+    torch.manual_seed(4)
+    vit = timm.create_model("vit_tiny_patch16_224")
+    path = tmp_path / "vit224.safetensors"
+    save_file(vit.state_dict(), str(path))
+    model = tk.build_model(
+        "timm/vit_tiny_patch16_224", num_classes=2, pretrained=str(path), backbone_kwargs={"img_size": 64}
+    )
+    body = model.backbone.body.model
+    assert body.pos_embed.shape == (1, 1 + 4 * 4, 192)
+    assert torch.equal(body.pos_embed[:, 0], vit.pos_embed[:, 0])  # the class token's embedding is kept
+    assert torch.equal(body.blocks[11].mlp.fc2.weight, vit.blocks[11].mlp.fc2.weight)
+    assert model.eval()(torch.randn(1, 3, 64, 64)).shape == (1, 2)
+
+
+@pytest.mark.parametrize(
+    ("made_for", "built"), [("resnet34", "resnet18"), ("efficientnet_b1", "efficientnet_b0")]
+)
+def test_a_deeper_variants_timm_file_is_refused_not_loaded_in_part(
+    tmp_path: Path, made_for: str, built: str
+) -> None:
+    """timm loads a feature extractor's weights leniently; a file of a deeper variant holds every key of
+    the shallower one (same shapes) plus its extra blocks, and must not load as if it fitted."""
+    path = tmp_path / f"{made_for}.pth"
+    torch.save(timm.create_model(made_for).state_dict(), path)
+    with pytest.raises(WeightsMismatchError, match="unexpected keys") as info:
+        tk.build_model(f"timm/{built}", num_classes=2, pretrained=str(path))
+    assert made_for in str(info.value) and "missing keys" in str(info.value)
+
+
+def test_a_timm_file_missing_tensors_names_them(tmp_path: Path) -> None:
+    state = timm.create_model("convnext_atto").state_dict()
+    del state["stages.3.blocks.1.mlp.fc2.weight"]
+    path = tmp_path / "holes.safetensors"
+    save_file(state, str(path))
+    with pytest.raises(WeightsMismatchError, match=r"1 missing keys \['stages.3.blocks.1.mlp.fc2.weight'\]"):
+        tk.build_model("timm/convnext_atto", num_classes=2, pretrained=str(path))
+
+
+def test_a_timm_pickle_with_code_is_refused_before_timm_sees_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pickle from the user or from the hub's cache is read as tensors only, never by timm's loader."""
+    import transferkit.backbones.timm as timm_backbones
+
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "pytorch_model.bin"
+    with open(path, "wb") as f:
+        pickle.dump({"conv1.weight": _Exploit()}, f)
+    monkeypatch.setattr(timm_backbones, "fetch_hf", lambda repo, model, filenames: path)
+    for pretrained in (str(path), True):
+        with pytest.raises(ValueError, match=str(path)):
+            tk.build_model("timm/resnet18", num_classes=2, pretrained=pretrained)
+    assert not (tmp_path / "pwned").exists()

@@ -10,6 +10,9 @@ pretrained filters respond to the new input as they did to RGB:
 - more channels: the RGB kernel is repeated over the new channels (R, G, B, R, G, ...) and scaled by
   ``3 / in_chans``, so that an input whose channels all carry similar values keeps the activation scale
   the next layers were trained on.
+
+torchvision weights go through `adapt_input_conv` here; timm backbones leave it to timm's loading
+(``timm.models.adapt_input_conv``), which gives the same kernels (tests/test_input_channels.py).
 """
 
 from __future__ import annotations

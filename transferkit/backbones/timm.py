@@ -5,23 +5,32 @@ timm is imported on first use, so that ``import transferkit`` (and torchvision b
 
 from __future__ import annotations
 
+import sys
 from functools import lru_cache
-from typing import Any
+from pathlib import Path
+from typing import Any, cast
 
 import torch
 from torch import nn
 
 from ..features import FeatureInfo
-from ..weights import fetch_hf, fetch_url, is_weights_path, load_matching, read_state_dict
+from ..weights import fetch_hf, fetch_url, is_weights_path, read_state_dict
 from .base import (
     Backbone,
-    cannot_dilate,
     canonical_kwargs,
     check_blocks,
-    check_out_indices,
     check_output_stride,
     split_error,
     structural_blocks,
+)
+from .timm_build import (
+    Weights,
+    as_tuple,
+    build_body,
+    check_loaded,
+    check_tag,
+    resolve_indices,
+    safetensors_keys,
 )
 
 __all__ = ["TimmBackbone", "timm_names"]
@@ -36,55 +45,61 @@ def timm_names() -> tuple[str, ...]:
     return tuple(timm.list_models())
 
 
-def _full_model(arch: str, in_chans: int, kwargs: dict[str, Any]) -> nn.Module:
-    """The whole timm model on the meta device: its names, group matcher, levels and config."""
+def _resolve_weights(full_name: str, pretrained: Any, user_file: bool) -> Weights:
+    """The weights ``pretrained`` asks for: the user's file, or the hub's, fetched into its cache (with
+    `PretrainedUnavailableError` at once when offline).
+
+    A pickle is read here (tensors only, never code) and handed to timm as a state_dict; timm reads only
+    ``.safetensors`` files, which cannot hold code, and its own formats (``custom_load``: ``.npz``).
+    """
     import timm
 
-    try:
-        with torch.device("meta"):
-            return timm.create_model(arch, pretrained=False, in_chans=in_chans, **kwargs)
-    except (NotImplementedError, RuntimeError):  # builders that need real tensors
-        return timm.create_model(arch, pretrained=False, in_chans=in_chans, **kwargs).to("meta")
+    model = f"timm/{full_name}"
+    cfg = timm.models.get_pretrained_cfg(full_name)
+    if user_file:
+        path = Path(pretrained)
+        drop = tuple(f"{c}." for c in as_tuple(cfg.classifier if cfg else None))
+        if path.suffix == ".safetensors":
+            keys = frozenset(k for k in safetensors_keys(path) if not k.startswith(drop))
+            return Weights({"file": str(path)}, f"weights for {model} ({path})", path, keys)
+        state = {k: v for k, v in read_state_dict(path).items() if not k.startswith(drop)}
+        return Weights({"state_dict": state}, f"weights for {model} ({path})", path, frozenset(state))
+    if cfg is not None and cfg.hf_hub_id:
+        names = (cfg.hf_hub_filename,) if cfg.hf_hub_filename else ("model.safetensors", "pytorch_model.bin")
+        path = fetch_hf(cfg.hf_hub_id, model=model, filenames=names)
+    elif cfg is not None and cfg.url:
+        path = fetch_url(cfg.url if isinstance(cfg.url, str) else cfg.url[0], model=model)
+    else:
+        raise ValueError(
+            f"timm has no pretrained weights for {model}; use pretrained=False or a weights file"
+        )
+    source = f"weights for {model} ({path})"
+    if path.suffix == ".safetensors" or cfg.custom_load:
+        return Weights({"file": str(path), "custom_load": cfg.custom_load}, source, path)
+    return Weights({"state_dict": read_state_dict(path)}, source, path)
 
 
-def _full_model_at(
-    name: str, in_chans: int, kwargs: dict[str, Any], output_stride: int | None
-) -> tuple[nn.Module, dict[str, Any]]:
-    """The full model at ``output_stride`` and the ``create_model`` arguments that give it."""
-    check_output_stride(output_stride)
-    full = _full_model(name, in_chans, kwargs)
-    native = full.feature_info[-1]["reduction"] if output_stride is not None else None
-    if output_stride in (None, native):
-        return full, kwargs
-    kwargs = {**kwargs, "output_stride": output_stride}
-    model = f"timm/{name.partition('.')[0]}"
-    try:
-        full = _full_model(name, in_chans, kwargs)
-    except (TypeError, AssertionError, ValueError, NotImplementedError) as err:
-        raise cannot_dilate(model, output_stride, native) from err  # no such argument, or not this value
-    if full.feature_info[-1]["reduction"] != output_stride:  # took the argument but does not dilate
-        raise cannot_dilate(model, output_stride, native)
-    return full, kwargs
+def _matcher(body: nn.Module, source: nn.Module | None) -> Any:
+    """timm's fine-grained parameter grouping for the body, or None when the model has none."""
+    if source is not None:
+        return cast(Any, source).group_matcher(coarse=False)
+    name = type(body).__name__
+    full_class = getattr(sys.modules[type(body).__module__], name.removesuffix("Features"), None)
+    if (
+        name.endswith("Features") and full_class is not None and hasattr(full_class, "group_matcher")
+    ):  # EfficientNetFeatures, ...
+        return full_class.group_matcher(body, coarse=False)  # a pure function of names in timm
+    return None
 
 
-def _norm(name: str) -> str:
-    return name.replace("_", ".")
-
-
-def _name_map(full: nn.Module, body: nn.Module) -> dict[str, str] | None:
-    """Original parameter/buffer name -> name in the feature wrapper (which flattens and prefixes)."""
-    originals = {_norm(k): k for k in full.state_dict()}
-    mapping = {}
-    for key in body.state_dict():
-        parts = key.split(".")
-        for i in range(len(parts)):  # wrappers may add a prefix ("model.")
-            original = originals.get(_norm(".".join(parts[i:])))
-            if original is not None:
-                mapping[original] = key
-                break
-        else:
-            return None
-    return mapping
+def _original_names(body: nn.Module, source: nn.Module | None) -> dict[str, str]:
+    """Body state_dict key -> the key the original model's checkpoint has for the same tensor."""
+    if source is None:
+        return {k: k for k in body.state_dict()}
+    by_id: dict[int, str] = {}
+    for k, t in source.state_dict(keep_vars=True).items():
+        by_id.setdefault(id(t), k)  # a shared tensor goes by its first name, as named_parameters does
+    return {k: by_id.get(id(t), k) for k, t in body.state_dict(keep_vars=True).items()}
 
 
 def _group_name(params: list[str]) -> str:
@@ -96,24 +111,27 @@ def _group_name(params: list[str]) -> str:
     return ".".join(common) or params[0].rsplit(".", 1)[0]
 
 
-def _blocks(full: nn.Module, body: nn.Module, mapping: dict[str, str] | None) -> dict[str, list[str]]:
-    body_params = [n for n, _ in body.named_parameters()]
-    if mapping is not None and hasattr(full, "group_matcher"):
-        from timm.models._manipulate import group_with_matcher
+def _blocks(body: nn.Module, source: nn.Module | None, originals: dict[str, str]) -> dict[str, list[str]]:
+    """timm's own groups (its ``group_matcher``) of the body's parameters, named after their modules."""
+    from timm.models import group_parameters
 
-        inverse = {v: k for k, v in mapping.items()}
-        originals = [inverse[n] for n in body_params]
-        groups = group_with_matcher(((n, None) for n in originals), full.group_matcher(coarse=False))
-        blocks: dict[str, list[str]] = {}
-        for i, names in enumerate(groups.values()):
-            name = "stem" if i == 0 else _group_name(names)
-            if name in blocks:  # a group spanning parts of two modules (dla's roots, densenet's norm5)
-                name = f"{names[0].rsplit('.', 1)[0]}"
-            while name in blocks:
-                name += "+"
-            blocks[name] = [f"body.{mapping[n]}" for n in names]
-        return blocks
-    return {b: [f"body.{p}" for p in ps] for b, ps in structural_blocks(body).items()}
+    matcher = _matcher(body, source)
+    if matcher is None:
+        return {b: [f"body.{p}" for p in ps] for b, ps in structural_blocks(body).items()}
+    to_body = {originals[n]: n for n, _ in body.named_parameters()}
+    groups = group_parameters(source if source is not None else body, matcher)
+    blocks: dict[str, list[str]] = {}
+    for names in groups.values():
+        names = [n for n in names if n in to_body]
+        if not names:  # parts of the original model the feature extractor leaves out
+            continue
+        name = "stem" if not blocks else _group_name(names)
+        if name in blocks:  # a group spanning parts of two modules (dla's roots, densenet's norm5)
+            name = f"{names[0].rsplit('.', 1)[0]}"
+        while name in blocks:
+            name += "+"
+        blocks[name] = [f"body.{to_body[n]}" for n in names]
+    return blocks
 
 
 class TimmBackbone(Backbone):
@@ -124,8 +142,8 @@ class TimmBackbone(Backbone):
             (``"resnet18.a1_in1k"``).
         pretrained: ``True`` (the default tag's weights), ``False``, a tag (``"a1_in1k"``) or a path
             to a file holding the timm model's state_dict.
-        in_chans: Input channels; a pretrained first convolution for 3 is adapted to them
-            (`transferkit.input_channels.adapt_input_conv`).
+        in_chans: Input channels; timm adapts a pretrained first convolution for 3 to them (summed
+            for 1, repeated and scaled by ``3 / in_chans`` for more).
         out_indices: Which of the model's feature levels to return (default: timm's choice).
         output_stride: The coarsest level's stride, 8, 16 or 32 (default: the model's own); passed to
             timm, whose models that take it dilate their last stages and keep every level.
@@ -150,32 +168,39 @@ class TimmBackbone(Backbone):
         **kwargs: Any,
     ) -> None:
         super().__init__()
-        import timm
         import timm.data
 
         kwargs = canonical_kwargs(kwargs)  # the config then matches the one config.json gives back
+        check_output_stride(output_stride)
         arch, _, tag = name.partition(".")
-        if pretrained not in (True, False) and not is_weights_path(pretrained):
+        user_file = pretrained not in (True, False) and is_weights_path(pretrained)
+        if pretrained not in (True, False) and not user_file:
             tag = str(pretrained)
         full_name = f"{arch}.{tag}" if tag else arch
-        valid = [n.partition(".")[2] for n in timm.list_pretrained(f"{arch}.*")]
-        if tag and tag not in valid:
-            raise ValueError(
-                f"unknown weights tag {tag!r} for timm/{arch}; valid tags: {', '.join(valid) or 'none'}"
-            )
+        check_tag(arch, tag)
         self.name = arch
-        full, build_kwargs = _full_model_at(full_name, in_chans, kwargs, output_stride)
-        levels = len(full.feature_info)
-        indices = check_out_indices(out_indices, levels) if out_indices is not None else None
-        extra = {"out_indices": indices} if indices is not None else {}
-        self.body = timm.create_model(
-            full_name, pretrained=False, features_only=True, in_chans=in_chans, **extra, **build_kwargs
-        )
-        fmt = getattr(self.body, "output_fmt", "NCHW")
+        indices = resolve_indices(out_indices, full_name, in_chans, kwargs)
+        weights = _resolve_weights(full_name, pretrained, user_file) if pretrained is not False else None
+        body, source = build_body(full_name, in_chans, indices, kwargs, output_stride, weights)
+        self.body = body
+        originals = _original_names(body, source)
+        check_loaded(body, source, originals, full_name, in_chans, kwargs, weights)
+        fmt = getattr(body, "output_fmt", "NCHW")
         self.channels_last_output = getattr(fmt, "value", fmt) == "NHWC"  # swin, mambaout, sequencer
-        info = self.body.feature_info
+        info = body.feature_info
         self.feature_info = FeatureInfo(channels=info.channels(), reductions=info.reduction())
-        cfg = timm.data.resolve_model_data_config(full)
+        self._set_input_config(timm.data.resolve_model_data_config(body), in_chans, kwargs)
+        self.config = {
+            "pretrained": pretrained,
+            "in_chans": in_chans,
+            "out_indices": indices,
+            "output_stride": output_stride,
+            **kwargs,
+        }
+        self.blocks = {b: ps for b, ps in _blocks(body, source, originals).items() if ps}
+        check_blocks(self.blocks, self)
+
+    def _set_input_config(self, cfg: dict[str, Any], in_chans: int, kwargs: dict[str, Any]) -> None:
         size = kwargs.get("img_size", cfg["input_size"][-1])
         size = size[-1] if isinstance(size, (tuple, list)) else size
         self.data_config = {
@@ -185,66 +210,16 @@ class TimmBackbone(Backbone):
             "interpolation": cfg["interpolation"],
             "crop_pct": cfg["crop_pct"],
         }
-        pcfg = full.pretrained_cfg
+        pcfg = self.body.pretrained_cfg
         self.min_input_size = int((pcfg.get("min_input_size") or (in_chans, 1, 1))[-1])
         self.fixed_input_size = (
             size if pcfg.get("fixed_input_size") and not kwargs.get("dynamic_img_size") else None
-        )
-        self.config = {
-            "pretrained": pretrained,
-            "in_chans": in_chans,
-            "out_indices": indices,
-            "output_stride": output_stride,
-            **kwargs,
-        }
-
-        mapping = _name_map(full, self.body)
-        if pretrained is not False:
-            self._load(full, full_name, pretrained, mapping)
-        self.blocks = {b: ps for b, ps in _blocks(full, self.body, mapping).items() if ps}
-        check_blocks(self.blocks, self)
-
-    def _load(self, full: nn.Module, full_name: str, pretrained: Any, mapping: dict[str, str] | None) -> None:
-        if mapping is None:
-            raise ValueError(
-                f"cannot map timm/{full_name}'s weights onto its feature extractor; use pretrained=False"
-            )
-        model = f"timm/{full_name}"
-        if is_weights_path(pretrained):
-            path = pretrained
-        else:
-            cfg = full.pretrained_cfg
-            if cfg.get("hf_hub_id"):
-                files = (
-                    (cfg["hf_hub_filename"],)
-                    if cfg.get("hf_hub_filename")
-                    else ("model.safetensors", "pytorch_model.bin")
-                )
-                path = fetch_hf(cfg["hf_hub_id"], model=model, filenames=files)
-            elif cfg.get("url"):
-                path = fetch_url(cfg["url"], model=model)
-            else:
-                raise ValueError(
-                    f"timm has no pretrained weights for {model}; use pretrained=False or a weights file"
-                )
-        classifier = full.pretrained_cfg.get("classifier") or ()
-        classifier = (classifier,) if isinstance(classifier, str) else tuple(classifier)
-        known = set(full.state_dict())
-        first = full.pretrained_cfg.get("first_conv") or ()
-        first = (first,) if isinstance(first, str) else tuple(first)
-        load_matching(
-            self.body,
-            read_state_dict(path),
-            source=f"weights for {model} ({path})",
-            rename=lambda k: mapping.get(k) if k in known else k,
-            ignore=tuple(f"{c}." for c in classifier),
-            input_convs=tuple(mapping.get(f"{c}.weight", f"{c}.weight") for c in first),
         )
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Feature maps ``[N, C_i, H / r_i, W / r_i]``, fine to coarse."""
         self.check_input(x)
-        return self._to_maps(list(self.body(x)))
+        return cast(list[torch.Tensor], self._to_maps(list(self.body(x))))  # no level left out here
 
     def _to_maps(self, features: list[torch.Tensor | None]) -> list[torch.Tensor | None]:
         if self.channels_last_output:
@@ -257,7 +232,7 @@ class TimmBackbone(Backbone):
         Works for timm's sequential feature wrappers (``FeatureListNet``: ResNets, ConvNeXts, RegNets,
         ...); see `TorchvisionBackbone.split` for the contract.
         """
-        from timm.models._features import FeatureDictNet
+        from timm.models import FeatureDictNet
 
         if not isinstance(self.body, FeatureDictNet) or self.body.concat or self.body.grad_checkpointing:
             raise split_error(
