@@ -60,11 +60,12 @@ class ConfusionCounts(MulticlassConfusionMatrix):
 
     def __init__(self, num_classes: int, ignore_index: int = 255) -> None:
         super().__init__(num_classes, ignore_index=ignore_index, validate_args=False)
+        self.classes, self.ignored = num_classes, ignore_index  # torchmetrics types both as optional
 
     def update(self, preds: Tensor, target: Tensor) -> None:
         from .metrics import confusion_matrix
 
-        counted = confusion_matrix(preds, target, self.num_classes, self.ignore_index)
+        counted = confusion_matrix(preds, target, self.classes, self.ignored)
         self.confmat += counted.to(self.confmat.device)
 
 

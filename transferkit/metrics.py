@@ -156,9 +156,10 @@ class ClassificationMeter:
         """This process's ``[top1_correct, top5_correct, seen]`` (long), before any syncing."""
         if not self._scores:
             return torch.zeros(3, dtype=torch.long, device=self.device)
-        top1, top5 = self._scores[0], self._scores[-1] if len(self._scores) > 1 else None
-        seen = top1.tp.sum() + top1.fn.sum()
-        return torch.stack([top1.tp.sum(), top5.tp.sum() if top5 else seen * 0, seen]).long()
+        states = [scores.metric_state for scores in self._scores]  # tp, fp, tn, fn: micro sums
+        correct = [torch.as_tensor(state["tp"]).sum() for state in states]
+        seen = correct[0] + torch.as_tensor(states[0]["fn"]).sum()
+        return torch.stack([correct[0], correct[-1] if len(correct) > 1 else torch.zeros_like(seen), seen])
 
     def update(self, logits: Tensor, targets: Tensor) -> None:
         """Adds a batch of logits ``[N, K]`` and class indices ``[N]``."""
