@@ -98,16 +98,27 @@ def test_segmentation_meter_two_batches_equal_one_big_batch():
     assert split.compute() == whole.compute()
 
 
-def test_segmentation_confmat_sums_across_ranks():
-    # What a DDP trainer does: all_reduce(sum) the per-rank confusion matrices.
+def test_segmentation_confmat_is_this_process_s_share():
+    # Each process's own matrix adds up to the whole; compute() sums them itself (tests/test_metrics_ddp.py).
     gen = torch.Generator().manual_seed(1)
     logits, masks = torch.randn(4, 3, 5, 5, generator=gen), torch.randint(0, 3, (4, 5, 5), generator=gen)
     rank0, rank1, whole = SegmentationMeter(3), SegmentationMeter(3), SegmentationMeter(3)
     rank0.update(logits[:1], masks[:1])
     rank1.update(logits[1:], masks[1:])
     whole.update(logits, masks)
-    rank0.confmat += rank1.confmat
-    assert rank0.compute() == whole.compute()
+    assert torch.equal(rank0.confmat + rank1.confmat, whole.confmat)
+    assert rank0.state == rank1.state == ()  # nothing for the Trainer to sum
+
+
+def test_compute_then_more_batches_keeps_counting():
+    gen = torch.Generator().manual_seed(2)
+    logits, masks = torch.randn(4, 3, 5, 5, generator=gen), torch.randint(0, 3, (4, 5, 5), generator=gen)
+    meter, whole = SegmentationMeter(3), SegmentationMeter(3)
+    meter.update(logits[:2], masks[:2])
+    first = meter.compute()
+    meter.update(logits[2:], masks[2:])
+    whole.update(logits, masks)
+    assert meter.compute() == whole.compute() != first
 
 
 def test_segmentation_meter_reset_and_empty_compute():
@@ -193,12 +204,14 @@ def test_classification_meter_two_batches_equal_one_big_batch():
     assert split.compute() == pytest.approx({"acc": expected[0], "top5": expected[1]})
 
 
-def test_classification_counts_sum_across_ranks():
-    # A rank that saw no batch still computes correctly once counts are summed, given num_classes.
+def test_classification_counts_are_this_process_s_share():
     busy, idle = ClassificationMeter(num_classes=6), ClassificationMeter(num_classes=6)
     busy.update(LOGITS6, TARGETS6)
-    idle.counts += busy.counts
-    assert idle.compute() == pytest.approx({"acc": 1 / 3, "top5": 2 / 3})
+    assert busy.counts.tolist() == [1, 2, 3]
+    assert idle.counts.tolist() == [0, 0, 0]
+    assert busy.state == ()  # nothing for the Trainer to sum: compute() syncs (tests/test_metrics_ddp.py)
+    with pytest.raises(ValueError, match="no samples"):
+        idle.compute()
 
 
 def test_classification_meter_errors():

@@ -17,14 +17,16 @@ Examples:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
-import torch.distributed as dist
 from torch import Tensor
 
-__all__ = ["COCO_BACKEND", "DetectionMeter"]
+__all__ = ["COCO_BACKEND", "CocoBackend", "DetectionMeter"]
 
-COCO_BACKEND = "faster_coco_eval"
+CocoBackend = Literal["faster_coco_eval", "pycocotools"]
+"""torchmetrics' COCO evaluation backends."""
+COCO_BACKEND: CocoBackend = "faster_coco_eval"
 
 
 def _boxes(t: dict[str, Tensor]) -> Tensor:
@@ -34,10 +36,12 @@ def _boxes(t: dict[str, Tensor]) -> Tensor:
 class DetectionMeter:
     """COCO mAP@[.5:.95] (``map``) and mAP@0.5 (``map_50``) of box detections over an epoch.
 
-    ``state`` is empty: the boxes themselves are gathered from every process when ``compute`` runs (ranks
-    may hold different numbers of images), so every rank must call ``compute``. Images without ground
-    truth count as in COCO (their detections are false positives); with no ground-truth box at all both
-    values are -1, as torchmetrics reports.
+    The images are kept, on the CPU, in torchmetrics' ``MeanAveragePrecision``, which ``compute()``
+    gathers from every process of ``torch.distributed`` when it is initialised, rank by rank (ranks may
+    hold different numbers of images: `transferkit.metric_sync.GatheredMeanAveragePrecision`), so every
+    process must call ``compute``; ``state`` is empty. Images without ground truth count as in COCO
+    (their detections are false positives); with no ground-truth box at all both values are -1, as
+    torchmetrics reports.
 
     Args:
         num_classes: Unused (COCO's evaluation finds the classes in the data); kept so every task's
@@ -46,24 +50,29 @@ class DetectionMeter:
         backend: torchmetrics' COCO backend, ``"faster_coco_eval"`` or ``"pycocotools"``.
     """
 
-    state: tuple[Tensor, ...] = ()
+    state: tuple[Tensor, ...] = ()  # nothing for the Trainer to sum: torchmetrics gathers the images
 
     def __init__(
         self,
         num_classes: int | None = None,
         device: torch.device | str | None = None,
-        backend: str = COCO_BACKEND,
+        backend: CocoBackend = COCO_BACKEND,
     ) -> None:
+        from .metric_sync import GatheredMeanAveragePrecision
+
         self.backend = backend
-        self.preds: list[dict[str, Tensor]] = []
-        self.truth: list[dict[str, Tensor]] = []
-        self.updates = 0
+        self._map = GatheredMeanAveragePrecision(box_format="xyxy", iou_type="bbox", backend=backend)
+
+    @property
+    def updates(self) -> int:
+        """The batches added since the last reset, on this process."""
+        return self._map.update_count
 
     def update(self, outputs: Sequence[dict[str, Tensor]], targets: Sequence[dict[str, Tensor]]) -> None:
         """Adds a batch: one ``{"boxes", "scores", "labels"}`` and one ``{"boxes", "labels"}`` per image."""
         if len(outputs) != len(targets):
             raise ValueError(f"{len(outputs)} detections for {len(targets)} targets; one of each per image")
-        self.preds += [
+        preds = [
             {
                 "boxes": _boxes(o),
                 "scores": o["scores"].detach().float().cpu(),
@@ -71,31 +80,17 @@ class DetectionMeter:
             }
             for o in outputs
         ]
-        self.truth += [{"boxes": _boxes(t), "labels": t["labels"].long().cpu()} for t in targets]
-        self.updates += 1
+        truth = [{"boxes": _boxes(t), "labels": t["labels"].long().cpu()} for t in targets]
+        self._map.update(preds, truth)
 
     def compute(self) -> dict[str, float]:
-        """``{"map": ..., "map_50": ...}``, fractions in [0, 1] (-1 without any ground-truth box)."""
-        from torchmetrics.detection import MeanAveragePrecision
+        """``{"map": ..., "map_50": ...}`` over every process, fractions in [0, 1] (-1 without any
+        ground-truth box)."""
+        from .metric_sync import synced_compute
 
-        preds, truth = _gathered(self.preds), _gathered(self.truth)
-        if not preds:
-            raise ValueError("DetectionMeter has seen no images; call update() before compute().")
-        metric = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", backend=self.backend)
-        metric.sync_on_compute = False  # every rank already holds every image
-        metric.update(preds, truth)
-        result = metric.compute()
+        result = synced_compute(self._map)  # ValueError when no process saw an image
         return {"map": float(result["map"]), "map_50": float(result["map_50"])}
 
     def reset(self) -> None:
         """Forgets the accumulated images for a new epoch."""
-        self.preds, self.truth, self.updates = [], [], 0
-
-
-def _gathered(items: list[dict[str, Tensor]]) -> list[dict[str, Tensor]]:
-    """``items`` from every process of the default group, rank by rank (``items`` itself without one)."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return items
-    everyone: list[list[dict[str, Tensor]] | None] = [None] * dist.get_world_size()
-    dist.all_gather_object(everyone, items)
-    return [item for part in everyone for item in (part or [])]
+        self._map.reset()

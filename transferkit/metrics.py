@@ -1,8 +1,8 @@
 """Epoch-level metrics: top-k accuracy for classification, confusion-matrix mIoU for segmentation.
 
-The meters accumulate integer counts (never per-batch averages), so an epoch's value does not depend on
-how the data was batched, and the counts are plain tensors that a distributed trainer can sum across
-ranks with ``torch.distributed.all_reduce`` before calling ``compute()``.
+The meters accumulate integer counts (never per-batch averages) in torchmetrics metrics, so an epoch's
+value does not depend on how the data was batched, and ``compute()`` sums the counts over every process
+of ``torch.distributed`` itself (torchmetrics' sync) before the fractions are taken, in float64.
 
 Examples:
     >>> meter = ClassificationMeter(num_classes=10)
@@ -18,9 +18,13 @@ Examples:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from torchmetrics import Metric
 
 __all__ = [
     "ClassificationMeter",
@@ -63,15 +67,19 @@ def _check_classification(logits: Tensor, targets: Tensor) -> None:
 
 
 def _topk_correct(logits: Tensor, targets: Tensor, topk: Sequence[int]) -> Tensor:
-    """Counts, for each k in ``topk``, the samples whose target is among the k highest logits."""
+    """Counts, for each k in ``topk``, the samples whose target is among the k highest logits (top-1: the
+    argmax, the first of tied maxima, as ``predict`` and the confusion matrix take it)."""
+    from torchmetrics.functional.classification import multiclass_stat_scores
+
     num_classes = logits.shape[1]
     for k in topk:
         if not 1 <= k <= num_classes:
             raise ValueError(f"top-k needs 1 <= k <= num_classes ({num_classes}), got k={k}.")
-    top = logits.topk(max(topk), dim=1).indices
-    # A target appears at most once in a row, so the running sum marks "hit within the first k".
-    hit_within = top.eq(targets[:, None]).cumsum(dim=1)
-    return torch.stack([hit_within[:, k - 1].sum() for k in topk])
+    scores = [
+        multiclass_stat_scores(logits, targets, num_classes, average="micro", top_k=k, validate_args=False)
+        for k in topk
+    ]  # [tp, fp, tn, fn, support] each
+    return torch.stack([s[0] for s in scores])
 
 
 def accuracy(logits: Tensor, targets: Tensor, topk: Sequence[int] = (1,)) -> list[float]:
@@ -104,66 +112,87 @@ def accuracy(logits: Tensor, targets: Tensor, topk: Sequence[int] = (1,)) -> lis
 class ClassificationMeter:
     """Top-1 (and top-5 when there are more than 5 classes) accuracy accumulated over an epoch.
 
-    ``counts`` is a long tensor ``[top1_correct, top5_correct, seen]``. Under DDP, ``all_reduce`` it
-    (sum) before ``compute()``; pass ``num_classes`` so every rank agrees on whether top-5 is reported,
-    and ``device`` so the tensor lives where the collective backend wants it (CUDA for NCCL).
+    The counts live in torchmetrics' ``MulticlassStatScores`` (micro average, ``top_k`` 1 and 5: the
+    integer counts behind ``MulticlassAccuracy``), which ``compute()`` sums over every process of
+    ``torch.distributed`` when it is initialised, so every process must call it. Pass ``num_classes``
+    so every process agrees on whether top-5 is reported, and ``device`` so the counts live where the
+    collective backend wants them (CUDA for NCCL).
 
     Args:
         num_classes: K. When None it is taken from the first ``update``.
-        device: Where ``counts`` lives; updates are moved there.
+        device: Where the counts live; updates are moved there.
 
     Examples:
         >>> meter = ClassificationMeter()
         >>> meter.update(torch.tensor([[2.0, 1.0], [0.0, 1.0]]), torch.tensor([0, 0]))  # [2, 2], [2]
         >>> meter.compute()
         {'acc': 0.5}
-        >>> meter.counts
+        >>> meter.counts  # this process's [top1_correct, top5_correct, seen]
         tensor([1, 0, 2])
     """
+
+    state: tuple[Tensor, ...] = ()  # nothing for the Trainer to sum: torchmetrics syncs the counts
 
     def __init__(self, num_classes: int | None = None, device: torch.device | str | None = None) -> None:
         if num_classes is not None and num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}.")
         self.num_classes = num_classes
-        self.counts = torch.zeros(3, dtype=torch.long, device=device)
+        self.device = torch.device(device or "cpu")
+        self._scores: list[Metric] = []  # top-1, then top-5 when reported; built once K is known
+        if num_classes is not None:
+            self._build(num_classes)
+
+    def _build(self, num_classes: int) -> None:
+        from torchmetrics.classification import MulticlassStatScores
+
+        self.num_classes = num_classes
+        self._scores = [
+            MulticlassStatScores(num_classes, top_k=k, average="micro", validate_args=False).to(self.device)
+            for k in ((1, 5) if num_classes > 5 else (1,))
+        ]
 
     @property
-    def state(self) -> tuple[Tensor, ...]:
-        """The tensors to sum across processes before ``compute()``: ``(counts,)``."""
-        return (self.counts,)
-
-    @property
-    def _reports_top5(self) -> bool:
-        return self.num_classes is not None and self.num_classes > 5
+    def counts(self) -> Tensor:
+        """This process's ``[top1_correct, top5_correct, seen]`` (long), before any syncing."""
+        if not self._scores:
+            return torch.zeros(3, dtype=torch.long, device=self.device)
+        states = [scores.metric_state for scores in self._scores]  # tp, fp, tn, fn: micro sums
+        correct = [torch.as_tensor(state["tp"]).sum() for state in states]
+        seen = correct[0] + torch.as_tensor(states[0]["fn"]).sum()
+        return torch.stack([correct[0], correct[-1] if len(correct) > 1 else torch.zeros_like(seen), seen])
 
     def update(self, logits: Tensor, targets: Tensor) -> None:
         """Adds a batch of logits ``[N, K]`` and class indices ``[N]``."""
         _check_classification(logits, targets)
         if self.num_classes is None:
-            self.num_classes = logits.shape[1]
+            self._build(logits.shape[1])
         elif logits.shape[1] != self.num_classes:
             raise ValueError(
                 f"logits {_shape(logits)} have {logits.shape[1]} classes but the meter counts "
                 f"{self.num_classes}; use one meter per model."
             )
-        topk = (1, 5) if self._reports_top5 else (1,)
-        correct = _topk_correct(logits.detach(), targets, topk).to(self.counts.device)
-        self.counts[: len(topk)] += correct
-        self.counts[2] += targets.numel()
+        logits, targets = logits.detach().to(self.device), targets.to(self.device)
+        for scores in self._scores:
+            scores.update(logits, targets)
 
     def compute(self) -> dict[str, float]:
-        """Returns ``{"acc": ...}`` plus ``"top5"`` when K > 5, as fractions in [0, 1]."""
-        top1, top5, seen = self.counts.tolist()
+        """Returns ``{"acc": ...}`` plus ``"top5"`` when K > 5, as fractions in [0, 1], over every process."""
+        from .metric_sync import synced_compute
+
+        # [tp, fp, tn, fn, support] per metric, summed over processes: integer counts, exact fractions
+        counts = [synced_compute(scores).tolist() for scores in self._scores]
+        seen = counts[0][4] if counts else 0
         if seen == 0:
             raise ValueError("ClassificationMeter has seen no samples; call update() before compute().")
-        metrics = {"acc": top1 / seen}
-        if self._reports_top5:
-            metrics["top5"] = top5 / seen
+        metrics = {"acc": counts[0][0] / seen}
+        if len(counts) > 1:
+            metrics["top5"] = counts[1][0] / seen
         return metrics
 
     def reset(self) -> None:
         """Zeroes the counts for a new epoch (``num_classes`` is kept)."""
-        self.counts.zero_()
+        for scores in self._scores:
+            scores.reset()
 
 
 def confusion_matrix(preds: Tensor, targets: Tensor, num_classes: int, ignore_index: int = 255) -> Tensor:
@@ -244,13 +273,15 @@ def miou_from_confusion(cm: Tensor) -> float:
 class SegmentationMeter:
     """Mean IoU and pixel accuracy accumulated over an epoch through a confusion matrix.
 
-    ``confmat`` is the int64 ``[K, K]`` confusion matrix (rows are the truth); under DDP,
-    ``all_reduce`` it (sum) before ``compute()``.
+    The matrix lives in a torchmetrics ``MulticlassConfusionMatrix`` (`transferkit.metric_sync`), which
+    ``compute()`` sums over every process of ``torch.distributed`` when it is initialised, so every
+    process must call it. mIoU is the mean over the classes present in the targets or the predictions
+    (`miou_from_confusion`); pixels whose target is ``ignore_index`` are left out of both values.
 
     Args:
         num_classes: K, including the background class.
         ignore_index: Target value that marks pixels to leave out.
-        device: Where ``confmat`` lives; updates are moved there.
+        device: Where the matrix lives; updates are moved there.
 
     Examples:
         >>> meter = SegmentationMeter(num_classes=3)
@@ -259,19 +290,23 @@ class SegmentationMeter:
         {'miou': 0.4444444444444444, 'acc': 0.5}
     """
 
+    state: tuple[Tensor, ...] = ()  # nothing for the Trainer to sum: torchmetrics syncs the matrix
+
     def __init__(
         self, num_classes: int, ignore_index: int = 255, device: torch.device | str | None = None
     ) -> None:
+        from .metric_sync import ConfusionCounts
+
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}.")
         self.num_classes = num_classes
         self.ignore_index = ignore_index
-        self.confmat = torch.zeros(num_classes, num_classes, dtype=torch.long, device=device)
+        self._counts = ConfusionCounts(num_classes, ignore_index).to(torch.device(device or "cpu"))
 
     @property
-    def state(self) -> tuple[Tensor, ...]:
-        """The tensors to sum across processes before ``compute()``: ``(confmat,)``."""
-        return (self.confmat,)
+    def confmat(self) -> Tensor:
+        """This process's int64 ``[K, K]`` confusion matrix (rows are the truth), before any syncing."""
+        return self._counts.confmat
 
     def update(self, outputs: Tensor, targets: Tensor) -> None:
         """Adds a batch.
@@ -296,21 +331,21 @@ class SegmentationMeter:
                 f"outputs {_shape(outputs)} do not match targets {_shape(targets)}; expected masks "
                 "[N, H, W] at the outputs' resolution."
             )
-        cm = confusion_matrix(preds, targets, self.num_classes, self.ignore_index)
-        self.confmat += cm.to(self.confmat.device)
+        self._counts.update(preds, targets)
 
     def compute(self) -> dict[str, float]:
-        """Returns ``{"miou": ..., "acc": ...}``; acc is pixel accuracy over non-ignored pixels."""
-        total = int(self.confmat.sum())
+        """Returns ``{"miou": ..., "acc": ...}`` over every process; acc is pixel accuracy over
+        non-ignored pixels."""
+        from .metric_sync import synced_compute
+
+        confmat = synced_compute(self._counts)
+        total = int(confmat.sum())
         if total == 0:
             raise ValueError(
                 "SegmentationMeter has counted no pixels; call update() with non-ignored targets first."
             )
-        return {
-            "miou": miou_from_confusion(self.confmat),
-            "acc": int(self.confmat.diagonal().sum()) / total,
-        }
+        return {"miou": miou_from_confusion(confmat), "acc": int(confmat.diagonal().sum()) / total}
 
     def reset(self) -> None:
         """Zeroes the confusion matrix for a new epoch."""
-        self.confmat.zero_()
+        self._counts.reset()

@@ -31,11 +31,16 @@ and ``@TASKS.register(name)`` adds a `Task` subclass."""
 
 
 class Meter(Protocol):
-    """An epoch metric: ``update`` per batch, ``compute`` at the end; ``state`` tensors sum across ranks."""
+    """An epoch metric: ``update`` per batch (the task's outputs and targets), ``compute`` at the end.
+
+    Under ``torch.distributed`` every process calls ``compute``, which returns the value over every
+    process: transferkit's meters sync their torchmetrics state themselves and leave ``state`` empty; a
+    meter that does not may list in ``state`` count tensors that the Trainer sums across processes first.
+    """
 
     state: tuple[Tensor, ...]
 
-    def update(self, outputs: Tensor, targets: Tensor) -> None: ...
+    def update(self, outputs: Any, targets: Any) -> None: ...
 
     def compute(self) -> dict[str, float]: ...
 
@@ -86,12 +91,12 @@ class Task:
                 f"num_classes={num_classes}; fix the labels or build the model with the right num_classes."
             )
 
-    def to_device(self, targets: Tensor, device: torch.device) -> Tensor:
+    def to_device(self, targets: Any, device: torch.device) -> Any:
         """Targets on ``device``; integer labels as int64, as the losses want them."""
         targets = targets.to(device, non_blocking=True)
         return targets if targets.is_floating_point() else targets.long()
 
-    def num_samples(self, targets: Tensor) -> int:
+    def num_samples(self, targets: Any) -> int:
         """Samples in a batch (weights the batch's loss in the epoch mean)."""
         return len(targets)
 
@@ -111,7 +116,8 @@ class Task:
             raise ValueError(
                 f"label_smoothing applies to cross-entropy losses; the {self.name} loss has none"
             )
-        return functools.partial(self.loss, label_smoothing=label_smoothing)
+        loss: Callable[..., Tensor] = self.loss  # a cross-entropy task's loss takes label_smoothing
+        return functools.partial(loss, label_smoothing=label_smoothing)
 
     def meter(self, num_classes: int, device: torch.device) -> Meter:
         """A fresh epoch metric."""
@@ -121,13 +127,13 @@ class Task:
         """The history key that picks the best epoch when the Trainer is given none."""
         return "val_loss" if has_val else "train_loss"
 
-    def collect(self, outputs: Sequence[Tensor]) -> Tensor:
+    def collect(self, outputs: Sequence[Any]) -> Any:
         """What ``Trainer.predict`` returns from the per-batch outputs (on the CPU, in loader order)."""
         return torch.cat(list(outputs))
 
     def prediction(
         self,
-        output: Tensor,
+        output: Any,
         classes: list[str],
         top_k: int,
         size: tuple[int, int],

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from torch import Tensor
+from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..metrics import ClassificationMeter
@@ -87,7 +87,7 @@ class ClassificationTask(Task):
         values, indices = output.float().softmax(0).topk(min(top_k, len(classes)))
         return [(classes[i], v) for v, i in zip(values.tolist(), indices.tolist())]
 
-    def draw_metrics(self, model: TransferModel, loader: Any, folder: Path) -> list[Path]:
+    def draw_metrics(self, model: nn.Module, loader: Any, folder: Path) -> list[Path]:
         from ..metric_plots import plot_confusion_matrix
 
         plot_confusion_matrix(model, loader, folder / "confusion.png")

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from torch import Tensor
+from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..metrics import SegmentationMeter
@@ -122,7 +122,7 @@ class SegmentationTask(Task):
         counts = torch.stack([torch.bincount(p.flatten(), minlength=k) for p in outputs.argmax(1)])
         return counts.float() / counts.sum(1, keepdim=True), " of pixels"
 
-    def draw_metrics(self, model: TransferModel, loader: Any, folder: Path) -> list[Path]:
+    def draw_metrics(self, model: nn.Module, loader: Any, folder: Path) -> list[Path]:
         from ..metric_plots import plot_class_iou
 
         plot_class_iou(model, loader, folder / "class_iou.png")
