@@ -83,11 +83,12 @@ def _pick_data_config(model: nn.Module | None, data_config: Mapping[str, Any] | 
     if model is not None and data_config is not None:
         raise ValueError("pass either model or data_config, not both (model.data_config is used).")
     if model is not None:
-        if not hasattr(model, "data_config"):
+        config: Mapping[str, Any] | None = getattr(model, "data_config", None)
+        if config is None:
             raise TypeError(
                 f"{type(model).__name__} has no data_config; pass a TransferModel or data_config."
             )
-        return model.data_config
+        return config
     return DEFAULT_DATA_CONFIG if data_config is None else data_config
 
 
