@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import html
 import math
-from dataclasses import asdict, dataclass
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from torch import nn

@@ -8,7 +8,7 @@ import socket
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 from urllib.parse import urlparse
 
 import torch
@@ -276,7 +276,7 @@ def fetch_hf(
     )
 
 
-def is_weights_path(pretrained: Any) -> bool:
+def is_weights_path(pretrained: Any) -> TypeGuard[str | os.PathLike[str]]:
     """Whether ``pretrained`` names a local weights file rather than a tag."""
     if isinstance(pretrained, os.PathLike):
         return True
