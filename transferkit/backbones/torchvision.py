@@ -48,6 +48,16 @@ def _resolve_tag(name: str, tag: str) -> Any:
         raise ValueError(f"unknown weights tag {tag!r} for torchvision/{name}; valid tags: {valid}") from None
 
 
+def _weights_source(name: str, pretrained: bool | str) -> tuple[str | os.PathLike[str] | None, Any]:
+    """``(weights file, torchvision weights enum member)`` for ``pretrained``: at most one of them is set,
+    neither for random initialisation."""
+    if is_weights_path(pretrained):
+        return pretrained, None
+    if pretrained is False:
+        return None, None
+    return None, _resolve_tag(name, "DEFAULT" if pretrained is True else pretrained)
+
+
 def _data_config(weights: Any, in_chans: int) -> dict[str, Any]:
     tf = weights.transforms()
     crop, resize = tf.crop_size[0], tf.resize_size[0]
@@ -116,10 +126,7 @@ class TorchvisionBackbone(Backbone):
         levels = level_plan(name, tuple(build_kwargs.items()))
         indices = check_out_indices(out_indices, len(levels))
         levels = tuple(levels[i] for i in indices)
-        weights_file = pretrained if is_weights_path(pretrained) else None
-        weights = None  # the torchvision weights enum member, when not random or from a file
-        if pretrained is not False and weights_file is None:
-            weights = _resolve_tag(name, "DEFAULT" if pretrained is True else pretrained)
+        weights_file, weights = _weights_source(name, pretrained)
         meta = weights or weights_enum(name).DEFAULT
         self.data_config = _data_config(meta, in_chans)
         self.min_input_size = int(meta.meta.get("min_size", (1, 1))[0])
