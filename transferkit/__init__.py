@@ -58,7 +58,7 @@ def register_backbone(name: str) -> Callable[[_Factory], _Factory]:
         >>> build_model("my_resnet18", num_classes=2, pretrained=False).backbone.feature_info.reductions
         (2, 4, 8, 16, 32)
     """
-    return BACKBONES.register(name)  # type: ignore[return-value]
+    return BACKBONES.register(name)
 
 
 def register_neck(name: str) -> Callable[[_Factory], _Factory]:
@@ -80,7 +80,7 @@ def register_neck(name: str) -> Callable[[_Factory], _Factory]:
         >>> model(torch.randn(1, 3, 64, 64)).shape, "doubled" in list_necks()
         (torch.Size([1, 2]), True)
     """
-    return NECKS.register(name)  # type: ignore[return-value]
+    return NECKS.register(name)
 
 
 def register_head(name: str) -> Callable[[_Factory], _Factory]:
@@ -104,7 +104,7 @@ def register_head(name: str) -> Callable[[_Factory], _Factory]:
         >>> model(torch.randn(2, 3, 64, 64)).shape
         torch.Size([2, 3])
     """
-    return HEADS.register(name)  # type: ignore[return-value]
+    return HEADS.register(name)
 
 
 def list_backbones(pattern: str = "*") -> list[str]:

@@ -26,7 +26,8 @@ def _check_backbone(backbone: nn.Module) -> None:
             f"{type(backbone).__name__} has none"
         )
     if not hasattr(backbone, "blocks"):
-        backbone.blocks = {"backbone": [n for n, _ in backbone.named_parameters()]}
+        # torch types Module.__setattr__ for tensors and modules only; any attribute takes a dict
+        backbone.blocks = {"backbone": [n for n, _ in backbone.named_parameters()]}  # type: ignore[assignment]
 
 
 def build_model(

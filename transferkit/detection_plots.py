@@ -97,8 +97,8 @@ def draw_detection(
         scores = outputs[i]["scores"]
         # lowest score first, so that the best box of a place is drawn last: its label stays readable
         keep = [j for j in scores.argsort().tolist() if scores[j] >= min_score]
-        boxes, scores = outputs[i]["boxes"][keep].tolist(), scores[keep].tolist()
-        for box, score, label in zip(boxes, scores, outputs[i]["labels"][keep].tolist()):
+        boxes, kept_scores = outputs[i]["boxes"][keep].tolist(), scores[keep].tolist()
+        for box, score, label in zip(boxes, kept_scores, outputs[i]["labels"][keep].tolist()):
             name = names[label] if 0 <= label < len(names) else str(label)
             _box(ax, box, colours[int(label) % len(colours)], dashed=False, text=f"{name} {score:.2f}")
         title += f"{',' if targets is not None else ':'} {len(boxes)} predicted"

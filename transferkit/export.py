@@ -138,6 +138,9 @@ def export(
 class _Normalized(torch.nn.Module):
     """``model`` behind its normalisation: takes images scaled to [0, 1]."""
 
+    mean: torch.Tensor  # buffers [1, C, 1, 1]
+    std: torch.Tensor
+
     def __init__(self, model: torch.nn.Module, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
         self.model = model

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -73,8 +74,18 @@ class FreezeState:
         if self.policy == "all":
             return 0
         if self.policy == "last_n":
-            return int(self.n)
-        return min(num_blocks, int(self.n) + int(self.step) * (self.epoch // int(self.every)))
+            return self._argument("n")
+        schedule = self._argument("step") * (self.epoch // self._argument("every"))
+        return min(num_blocks, self._argument("n") + schedule)
+
+    def _argument(self, name: str) -> int:
+        """The policy argument ``name``, which `make` sets for every policy that takes it."""
+        value = getattr(self, name)
+        if value is None:
+            raise ValueError(
+                f"freeze policy {self.policy!r} needs {name}; build the state with FreezeState.make"
+            )
+        return int(value)
 
     def keeps_eval(self, block_trains: bool, norm: bool) -> bool:
         """Whether a module of a block stays in eval mode through ``train()``.
@@ -166,10 +177,12 @@ def param_groups(
     _check_rate("weight_decay", weight_decay, ">= 0", lambda v: v >= 0)
     named = dict(model.backbone.named_parameters())
     blocks = model.backbone.blocks
-    units = [(f"backbone.{b}", [(p, named[p]) for p in ps], i) for i, (b, ps) in enumerate(blocks.items())]
+    units: list[tuple[str, list[tuple[str, nn.Parameter]], int | None]] = [
+        (f"backbone.{b}", [(p, named[p]) for p in ps], i) for i, (b, ps) in enumerate(blocks.items())
+    ]
     units += [("neck", list(model.neck.named_parameters()), None)]
     units += [("head", list(model.head.named_parameters()), None)]
-    groups = []
+    groups: list[dict[str, Any]] = []
     for name, params, index in units:
         scale = 1.0
         if index is not None:
@@ -234,7 +247,7 @@ class Table(str):
     header: tuple[str, ...]
     rows: tuple[tuple[str, ...], ...]
 
-    def __new__(cls, text: str, header: tuple[str, ...] = (), rows: list[tuple[str, ...]] = ()) -> Table:
+    def __new__(cls, text: str, header: tuple[str, ...] = (), rows: Sequence[tuple[str, ...]] = ()) -> Table:
         table = super().__new__(cls, text)
         table.header, table.rows = header, tuple(rows)
         return table

@@ -39,7 +39,10 @@ def count_confusion(model: nn.Module, loader: Iterable[Any]) -> Tensor:
     """
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
-    num_classes = int(model.num_classes)
+    num_classes = getattr(model, "num_classes", None)
+    if num_classes is None:
+        raise TypeError(f"{type(model).__name__} has no num_classes; pass a TransferModel")
+    num_classes = int(num_classes)
     total = torch.zeros(num_classes, num_classes, dtype=torch.long)
     was_training = model.training
     model.eval()
@@ -123,7 +126,7 @@ def plot_class_iou(
     ax = fig.subplots()
     rows = np.arange(len(names))
     ax.barh(rows, np.where(present, iou, 0), color="#4c72b0")
-    for row, value, ok in zip(rows, iou, present, strict=True):
+    for row, value, ok in zip(range(len(names)), iou, present, strict=True):
         ax.text(min(value, 0.98) if ok else 0.01, row, f" {value:.2f}" if ok else " absent", va="center")
     mean = float(iou[present].mean()) if present.any() else float("nan")
     ax.axvline(mean, color="#cf222e", linestyle="--", label=f"mIoU {mean:.3f}")

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from .classes import check_class_names
+from .features import FeatureInfo
 from .freeze import FreezeState, Table, block_modules, is_norm, param_groups, summary_table
 from .preprocessing import DEFAULT_DATA_CONFIG, resolve_data_config
 from .serialization import save_model
@@ -46,7 +47,7 @@ class TransferModel(nn.Module):
         self.neck = neck
         self.head = head
         self.config = config
-        self._block_modules = block_modules(backbone, backbone.blocks)
+        self._block_modules = block_modules(backbone, _blocks_of(backbone))
         self._freeze = FreezeState(bn=self._default_bn())
         self._apply_freeze()
 
@@ -126,7 +127,7 @@ class TransferModel(nn.Module):
     @property
     def levels_read(self) -> set[int]:
         """Indices of the backbone levels the neck and head actually read (the others need no cache)."""
-        every = set(range(len(self.backbone.feature_info)))
+        every = set(range(len(_feature_info_of(self.backbone))))
         head_levels = set(getattr(self.head, "levels", every))
         read = getattr(self.neck, "levels_read", None)
         return read(head_levels) if read is not None else every
@@ -134,7 +135,7 @@ class TransferModel(nn.Module):
     @property
     def blocks(self) -> list[str]:
         """Backbone block names, input to output (the stem first)."""
-        return list(self.backbone.blocks)
+        return list(_blocks_of(self.backbone))
 
     @property
     def trainable_blocks(self) -> list[str]:
@@ -207,9 +208,9 @@ class TransferModel(nn.Module):
     def _apply_freeze(self) -> None:
         trainable = set(self.trainable_blocks)
         named = dict(self.backbone.named_parameters())
-        for block, params in self.backbone.blocks.items():
-            for p in params:
-                named[p].requires_grad_(block in trainable)
+        for block, params in _blocks_of(self.backbone).items():
+            for name in params:
+                named[name].requires_grad_(block in trainable)
         if self._freeze.bn == "frozen_all":  # as FrozenBatchNorm2d: the affine parameters stay too
             for norm in filter(is_norm, self.backbone.modules()):
                 norm.requires_grad_(False)
@@ -264,7 +265,7 @@ class TransferModel(nn.Module):
         trainable = set(self.trainable_blocks)
         named = dict(self.backbone.named_parameters())
         rows = []
-        for block, params in self.backbone.blocks.items():
+        for block, params in _blocks_of(self.backbone).items():
             norms = [m for m in self._block_modules[block] if is_norm(m)]
             frozen_norms = self._freeze.keeps_eval(block in trainable, norm=True)
             mode = "-" if not norms else "eval (frozen)" if frozen_norms else "train"
@@ -297,3 +298,22 @@ class TransferModel(nn.Module):
         from .hub import push_to_hub
 
         return push_to_hub(self, repo_id, **kwargs)
+
+
+def _blocks_of(backbone: nn.Module) -> dict[str, list[str]]:
+    """The backbone's ``{block name: [parameter names]}``, which `build_model` gives every backbone."""
+    blocks = getattr(backbone, "blocks", None)
+    if not isinstance(blocks, dict):
+        raise TypeError(
+            f"backbone {type(backbone).__name__} has no blocks dict {{block name: [parameter names]}}; "
+            "build the model with build_model, which adds one"
+        )
+    return blocks
+
+
+def _feature_info_of(backbone: nn.Module) -> FeatureInfo:
+    """The backbone's `FeatureInfo` (`build_model` checks that it has one)."""
+    info = getattr(backbone, "feature_info", None)
+    if not isinstance(info, FeatureInfo):
+        raise TypeError(f"backbone {type(backbone).__name__} has no feature_info (a transferkit.FeatureInfo)")
+    return info

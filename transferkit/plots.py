@@ -339,7 +339,7 @@ def show_predictions(
 
 
 def draw_classification(
-    images: np.ndarray, probs: Tensor, targets: Tensor | None, names: list[str], columns: int
+    images: np.ndarray, probs: Tensor, targets: Sequence[Any] | None, names: list[str], columns: int
 ) -> Figure:
     """Images titled with the predicted class and probability (``probs [N, K]``) and the true class."""
     n = len(images)
@@ -365,7 +365,7 @@ def draw_classification(
 
 
 def draw_segmentation(
-    images: np.ndarray, predicted: np.ndarray, targets: Tensor | None, names: list[str], columns: int
+    images: np.ndarray, predicted: np.ndarray, targets: Sequence[Any] | None, names: list[str], columns: int
 ) -> Figure:
     """Each image with its true mask and then its predicted one (``predicted [N, H, W]``) overlaid."""
     n = len(images)

@@ -171,12 +171,9 @@ def predict_images(
     """
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
         raise ValueError(f"top_k must be an int >= 1, got {top_k!r}")
-    batch = isinstance(images, (list, tuple)) or (
-        isinstance(images, (Tensor, np.ndarray)) and images.ndim == 4
-    )
-    single = not batch
-    # not single: a list, a tuple or a 4-D batch, all iterable (the union type cannot say so)
-    items = [images] if single else list(images)  # type: ignore[arg-type]
+    single, items = True, [images]
+    if isinstance(images, (list, tuple)) or (isinstance(images, (Tensor, np.ndarray)) and images.ndim == 4):
+        single, items = False, list(images)  # a list, a tuple or a batch: one item per image
     if not items:
         raise ValueError("predict got no images; pass a path, a PIL image, a tensor or a list of them")
     task = get_task(model.task)

@@ -19,7 +19,7 @@ Examples:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from torch.utils.data import Subset
@@ -196,7 +196,7 @@ def record_data_config(model: Any, train: Any, val: Any = None) -> bool:
 def record_input_size(model: Any, inputs: Any) -> None:
     """Record the height and width of a batch ``[N, C, H, W]`` as ``model.data_config``'s input size, when
     they differ from it: loaders that do not declare their preprocessing still give the size trained at."""
-    shape = getattr(inputs, "shape", ())
+    shape: Sequence[int] = getattr(inputs, "shape", ())
     if len(shape) != 4:
         return
     config = model.data_config

@@ -5,9 +5,11 @@ from __future__ import annotations
 import difflib
 import fnmatch
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, TypeVar
 
 __all__ = ["Registry", "UnknownNameError"]
+
+_Factory = TypeVar("_Factory", bound=Callable[..., Any])  # what `Registry.register` decorates, unchanged
 
 
 class UnknownNameError(ValueError, KeyError):
@@ -38,10 +40,10 @@ class Registry:
         self._entries: dict[str, Callable[..., Any]] = {}
         self._extra_names = extra_names
 
-    def register(self, name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    def register(self, name: str) -> Callable[[_Factory], _Factory]:
         """Decorator registering a class or factory under ``name``; a second registration raises."""
 
-        def decorator(factory: Callable[..., Any]) -> Callable[..., Any]:
+        def decorator(factory: _Factory) -> _Factory:
             if name in self._entries:
                 raise ValueError(f"{self.kind} {name!r} is already registered; pick another name")
             self._entries[name] = factory

@@ -179,17 +179,25 @@ def convert_weights(
         ...                        backbone="timm/efficientnet_lite0")  # doctest: +SKIP
         >>> model = build_model("timm/efficientnet_lite0", num_classes=10, pretrained=path)  # doctest: +SKIP
     """
-    if (key_map is None) == (backbone is None):
-        raise ValueError(
-            "pass exactly one of key_map= (rename by key) and backbone= (map by order and shape)"
-        )
+    remap = _remapping(key_map, backbone)
     destination = Path(destination)
     if destination.suffix != ".safetensors":
         raise ValueError(f"destination {str(destination)!r} must end in .safetensors")
     state: Mapping[str, Tensor] = source if isinstance(source, Mapping) else read_state_dict(source)
-    mapped = rename_keys(state, key_map) if key_map is not None else map_by_order(state, backbone)  # type: ignore[arg-type]
+    mapped = remap(state)
     _save(mapped, destination)
     return destination
+
+
+def _remapping(
+    key_map: KeyMap | None, backbone: str | Mapping[str, Tensor] | nn.Module | None
+) -> Callable[[Mapping[str, Tensor]], dict[str, Tensor]]:
+    """`rename_keys` by ``key_map`` or `map_by_order` onto ``backbone``, whichever of the two is given."""
+    if key_map is not None and backbone is None:
+        return lambda state: rename_keys(state, key_map)
+    if backbone is not None and key_map is None:
+        return lambda state: map_by_order(state, backbone)
+    raise ValueError("pass exactly one of key_map= (rename by key) and backbone= (map by order and shape)")
 
 
 def _save(state: Mapping[str, Tensor], path: Path) -> None:

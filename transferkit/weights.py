@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 import pickle
 import socket
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 from urllib.parse import urlparse
 
 import torch
@@ -214,7 +214,7 @@ def _preview(keys: list[str]) -> str:
 
 
 @contextmanager
-def _socket_timeout(seconds: float):
+def _socket_timeout(seconds: float) -> Iterator[None]:
     old = socket.getdefaulttimeout()
     socket.setdefaulttimeout(seconds)
     try:
@@ -283,7 +283,7 @@ def fetch_hf(
     )
 
 
-def is_weights_path(pretrained: Any) -> bool:
+def is_weights_path(pretrained: Any) -> TypeGuard[str | os.PathLike[str]]:
     """Whether ``pretrained`` names a local weights file rather than a tag."""
     if isinstance(pretrained, os.PathLike):
         return True

@@ -48,6 +48,16 @@ def _resolve_tag(name: str, tag: str) -> Any:
         raise ValueError(f"unknown weights tag {tag!r} for torchvision/{name}; valid tags: {valid}") from None
 
 
+def _weights_source(name: str, pretrained: bool | str) -> tuple[str | os.PathLike[str] | None, Any]:
+    """``(weights file, torchvision weights enum member)`` for ``pretrained``: at most one of them is set,
+    neither for random initialisation."""
+    if is_weights_path(pretrained):
+        return pretrained, None
+    if pretrained is False:
+        return None, None
+    return None, _resolve_tag(name, "DEFAULT" if pretrained is True else pretrained)
+
+
 def _data_config(weights: Any, in_chans: int) -> dict[str, Any]:
     tf = weights.transforms()
     crop, resize = tf.crop_size[0], tf.resize_size[0]
@@ -116,16 +126,14 @@ class TorchvisionBackbone(Backbone):
         levels = level_plan(name, tuple(build_kwargs.items()))
         indices = check_out_indices(out_indices, len(levels))
         levels = tuple(levels[i] for i in indices)
-        weights = None if (pretrained is False or is_weights_path(pretrained)) else pretrained
-        if weights is not None:
-            weights = _resolve_tag(name, "DEFAULT" if weights is True else weights)
+        weights_file, weights = _weights_source(name, pretrained)
         meta = weights or weights_enum(name).DEFAULT
         self.data_config = _data_config(meta, in_chans)
         self.min_input_size = int(meta.meta.get("min_size", (1, 1))[0])
         self.layout = layout(name)
         self.fixed_input_size = self.data_config["input_size"][-1] if self.layout == "tokens" else None
         self.feature_info = FeatureInfo(
-            channels=[c for _, c, _ in levels], reductions=[r for _, _, r in levels]
+            channels=tuple(c for _, c, _ in levels), reductions=tuple(r for _, _, r in levels)
         )
         self.config = {
             "pretrained": pretrained,
@@ -145,9 +153,11 @@ class TorchvisionBackbone(Backbone):
             self.body = create_feature_extractor(
                 model, return_nodes={p: str(i) for i, (p, _, _) in enumerate(levels)}
             )
-        if pretrained is not False:
-            path = pretrained if weights is None else fetch_url(weights.url, model=f"torchvision/{name}")
-            _load_body(self.body, model, path, source=f"weights for torchvision/{name} ({path})")
+        if weights is not None:
+            weights_file = fetch_url(weights.url, model=f"torchvision/{name}")
+        if weights_file is not None:
+            source = f"weights for torchvision/{name} ({weights_file})"
+            _load_body(self.body, model, weights_file, source=source)
         blocks = structural_blocks(model, skip=CLASSIFIER)
         kept = {n for n, _ in self.body.named_parameters()}
         self.blocks = {b: [f"body.{p}" for p in ps if p in kept] for b, ps in blocks.items()}
@@ -157,7 +167,7 @@ class TorchvisionBackbone(Backbone):
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Feature maps ``[N, C_i, H / r_i, W / r_i]``, fine to coarse."""
         self.check_input(x)
-        return _to_maps(self.body(x), self.layout)
+        return [_to_map(f, self.layout) for f in self.body(x).values()]
 
     def split(self, k: int, levels: set[int] | None = None) -> tuple[nn.Module, nn.Module]:
         """Split where block ``k`` starts: ``prefix(x) -> state``, ``suffix(*state) -> features``.
@@ -225,8 +235,8 @@ def _load_body(body: nn.Module, model: nn.Module, path: str | os.PathLike[str], 
     load_matching(body, read_state_dict(path), source=source, rename=rename, input_convs=(first,))
 
 
-def _to_map(f: torch.Tensor | None, layout: str) -> torch.Tensor | None:
-    if f is None or layout == "nchw":
+def _to_map(f: torch.Tensor, layout: str) -> torch.Tensor:
+    if layout == "nchw":
         return f
     if layout == "nhwc":
         return f.permute(0, 3, 1, 2)
@@ -234,8 +244,8 @@ def _to_map(f: torch.Tensor | None, layout: str) -> torch.Tensor | None:
     return f[:, 1:].transpose(1, 2).reshape(f.shape[0], -1, side, side)
 
 
-def _to_maps(outputs: dict[str, torch.Tensor | None], layout: str) -> list[torch.Tensor]:
-    return [_to_map(f, layout) for f in outputs.values()]
+def _to_maps(outputs: dict[str, torch.Tensor | None], layout: str) -> list[torch.Tensor | None]:
+    return [None if f is None else _to_map(f, layout) for f in outputs.values()]
 
 
 def _split_graph(
@@ -258,7 +268,8 @@ def _split_graph(
 
     state = [n for n in head if read_later(n)]
 
-    first, env = fx.Graph(), {}
+    first = fx.Graph()
+    env: dict[fx.Node, fx.Node] = {}
     for n in head:
         env[n] = first.node_copy(n, lambda a: env[a])
     first.output(tuple(env[n] for n in state))
@@ -278,7 +289,7 @@ class _Suffix(nn.Module):
         self.graph_module = graph
         self.layout = layout
 
-    def forward(self, *state: torch.Tensor) -> list[torch.Tensor]:
+    def forward(self, *state: torch.Tensor) -> list[torch.Tensor | None]:
         return _to_maps(self.graph_module(*state), self.layout)
 
 
@@ -286,10 +297,16 @@ def _with_in_chans(conv: nn.Conv2d, in_chans: int) -> nn.Conv2d:
     return nn.Conv2d(
         in_chans,
         conv.out_channels,
-        conv.kernel_size,
-        conv.stride,
-        conv.padding,
-        conv.dilation,
+        _pair(conv.kernel_size),
+        _pair(conv.stride),
+        conv.padding if isinstance(conv.padding, str) else _pair(conv.padding),
+        _pair(conv.dilation),
         conv.groups,
         conv.bias is not None,
     )
+
+
+def _pair(size: tuple[int, ...]) -> tuple[int, int]:
+    """A Conv2d's ``(height, width)`` size attribute as the pair that Conv2d takes."""
+    height, width = size
+    return height, width

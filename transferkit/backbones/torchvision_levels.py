@@ -9,6 +9,7 @@ dilated network keeps the levels of its strided self.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from functools import cache
 from typing import Any
 
@@ -55,7 +56,9 @@ def weights_enum(name: str) -> Any:
     return tvm.get_model_weights(name)
 
 
-def _trace(name: str, kwargs: dict[str, Any]) -> tuple[nn.Module, int, dict[str, int], list[tuple]]:
+def _trace(
+    name: str, kwargs: dict[str, Any]
+) -> tuple[nn.Module, int, dict[str, int], list[tuple[str, tuple[int, ...]]]]:
     """The model on the meta device, the input side used, and each module's calls and output shapes."""
     size = weights_enum(name).DEFAULT.transforms().crop_size[0]
     try:
@@ -66,7 +69,7 @@ def _trace(name: str, kwargs: dict[str, Any]) -> tuple[nn.Module, int, dict[str,
     calls: dict[str, int] = {}
     outputs: list[tuple[str, tuple[int, ...]]] = []
 
-    def record(path: str):
+    def record(path: str) -> Callable[[nn.Module, Any, Any], None]:
         def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
             calls[path] = calls.get(path, 0) + 1
             if isinstance(output, torch.Tensor):
@@ -108,19 +111,23 @@ def level_plan(name: str, kwargs_key: tuple[tuple[str, Any], ...]) -> tuple[tupl
         strided = level_plan(name, tuple((k, v) for k, v in kwargs_key if k != _DILATION))
         _, size, _, outputs = _trace(name, kwargs)
         shapes = dict(outputs)
-        levels = tuple(
-            (path, c, _reduction(size, shapes[path], layout(name) == "nhwc")) for path, c, _ in strided
-        )
-        if any(r is None for _, _, r in levels):
-            raise NotImplementedError(f"the dilated levels of torchvision/{name} have no power-of-two stride")
-        return levels
+        levels = []
+        for path, c, _ in strided:
+            r = _reduction(size, shapes[path], layout(name) == "nhwc")
+            if r is None:
+                raise NotImplementedError(
+                    f"the dilated levels of torchvision/{name} have no power-of-two stride"
+                )
+            levels.append((path, c, r))
+        return tuple(levels)
 
     model, size, calls, outputs = _trace(name, kwargs)
     if layout(name) == "tokens":
         layers = [p for p, _ in outputs if p.startswith("encoder.layers.") and p.count(".") == 2]
-        depth, patch = len(layers), model.patch_size
+        vit: tvm.VisionTransformer = model  # what every vit_* builder gives
+        depth, patch = len(layers), vit.patch_size
         picks = [layers[depth * k // 4 - 1] for k in (1, 2, 3)] + ["encoder.ln"]
-        return tuple((p, model.hidden_dim, patch) for p in picks)
+        return tuple((p, vit.hidden_dim, patch) for p in picks)
 
     nhwc = layout(name) == "nhwc"
     expanded = {p for p, _, kind in walk_units(model, CLASSIFIER) if kind == "expanded"}

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import math
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, NoReturn
 
 from ..data.augment import check_crop_scale
 from ..model import TransferModel
@@ -32,7 +32,7 @@ class UsageError(Exception):
 class _Parser(argparse.ArgumentParser):
     """Reports bad arguments as one line (and a pointer to ``--help``) instead of usage plus message."""
 
-    def error(self, message: str) -> None:  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         raise UsageError(self.prog, message)
 
 

@@ -170,9 +170,10 @@ def predict_files(
     classes = model.classes
     lines, errors, drawn = [], [], []
 
-    def skip(path: Path, err: OSError) -> None:
+    def skip(path: Path, err: OSError) -> None:  # passed on only with an on_error
         errors.append(err)
-        on_error(path, err)  # type: ignore[misc]
+        if on_error is not None:
+            on_error(path, err)
 
     side = evaluation_side(model)
     batches = _readable_batches(files, transform, side, batch_size, skip if on_error else None)

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..preprocessing import declare_data_config
 from .augment import MixCollate, parse_augment
-from .loaders import _loader, _pick_data_config
+from .loaders import _classes_of, _loader, _pick_data_config
 from .pixels import as_numpy, image_layout, pixel_scale, to_pil
 from .sampling import sample_randomness
 from .split import check_val_pct, stratified_split
@@ -124,7 +124,7 @@ def classification_loaders(
     """DataLoaders for the ``train`` (shuffled, seeded) and ``val`` datasets, each declaring ``config``."""
     for dataset in datasets.values():
         declare_data_config(dataset, config, image_size)
-    classes = datasets["train"].classes  # type: ignore[attr-defined]
+    classes = _classes_of(datasets["train"])
     mix = MixCollate(len(classes), mixup, cutmix) if mixup or cutmix else None
     return {
         split: _loader(

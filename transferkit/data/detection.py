@@ -105,15 +105,15 @@ class _BoxTransform:
         self.transform = transform
 
     def __call__(self, image: Image.Image, target: Mapping[str, Any]) -> tuple[Tensor, Target]:
-        image = TF.to_image(image)
+        pixels = TF.to_image(image)
         boxes = tv_tensors.BoundingBoxes(
             torch.as_tensor(target["boxes"], dtype=torch.float32).reshape(-1, 4),
             format="XYXY",
-            canvas_size=tuple(image.shape[-2:]),
+            canvas_size=tuple(pixels.shape[-2:]),
         )
         labels = torch.as_tensor(target["labels"], dtype=torch.int64)
-        image, out = self.transform(image, {"boxes": boxes, "labels": labels})
-        return image, {"boxes": out["boxes"].float(), "labels": out["labels"].long()}
+        pixels, out = self.transform(pixels, {"boxes": boxes, "labels": labels})
+        return pixels, {"boxes": out["boxes"].float(), "labels": out["labels"].long()}
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.transform})"

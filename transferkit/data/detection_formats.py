@@ -109,19 +109,28 @@ def _voc_objects(xml: Path) -> tuple[list[tuple[str, list[float]]], tuple[int, i
         size = root.find("size")
         declared = None
         if size is not None and size.findtext("width") and size.findtext("height"):
-            declared = (int(float(size.findtext("width"))), int(float(size.findtext("height"))))
+            declared = (int(float(_text(size, "width"))), int(float(_text(size, "height"))))
         objects = []
         for i, obj in enumerate(root.iter("object")):
             if (obj.findtext("difficult") or "0").strip() == "1":
                 continue
             bndbox = obj.find("bndbox")
-            if bndbox is None or not obj.findtext("name"):
+            name = obj.findtext("name")
+            if bndbox is None or not name:
                 raise ValueError(f"object {i} has no name or no bndbox")
-            xmin, ymin, xmax, ymax = (float(bndbox.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
-            objects.append((obj.findtext("name").strip(), [xmin - 1, ymin - 1, xmax, ymax]))
+            xmin, ymin, xmax, ymax = (float(_text(bndbox, k)) for k in ("xmin", "ymin", "xmax", "ymax"))
+            objects.append((name.strip(), [xmin - 1, ymin - 1, xmax, ymax]))
     except (ET.ParseError, OSError, ValueError, TypeError) as err:
         raise ValueError(f"cannot read the VOC annotation {xml}: {err}") from err
     return objects, declared
+
+
+def _text(element: ET.Element, tag: str) -> str:
+    """The text of ``element``'s child ``tag``; ValueError when there is no such child."""
+    text = element.findtext(tag)
+    if text is None:
+        raise ValueError(f"<{element.tag}> has no <{tag}>")
+    return text
 
 
 def read_voc(split: Path, classes: Sequence[str] | None) -> tuple[list[Sample], list[str]]:

@@ -150,7 +150,8 @@ def _load_rgb(
     """
     try:
         with Image.open(path) as image:
-            problem = _pixels_problem(*image.size) or _resize_problem(*image.size, resize_side)
+            width, height = image.size
+            problem = _pixels_problem(width, height) or _resize_problem(width, height, resize_side)
             if problem:
                 raise _Refused(problem)
             if min_side:

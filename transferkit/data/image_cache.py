@@ -20,6 +20,7 @@ workers are separate processes, and what a worker stored would be lost to the ot
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import tempfile
@@ -109,7 +110,9 @@ class ImageCache:
             return self._memory[index]
         offset, shape = self._disk[index]
         if self._map is None:  # opened lazily: in each DataLoader worker by the worker itself
-            self._map = np.memmap(self._path, dtype=np.uint8, mode="r")  # type: ignore[arg-type]
+            if self._path is None:
+                raise RuntimeError(f"image {index} is on disk but the image cache has no file; rebuild it")
+            self._map = np.memmap(self._path, dtype=np.uint8, mode="r")
         pixels = np.array(self._map[offset : offset + int(np.prod(shape))]).reshape(shape)
         return torch.from_numpy(pixels).permute(2, 0, 1)
 
@@ -127,7 +130,8 @@ class ImageCache:
                         self._memory[index] = image
                         self.memory_bytes += image.numel()
                     else:
-                        self._disk[index] = (disk.write(image), tuple(image.permute(1, 2, 0).shape))
+                        channels, height, width = image.shape
+                        self._disk[index] = (disk.write(image), (height, width, channels))
                         self.disk_bytes += image.numel()
 
     def close(self) -> None:
@@ -147,7 +151,8 @@ class _Appender:
     """Writes the images that overflow the budget one after the other into the cache's file."""
 
     def __init__(self, cache: ImageCache) -> None:
-        self.cache, self.file, self.offset = cache, None, 0
+        self.cache, self.offset = cache, 0
+        self.file: io.BufferedWriter | None = None
 
     def __enter__(self) -> _Appender:
         return self
@@ -318,5 +323,6 @@ class CachedFolder(Dataset):
         image = self.cache[index]
         with sample_randomness(index):  # an EpochSampler's index seeds the augmentation
             if self.crop is not None:
-                image = self.crop(image, self._full_sizes.get(index, tuple(image.shape[-2:])))
+                full_size = self._full_sizes.get(index, (image.shape[-2], image.shape[-1]))
+                image = self.crop(image, full_size)
             return self.transform(image), target

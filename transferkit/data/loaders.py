@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sized
 from pathlib import Path
 from typing import Any
 
@@ -83,11 +83,12 @@ def _pick_data_config(model: nn.Module | None, data_config: Mapping[str, Any] | 
     if model is not None and data_config is not None:
         raise ValueError("pass either model or data_config, not both (model.data_config is used).")
     if model is not None:
-        if not hasattr(model, "data_config"):
+        config: Mapping[str, Any] | None = getattr(model, "data_config", None)
+        if config is None:
             raise TypeError(
                 f"{type(model).__name__} has no data_config; pass a TransferModel or data_config."
             )
-        return model.data_config
+        return config
     return DEFAULT_DATA_CONFIG if data_config is None else data_config
 
 
@@ -103,12 +104,16 @@ def _loader(
     """A DataLoader over ``dataset``; train: shuffled by an `EpochSampler` (order and augmentation seeds
     per epoch from ``seed``), val: in order. Its own generator draws the workers' base seed, so creating
     an iterator never draws from torch's global generator."""
+    if not isinstance(dataset, Sized):
+        raise TypeError(
+            f"{type(dataset).__name__} has no len(): pass a map-style Dataset (__len__, __getitem__)"
+        )
     if num_workers is None:
-        num_workers = default_num_workers(len(dataset))  # type: ignore[arg-type]
+        num_workers = default_num_workers(len(dataset))
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        sampler=EpochSampler(len(dataset), seed) if train else None,  # type: ignore[arg-type]
+        sampler=EpochSampler(len(dataset), seed) if train else None,
         collate_fn=collate_fn,
         generator=torch.Generator().manual_seed(seed),
         num_workers=num_workers,
@@ -222,32 +227,33 @@ def image_folder_loaders(
         config, augmenting, image_size, augment=names, flip=flip, crop_scale=crop_scale
     )
     side = _decode_side(config, image_size, augmenting) if fast_decode else None
-    datasets: dict[str, Dataset] = {"train": ClassFolder(train_dir, train_transform, decode_side=side)}
-    check_two_classes(train_dir, datasets["train"].classes)  # type: ignore[attr-defined]
+    train = ClassFolder(train_dir, train_transform, decode_side=side)
+    check_two_classes(train_dir, train.classes)
+    folders = {"train": train}
     if (root / "val").is_dir():
         val_transform = build_transforms(config, False, image_size)
         side = _decode_side(config, image_size, False) if fast_decode else None
-        train_classes = datasets["train"].classes  # type: ignore[attr-defined]
-        datasets["val"] = ClassFolder(root / "val", val_transform, classes=train_classes, decode_side=side)
+        folders["val"] = ClassFolder(root / "val", val_transform, classes=train.classes, decode_side=side)
     if val_pct is not None:
         val_side = _decode_side(config, image_size, False) if fast_decode else None
         val_transform = build_transforms(config, False, image_size)
-        datasets = split_folder(
-            datasets["train"],  # type: ignore[arg-type]
+        folders = split_folder(
+            train,
             val_pct,
             seed,
             lambda classes: ClassFolder(train_dir, val_transform, classes=classes, decode_side=val_side),
         )
-    check_dataset_files(datasets.values())  # every unreadable file named now, not mid-epoch
+    check_dataset_files(folders.values())  # every unreadable file named now, not mid-epoch
+    datasets: dict[str, ClassFolder | CachedFolder] = {**folders}
     if cache_images:
         if cache_budget < 0:
             raise ValueError(f"cache_budget is a number of bytes >= 0, got {cache_budget}.")
-        for split, folder in datasets.items():  # train first: it is read most often
-            datasets[split] = cached = CachedFolder(folder, budget=cache_budget, directory=cache_dir)  # type: ignore[arg-type]
+        for split, folder in folders.items():  # train first: it is read most often
+            datasets[split] = cached = CachedFolder(folder, budget=cache_budget, directory=cache_dir)
             cache_budget -= cached.cache.memory_bytes
     for dataset in datasets.values():
         declare_data_config(dataset, config, image_size)
-    classes = datasets["train"].classes  # type: ignore[attr-defined]
+    classes = datasets["train"].classes
     mix = MixCollate(len(classes), mixup, cutmix) if mixup or cutmix else None
     return {
         split: _loader(
@@ -344,3 +350,11 @@ def segmentation_folder_loaders(
         )
     check_dataset_files(loader.dataset for loader in loaders.values())
     return loaders
+
+
+def _classes_of(dataset: Dataset) -> list[str]:
+    """A classification dataset's class names by index (its ``classes``)."""
+    classes = getattr(dataset, "classes", None)
+    if classes is None:
+        raise TypeError(f"{type(dataset).__name__} has no classes: give it the class names by index")
+    return list(classes)

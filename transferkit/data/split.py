@@ -93,7 +93,7 @@ def split_folder(
     val_pct: float,
     seed: int,
     val_folder: Callable[[Sequence[str]], ClassFolder],
-) -> dict[str, Any]:
+) -> dict[str, ClassFolder]:
     """``train`` cut in two by `stratified_split`: ``{"train": train, "val": val_folder(classes)}``, each
     keeping only its own samples (the same files, each split with its own transform)."""
     train_idx, val_idx = stratified_split(train.targets, val_pct, seed, train.classes)

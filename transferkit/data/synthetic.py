@@ -250,7 +250,7 @@ def make_shapes_folder(
     shapes = SyntheticShapes(
         sum(per_class.values()) * num_classes, image_size=image_size, num_classes=num_classes, seed=seed
     )
-    save_options = {"quality": 95} if format == "jpg" else {}
+    save_options: dict[str, Any] = {"quality": 95} if format == "jpg" else {}
     start = 0
     for split, count in per_class.items():
         split_dir = _prepare_split_dir(root / split)

@@ -89,7 +89,9 @@ class SyntheticShapesDetection(Dataset):
         size = self.image_size
         background = (rng.randrange(256), rng.randrange(256), rng.randrange(256))
         image = Image.new("RGB", (size, size), background)
-        colours, placed, objects = [background], [], []
+        colours = [background]
+        placed: list[tuple[float, float, float]] = []
+        objects: Objects = []
         count = rng.randint(1, self.max_objects)
         kinds = [index % self.num_classes] + [rng.randrange(self.num_classes) for _ in range(count - 1)]
         for kind in kinds:
@@ -103,7 +105,10 @@ class SyntheticShapesDetection(Dataset):
             _draw_shape(ImageDraw.Draw(image), SHAPES[kind], centre, radius, angle, colour)
             alone = Image.new("L", (size, size), 0)  # the shape's own pixels give its exact box
             _draw_shape(ImageDraw.Draw(alone), SHAPES[kind], centre, radius, angle, 255)
-            objects.append((kind, alone.getbbox()))
+            box = alone.getbbox()
+            if box is None:  # every shape covers pixels: its radius is at least a few pixels
+                raise RuntimeError(f"sample {index}: a {SHAPES[kind]} drew no pixels")
+            objects.append((kind, box))
         return image, objects
 
     def __getitem__(self, index: int) -> tuple[Any, dict[str, Tensor]]:
@@ -196,7 +201,8 @@ def make_shapes_detection_folder(
     for split, count in per_split.items():
         split_dir = _prepare_split_dir(root / split)
         (split_dir / "images").mkdir()
-        images, annotations = [], []
+        images: list[dict[str, Any]] = []
+        annotations: list[dict[str, Any]] = []
         if format == "voc":
             (split_dir / "annotations").mkdir()
         for index in range(start, start + count):

@@ -166,9 +166,9 @@ class _PairTransform:
         self.transform = transform
 
     def __call__(self, image: Image.Image, mask: Image.Image | np.ndarray | Tensor) -> ImagePair:
-        mask = tv_tensors.Mask(torch.as_tensor(np.array(mask, dtype=np.uint8)))
-        image, mask = self.transform(TF.to_image(image), mask)
-        return image, mask.long()
+        target = tv_tensors.Mask(torch.as_tensor(np.array(mask, dtype=np.uint8)))
+        pixels, target = self.transform(TF.to_image(image), target)
+        return pixels, target.long()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.transform})"

@@ -98,6 +98,12 @@ class DetectionHead(nn.Module):
 
     task = "detection"
     label_offset = 0  # 1 where torchvision's softmax keeps class 0 for the background
+    levels: list[int]  # the feature levels read
+    strides: list[int]  # of every map the detector sees, the extra levels' included
+    extra: nn.Module | None  # torchvision's extra FPN block (P6/P7, max-pool), or None
+    # The torchvision detector whose parts the subclass uses (FCOS, RetinaNet, SSD, FasterRCNN); torchvision
+    # has no type information, so its classes are Any to mypy.
+    detector: Any
 
     def _pyramid(self, features: list[Tensor]) -> list[Tensor]:
         maps = [features[i] for i in self.levels]
@@ -135,6 +141,8 @@ def _images(maps: list[Tensor], size: tuple[int, int]) -> ImageList:
 
 class _DenseHead(DetectionHead):
     """FCOS and RetinaNet: a shared per-level predictor over anchors, torchvision's loss and NMS."""
+
+    anchors: _LevelAnchors
 
     def _setup(self, feature_info: FeatureInfo, min_stride: int, name: str) -> int:
         self.levels = detection_levels(feature_info, min_stride)

@@ -45,6 +45,7 @@ class FCNHead(nn.Module):
         levels = [i for i, r in enumerate(feature_info.reductions) if r >= 8] or [len(feature_info) - 1]
         self.levels = levels
         coarsest = feature_info.channels[levels[-1]]
+        self.top: nn.Module  # a conv block before the scoring, or only dropout
         if hidden_channels:
             self.top = nn.Sequential(
                 nn.Conv2d(coarsest, hidden_channels, 3, padding=1, bias=False),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -44,7 +45,8 @@ class _ImagePooling(nn.Sequential):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pool, conv, norm, act = self
+        pool, conv, _, act = self
+        norm = cast(nn.BatchNorm2d, self[2])  # built in __init__
         pooled = conv(pool(x))
         if self.training and norm.training and pooled.shape[0] == 1:
             # One image gives one value per channel: there are no batch statistics, so normalise with

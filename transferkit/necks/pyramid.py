@@ -79,9 +79,11 @@ class FPNLite(nn.Module):
     def forward(self, features: list[torch.Tensor | None]) -> list[torch.Tensor | None]:
         first, n = self._first, len(self.feature_info)
         merged: list[torch.Tensor | None] = [None] * n
+        above: torch.Tensor | None = None  # the merged level above (coarser), None at the top
         for i in range(n - 1, first - 1, -1):
             lateral = self.lateral[str(i)](features[i])
-            merged[i] = lateral if i == n - 1 else lateral + _resize_to(merged[i + 1], lateral)
+            above = lateral if above is None else lateral + _resize_to(above, lateral)
+            merged[i] = above
         return [self.smooth[str(i)](f) if str(i) in self.smooth else None for i, f in enumerate(merged)]
 
 
@@ -124,7 +126,18 @@ class PAN(FPNLite):
 
     def forward(self, features: list[torch.Tensor | None]) -> list[torch.Tensor | None]:
         pyramid = super().forward(features)
-        out = pyramid[:1]
+        out: list[torch.Tensor | None] = [_level(pyramid, 0)]
+        below = _level(pyramid, 0)
         for i, (down, fuse) in enumerate(zip(self.down, self.fuse), start=1):
-            out.append(fuse(pyramid[i] + _resize_to(down(out[-1]), pyramid[i])))
+            level = _level(pyramid, i)
+            below = fuse(level + _resize_to(down(below), level))
+            out.append(below)
         return out + [None] * (len(pyramid) - len(out))
+
+
+def _level(pyramid: list[torch.Tensor | None], i: int) -> torch.Tensor:
+    """Level ``i`` of the top-down pyramid, which PAN's bottom-up path reads (`PAN.prune` keeps it)."""
+    level = pyramid[i]
+    if level is None:
+        raise RuntimeError(f"PAN reads pyramid level {i}, which was pruned; prune with PAN.prune")
+    return level

@@ -232,7 +232,7 @@ class Task:
         return []
 
     def draw_predictions(
-        self, images: np.ndarray, outputs: Tensor, targets: Tensor | None, names: list[str], columns: int
+        self, images: np.ndarray, outputs: Tensor, targets: Sequence | None, names: list[str], columns: int
     ) -> Figure:
         """The figure `transferkit.plots.show_predictions` draws: images ``[N, H, W, 3]`` with outputs."""
         raise NotImplementedError

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -99,7 +99,7 @@ class ClassificationTask(Task):
         return (outputs.argmax(1) != truth).float()
 
     def draw_predictions(
-        self, images: np.ndarray, outputs: Tensor, targets: Tensor | None, names: list[str], columns: int
+        self, images: np.ndarray, outputs: Tensor, targets: Sequence | None, names: list[str], columns: int
     ) -> Figure:
         from ..plots import draw_classification
 

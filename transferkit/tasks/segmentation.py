@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -135,7 +135,7 @@ class SegmentationTask(Task):
         return wrong.flatten(1).sum(1) / labelled.flatten(1).sum(1).clamp(min=1)
 
     def draw_predictions(
-        self, images: np.ndarray, outputs: Tensor, targets: Tensor | None, names: list[str], columns: int
+        self, images: np.ndarray, outputs: Tensor, targets: Sequence | None, names: list[str], columns: int
     ) -> Figure:
         from ..plots import draw_segmentation
 
