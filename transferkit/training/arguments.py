@@ -44,7 +44,8 @@ def _check_number(name: str, value: Any) -> None:
             f"{name} must be {'an int' if kind == 'int' else 'a number'} {example}"
             f"{' or None' if optional else ''}, got {type(value).__name__} {value!r}{hint}"
         )
-    if not value >= low or (value == low and not inclusive):  # `not >=` refuses NaN too
+    number = float(value)  # an Integral or a Real, checked above
+    if not number >= low or (number == low and not inclusive):  # `not >=` refuses NaN too
         bound = f">= {low}" if inclusive else f"> {low}"
         raise ValueError(f"{name} must be {bound}, got {value!r}")
 
@@ -82,7 +83,7 @@ def _check_device(device: Any) -> None:
     if parsed.type == "cpu":
         return
     backend = getattr(torch, parsed.type, None)  # torch.cuda, torch.mps, torch.xpu, ...
-    count = backend.device_count() if hasattr(backend, "device_count") else 0
+    count = backend.device_count() if backend is not None and hasattr(backend, "device_count") else 0
     if count == 0 or (parsed.index is not None and parsed.index >= count):
         raise ValueError(
             f"device={device!r}, but this machine has {count} {parsed.type} device(s) (it has "

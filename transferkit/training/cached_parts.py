@@ -115,4 +115,4 @@ class CachedInputs(nn.Module):
         self.part = part
 
     def forward(self, batch: CachedBatch) -> Tensor:
-        return self.part(*batch.state, input_size=batch.input_size)  # type: ignore[no-any-return]
+        return self.part(*batch.state, input_size=batch.input_size)

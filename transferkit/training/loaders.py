@@ -41,7 +41,7 @@ class Feed:
 
     def split(self, batch: Any, task: Any, where: str) -> tuple[Any, Any]:
         """``(inputs, targets)`` of a batch: `split_batch` for a raw batch, a checked one as it is."""
-        return batch if self.checked else split_batch(batch, task, where)  # type: ignore[no-any-return]
+        return batch if self.checked else split_batch(batch, task, where)
 
     def check(self, task: Any, inputs: Any, targets: Any, num_classes: int, where: str) -> None:
         """``task.check_batch`` for a raw batch (a checked batch's targets were checked when it was made)."""

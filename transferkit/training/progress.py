@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sized
 from typing import IO, Any
 
 from tqdm import TqdmWarning
@@ -103,7 +103,7 @@ def progress(iterable: Iterable[Any], desc: str, disable: bool, bar: Any = None)
             yield item
             bar.update()
         return
-    total = len(iterable) if hasattr(iterable, "__len__") else None
+    total = len(iterable) if isinstance(iterable, Sized) else None
     with tqdm(total=total, desc=desc, leave=False, disable=disable or not bar_renders()) as own:
         for item in iterable:
             yield item
