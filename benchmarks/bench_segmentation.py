@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from transferkit import Trainer, build_model
 from transferkit.data import SyntheticShapes
-from transferkit.metrics import confusion_matrix, miou_from_confusion
+from transferkit.tasks.metrics import confusion_matrix, miou_from_confusion
 
 COMBINATIONS = ("identity+fcn", "aspp+deeplabv3plus", "pan+fcn")
 SHAPE_KINDS = 3  # masks hold background + 3 classes

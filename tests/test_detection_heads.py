@@ -14,9 +14,9 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.image_list import ImageList
 
 from transferkit import FeatureInfo, build_model, list_heads, load_model
-from transferkit.backbones import create_backbone
-from transferkit.heads.detection import FasterRCNNHead, FCOSHead, RetinaNetHead, SSDLiteHead
-from transferkit.heads.detection_parts import _LevelAnchors, detection_levels
+from transferkit.models.backbones import create_backbone
+from transferkit.models.heads.detection import FasterRCNNHead, FCOSHead, RetinaNetHead, SSDLiteHead
+from transferkit.models.heads.detection_parts import _LevelAnchors, detection_levels
 
 SIZE = 64
 HEADS = ["fcos", "retinanet", "fasterrcnn", "ssdlite"]

@@ -9,10 +9,11 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from transferkit import Trainer, build_model, plots
+from transferkit import Trainer, build_model
 from transferkit.data import SyntheticShapesDetection
-from transferkit.detection_metrics import DetectionMeter
 from transferkit.tasks import get_task
+from transferkit.tasks.detection_metrics import DetectionMeter
+from transferkit.viz import show_predictions
 
 SIZE = 64
 TASK = get_task("detection")
@@ -211,11 +212,13 @@ def test_freezing_holds_through_detection_training(bn: str) -> None:
 
 def test_pretrained_detectors_start_with_every_backbone_norm_frozen(monkeypatch) -> None:
     assert _model().freeze_state()["bn"] == "frozen"  # random init: BatchNorm must learn, as in torchvision
-    from transferkit.backbones import create_backbone
+    from transferkit.models.backbones import create_backbone
 
     # "pretrained" without a download: the flag is what decides, the weights are random
-    monkeypatch.setattr("transferkit.build.create_backbone", lambda name, pretrained, **kw: create_backbone(
-        name, pretrained=False, **kw))  # fmt: skip
+    def random_weights(name, pretrained, **kw):
+        return create_backbone(name, pretrained=False, **kw)
+
+    monkeypatch.setattr("transferkit.models.build.create_backbone", random_weights)
     model = _model(pretrained=True)
     assert model.freeze_state()["bn"] == "frozen_all"
     norms = [m for m in model.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
@@ -255,7 +258,7 @@ def test_model_predict_gives_boxes_in_the_image_pixels() -> None:
 
 
 def test_show_predictions_draws_predicted_and_true_boxes(tmp_path) -> None:
-    fig = plots.show_predictions(_model(), _loader(n=3), tmp_path / "boxes.png", classes=["a", "b", "c"])
+    fig = show_predictions(_model(), _loader(n=3), tmp_path / "boxes.png", classes=["a", "b", "c"])
     assert len(fig.axes) == 3 and (tmp_path / "boxes.png").stat().st_size > 1000
     assert "true boxes (dashed)" in fig._suptitle.get_text()
 

@@ -38,10 +38,11 @@ import pytest
 import torch
 
 import transferkit
-from transferkit import Trainer, TransferModel, build_model, cli, data, metrics, plots, tasks
-from transferkit.backbones import BACKBONES
-from transferkit.heads import HEADS
-from transferkit.necks import NECKS
+from transferkit import Trainer, TransferModel, build_model, cli, data, tasks, viz
+from transferkit.models.backbones import BACKBONES
+from transferkit.models.heads import HEADS
+from transferkit.models.necks import NECKS
+from transferkit.tasks import metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC_FILES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -300,7 +301,7 @@ def test_pretrained_true_fails_fast_without_the_cache(
 ) -> None:
     """Without the fixture's files the same call is the documented offline error (the docs promise it)."""
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    monkeypatch.setattr("transferkit.weights._reachable", lambda url: False)  # as with no network
+    monkeypatch.setattr("transferkit.models.weights.reachable", lambda url: False)  # as with no network
     with pytest.raises(transferkit.PretrainedUnavailableError, match="pretrained=False"):
         build_model("resnet18", num_classes=2, pretrained=True)
 
@@ -312,7 +313,7 @@ def _api_text() -> str:
     return (ROOT / "docs" / "api.md").read_text()
 
 
-@pytest.mark.parametrize("module", [transferkit, data, metrics, plots, tasks], ids=lambda m: m.__name__)
+@pytest.mark.parametrize("module", [transferkit, data, metrics, viz, tasks], ids=lambda m: m.__name__)
 def test_api_reference_names_every_public_name(module: ModuleType) -> None:
     missing = [name for name in module.__all__ if f"`{name}" not in _api_text()]
     assert not missing, f"docs/api.md does not mention {module.__name__}.{missing}"

@@ -14,7 +14,7 @@ import torch
 from cli_runner import run
 
 from transferkit import build_model
-from transferkit.export import ExportError
+from transferkit.io.export import ExportError
 
 SIZE = 32
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")

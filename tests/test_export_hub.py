@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from transferkit import build_model, load_model
-from transferkit.export import ExportError, export
-from transferkit.hub import load_from_hub, model_card
+from transferkit.io.export import ExportError, export
+from transferkit.io.hub import model_card
 
 SIZE = 64
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
@@ -134,9 +134,9 @@ def test_loading_a_repository_that_is_not_cached_offline_says_so(local_hub: Path
     with pytest.raises(
         FileNotFoundError, match=r"cannot load hf-hub:me/never-downloaded: there is no network"
     ):
-        load_from_hub("hf-hub:me/never-downloaded")
+        load_model("hf-hub:me/never-downloaded")
     with pytest.raises(ValueError, match="org/name"):
-        load_from_hub("hf-hub:not-a-repo-id")
+        load_model("hf-hub:not-a-repo-id")
 
 
 def test_model_card_names_the_preprocessing() -> None:

@@ -21,10 +21,10 @@ import torch
 from PIL import Image
 from torchvision.transforms.functional import pil_to_tensor
 
-import transferkit.predict as predict_module
+import transferkit.inference as predict_module
 from transferkit import build_model, cli
 from transferkit.data import ClassFolder
-from transferkit.predict import predict_images, read_image
+from transferkit.inference import predict_images, read_image
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -11,7 +11,7 @@ import torchvision
 from safetensors.torch import save_file
 
 import transferkit as tk
-from transferkit.input_channels import adapt_input_conv
+from transferkit.models.input_channels import adapt_input_conv
 
 
 def _weights(tmp_path: Path, source: str) -> tuple[Path, dict[str, torch.Tensor], str, str]:
@@ -59,8 +59,8 @@ def test_four_channels_repeat_the_kernel_scaled_by_three_quarters(tmp_path: Path
 def test_pretrained_true_adapts_the_cached_file_too(tmp_path: Path, monkeypatch, source: str) -> None:
     """``pretrained=True`` resolves a file in the hub cache, then loads it as a path: both adapt."""
     path, state, first, name = _weights(tmp_path, source)
-    import transferkit.backbones.timm as timm_backbones
-    import transferkit.backbones.torchvision as tv_backbones
+    import transferkit.models.backbones.timm as timm_backbones
+    import transferkit.models.backbones.torchvision as tv_backbones
 
     monkeypatch.setattr(tv_backbones, "fetch_url", lambda url, model: path)
     monkeypatch.setattr(timm_backbones, "fetch_hf", lambda repo, model, filenames: path)

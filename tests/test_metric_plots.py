@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from transferkit.metric_plots import count_confusion, plot_class_iou, plot_confusion_matrix
+from transferkit.viz.metric_plots import count_confusion, plot_class_iou, plot_confusion_matrix
 
 
 class Fixed(nn.Module):

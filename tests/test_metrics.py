@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-import transferkit.metrics
-from transferkit.metrics import (
+import transferkit.tasks.metrics
+from transferkit.tasks.metrics import (
     ClassificationMeter,
     SegmentationMeter,
     accuracy,
@@ -31,7 +31,7 @@ def one_hot_logits(preds: torch.Tensor, num_classes: int) -> torch.Tensor:
 
 
 def test_doctests_hold():
-    assert doctest.testmod(transferkit.metrics).failed == 0
+    assert doctest.testmod(transferkit.tasks.metrics).failed == 0
 
 
 def test_confusion_matrix_by_hand():

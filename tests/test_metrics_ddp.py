@@ -15,8 +15,8 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from transferkit.detection_metrics import DetectionMeter
-from transferkit.metrics import ClassificationMeter, SegmentationMeter
+from transferkit.tasks.detection_metrics import DetectionMeter
+from transferkit.tasks.metrics import ClassificationMeter, SegmentationMeter
 
 pytestmark = pytest.mark.skipif(
     not dist.is_available() or "fork" not in multiprocessing.get_all_start_methods(),

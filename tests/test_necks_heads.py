@@ -18,10 +18,10 @@ from torch.utils.data import DataLoader, TensorDataset
 from torchvision.models.segmentation.deeplabv3 import ASPP as TorchvisionASPP
 
 from transferkit import FeatureInfo, Trainer, build_model
-from transferkit.backbones import create_backbone
 from transferkit.data import SyntheticShapes
-from transferkit.metrics import confusion_matrix, miou_from_confusion
-from transferkit.necks import PAN, ASPPNeck, FPNLite
+from transferkit.models.backbones import create_backbone
+from transferkit.models.necks import PAN, ASPPNeck, FPNLite
+from transferkit.tasks.metrics import confusion_matrix, miou_from_confusion
 
 SIZE = 32
 NECKS = ["identity", "fpn_lite", "pan", "aspp"]

@@ -1,7 +1,7 @@
 """Odd and hostile image files through the loaders: each loads correctly or fails naming the file.
 
 Every case is made with PIL in a temporary folder and read through `ClassFolder` (the classification
-loaders' dataset), `SegmentationFolder`, and ``transferkit.predict.read_image`` (what ``model.predict``
+loaders' dataset), `SegmentationFolder`, and ``transferkit.inference.read_image`` (what ``model.predict``
 and ``transferkit predict`` read files with). "Loads correctly"
 means a 3-channel 8-bit image of the size a viewer would show, with the right colours; "fails" means an
 ``OSError`` whose message names the file. PIL's decompression-bomb limit stays in force throughout.
@@ -22,7 +22,7 @@ from PIL import Image
 from torchvision.transforms.functional import pil_to_tensor
 
 from transferkit.data import DEFAULT_DATA_CONFIG, ClassFolder, SegmentationFolder, build_transforms
-from transferkit.predict import read_image
+from transferkit.inference import read_image
 
 RED, BLUE = (255, 0, 0), (0, 0, 255)
 W, H = 48, 32  # a landscape image: a rotation shows in the size

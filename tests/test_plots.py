@@ -12,7 +12,7 @@ from matplotlib.colors import to_hex
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Subset, TensorDataset
 
-from transferkit.plots import plot_history, show_predictions
+from transferkit.viz import plot_history, show_predictions
 
 PNG = b"\x89PNG\r\n\x1a\n"
 HALF = {"input_size": (3, 8, 8), "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}

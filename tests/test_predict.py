@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader, Subset
 
 from transferkit import Trainer, build_model, load_model
 from transferkit.data import SyntheticShapes, image_folder_loaders, make_shapes_folder
-from transferkit.plots import show_predictions
+from transferkit.viz import show_predictions
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -21,17 +21,17 @@ import torch
 from cli_runner import run
 from torch.utils.data import DataLoader, TensorDataset
 
-import transferkit.export_spec
+import transferkit.io.export_spec
 import transferkit.preprocessing
 from transferkit import Trainer, build_model, load_model
 from transferkit.data import image_folder_loaders, make_shapes_folder, segmentation_folder_loaders
 from transferkit.data.synthetic import make_shapes_segmentation_folder
-from transferkit.export_spec import apply_preprocessing, preprocessing_spec, read_preprocessing
+from transferkit.io.export_spec import apply_preprocessing, preprocessing_spec, read_preprocessing
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("module", [transferkit.preprocessing, transferkit.export_spec])
+@pytest.mark.parametrize("module", [transferkit.preprocessing, transferkit.io.export_spec])
 def test_doctests_hold(module) -> None:
     result = doctest.testmod(module, extraglobs={"build_model": build_model}, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
@@ -98,7 +98,7 @@ def test_a_damaged_saved_data_config_names_the_field(tmp_path: Path) -> None:
     model.save(tmp_path / "m")
     config = json.loads((tmp_path / "m" / "config.json").read_text())
     config["data_config"]["crop_pct"] = 7
-    from transferkit.serialization import check_saved_config
+    from transferkit.models.loading import check_saved_config
 
     with pytest.raises(
         ValueError, match=r"c\.json: field 'data_config' crop_pct must be a number in \(0, 1\]"
@@ -151,7 +151,7 @@ _AGREE = textwrap.dedent(
     import numpy as np, onnxruntime, torch
     from PIL import Image
     from transferkit import load_model
-    from transferkit.export_spec import apply_preprocessing, read_preprocessing
+    from transferkit.io.export_spec import apply_preprocessing, read_preprocessing
 
     run, onnx_path, files = sys.argv[1], sys.argv[2], sys.argv[3:]
     model = load_model(run)

@@ -1,5 +1,5 @@
 """Progress output: one clean line per epoch in a terminal, a log file or a notebook; tables that notebooks
-render (`transferkit.training.progress`, `transferkit.freeze.Table`)."""
+render (`transferkit.training.progress`, `transferkit.models.freeze.Table`)."""
 
 from __future__ import annotations
 

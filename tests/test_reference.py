@@ -83,9 +83,9 @@ def test_every_public_name_has_a_reference_entry(module: str) -> None:
 
 
 def _registries() -> list:
-    from transferkit.backbones import BACKBONES
-    from transferkit.heads import HEADS
-    from transferkit.necks import NECKS
+    from transferkit.models.backbones import BACKBONES
+    from transferkit.models.heads import HEADS
+    from transferkit.models.necks import NECKS
     from transferkit.tasks import TASKS
 
     return [BACKBONES, NECKS, HEADS, TASKS]

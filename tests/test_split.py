@@ -7,7 +7,7 @@ import functools
 import pytest
 import torch
 
-from transferkit.backbones import create_backbone
+from transferkit.models.backbones import create_backbone
 
 SPLITTABLE = [
     "torchvision/resnet18",

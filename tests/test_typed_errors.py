@@ -14,8 +14,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from transferkit import FeatureInfo, TransferModel
 from transferkit.data import DetectionFolder
-from transferkit.freeze import FreezeState
-from transferkit.metric_plots import count_confusion
+from transferkit.models.freeze import FreezeState
+from transferkit.viz.metric_plots import count_confusion
 
 
 class _NoBlocks(nn.Module):

@@ -11,7 +11,7 @@ import torch
 import torchvision
 from safetensors.torch import load_file
 
-import transferkit.weight_maps
+import transferkit.models.weight_maps
 from transferkit import (
     WeightsMismatchError,
     build_model,
@@ -21,8 +21,8 @@ from transferkit import (
     register_backbone,
     rename_keys,
 )
-from transferkit.backbones import BACKBONES
-from transferkit.weights import read_state_dict
+from transferkit.models.backbones import BACKBONES
+from transferkit.models.weights import read_state_dict
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -142,5 +142,5 @@ def test_the_real_efficientnet_lite0_file_maps_by_order(tmp_path: Path) -> None:
 
 
 def test_doctests_hold() -> None:
-    result = doctest.testmod(transferkit.weight_maps)
+    result = doctest.testmod(transferkit.models.weight_maps)
     assert result.attempted > 0 and result.failed == 0

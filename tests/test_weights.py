@@ -101,7 +101,9 @@ def test_offline_pretrained_fails_fast_with_ways_out(
 ) -> None:
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # nothing cached
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hf"))
-    monkeypatch.setattr("transferkit.weights._reachable", lambda url: False)  # no network, even on a dev box
+    monkeypatch.setattr(
+        "transferkit.models.weights.reachable", lambda url: False
+    )  # no network, even on a dev box
     start = time.monotonic()
     with pytest.raises(PretrainedUnavailableError) as info:
         tk.build_model(name, num_classes=2, pretrained=True)
@@ -114,9 +116,9 @@ def test_offline_pretrained_fails_fast_with_ways_out(
 def test_offline_check_really_fails_here_without_network(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from transferkit.weights import _reachable
+    from transferkit.models.weights import reachable
 
-    if _reachable("https://download.pytorch.org"):
+    if reachable("https://download.pytorch.org"):
         pytest.skip("this machine has network")
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     start = time.monotonic()
@@ -159,7 +161,7 @@ def test_file_of_another_architecture_names_the_keys(tmp_path: Path) -> None:
 
 
 def test_weight_tags_list_a_backbones_tags_with_the_default_marked() -> None:
-    from transferkit.weights import weight_tags
+    from transferkit.models.backbones import weight_tags
 
     assert weight_tags("resnet18") == [("IMAGENET1K_V1", True)]
     assert weight_tags("torchvision/resnet50") == [("IMAGENET1K_V1", False), ("IMAGENET1K_V2", True)]
@@ -201,7 +203,7 @@ def _doc_tags() -> list[tuple[str, str, str | None]]:
 
 
 def test_every_weights_tag_the_docs_name_exists_for_its_model() -> None:
-    from transferkit.weights import weight_tags
+    from transferkit.models.backbones import weight_tags
 
     tags = _doc_tags()
     assert len(tags) >= 5, tags  # the pattern still finds the docs' tags
@@ -263,7 +265,7 @@ def test_a_timm_pickle_with_code_is_refused_before_timm_sees_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A pickle from the user or from the hub's cache is read as tensors only, never by timm's loader."""
-    import transferkit.backbones.timm as timm_backbones
+    import transferkit.models.backbones.timm as timm_backbones
 
     monkeypatch.chdir(tmp_path)
     path = tmp_path / "pytorch_model.bin"

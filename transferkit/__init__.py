@@ -5,26 +5,34 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from .backbones import BACKBONES, Backbone
-from .build import build_model
-from .features import FeatureInfo
-from .heads import HEADS
-from .model import TransferModel
-from .necks import NECKS
-from .serialization import load_model
-from .training import CheckpointError, Trainer
-from .weight_maps import convert_weights, map_by_order, reference_state_dict, rename_keys
-from .weights import PretrainedUnavailableError, WeightsMismatchError
+from .errors import (
+    CheckpointError,
+    ExportError,
+    PretrainedUnavailableError,
+    UnknownNameError,
+    WeightsMismatchError,
+)
+from .models.backbones import BACKBONES, Backbone
+from .models.build import build_model
+from .models.features import FeatureInfo
+from .models.heads import HEADS
+from .models.loading import load_model
+from .models.model import TransferModel
+from .models.necks import NECKS
+from .models.weight_maps import convert_weights, map_by_order, reference_state_dict, rename_keys
+from .training import Trainer
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Backbone",
     "CheckpointError",
+    "ExportError",
     "FeatureInfo",
     "PretrainedUnavailableError",
     "Trainer",
     "TransferModel",
+    "UnknownNameError",
     "WeightsMismatchError",
     "__version__",
     "build_model",

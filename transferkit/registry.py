@@ -7,16 +7,11 @@ import fnmatch
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
+from .errors import UnknownNameError
+
 __all__ = ["Registry", "UnknownNameError"]
 
 _Factory = TypeVar("_Factory", bound=Callable[..., Any])  # what `Registry.register` decorates, unchanged
-
-
-class UnknownNameError(ValueError, KeyError):
-    """Raised for a name that is not registered; the message names the closest matches."""
-
-    def __str__(self) -> str:  # KeyError would quote the message
-        return str(self.args[0])
 
 
 class Registry:

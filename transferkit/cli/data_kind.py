@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..data.kinds import describe_kinds, folder_kinds
-from ..heads import HEADS
+from ..models.heads import HEADS
 from .options import UsageError
 
 __all__ = ["DEFAULT_HEADS", "head_for_data"]

@@ -8,38 +8,26 @@ reloads the saved run folder, evaluates and predicts with it (through the same c
 from __future__ import annotations
 
 import argparse
-import shutil
 import time
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 
-from .. import __version__, build_model
-from ..atomic import refuse_symlink, write_text
+from .. import build_model
 from ..data import make_shapes_folder
 from ..tasks import get_task
-from .evaluate import _metric_lines, evaluate_folder
+from .demo_common import DemoSettings, fresh_demo_data, mark_demo_data, train_and_reload
+from .demo_detection import run_detection_demo
+from .evaluate import _metric_lines
 from .lock import locked_run_folder
 from .options import _positive_int, parse_freeze
 from .predict import predict_files
-from .runs import _count, _describe_data, _fit_and_save, _load_run, _say, _trainer
+from .runs import _count, _describe_data, _say
 
-DEMO_MARKER = ".transferkit-demo"
 DEMO_CLASSES = 3
 DEMO_BACKBONE = "resnet18"
 CHANCE = 1 / DEMO_CLASSES  # the accuracy of guessing, which the demo's result is read against
-
-
-class DemoSettings(NamedTuple):
-    """What ``transferkit demo`` generates and how it trains (``--quick`` uses the small set)."""
-
-    per_class: dict[str, int]
-    image_size: int
-    epochs: int
-    freeze: str
-    lr: float = 2e-3
-    batch_size: int = 32
 
 
 DEMO = {
@@ -64,18 +52,6 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     demo.set_defaults(func=_cmd_demo)
 
 
-def _fresh_demo_data(folder: Path) -> None:
-    """Remove the data a previous demo wrote there; refuse to touch a folder the demo did not make."""
-    refuse_symlink(folder, "demo data folder")
-    if not folder.exists():
-        return
-    if not (folder / DEMO_MARKER).is_file():
-        raise FileExistsError(
-            f"{folder} exists and was not written by transferkit demo; move it away or pass --out NEW_FOLDER"
-        )
-    shutil.rmtree(folder)
-
-
 def _unfrozen_at(history: list[dict[str, Any]]) -> list[int]:
     """1-based epochs that train more blocks than the epoch before."""
     pairs = zip(history, history[1:])
@@ -85,15 +61,8 @@ def _unfrozen_at(history: list[dict[str, Any]]) -> list[int]:
 def _cmd_demo(args: argparse.Namespace) -> int:
     with locked_run_folder(Path(args.out), command="transferkit demo"):  # one demo per folder at a time
         if args.task == "detection":  # the demo's own --task option; each demo is a module of its own
-            from .demo_detection import run_detection_demo
-
             return run_detection_demo(args)
         return _classification_demo(args)
-
-
-def _mark_demo_data(data: Path) -> None:
-    """Mark ``data`` as the demo's own, which the next demo may delete (`_fresh_demo_data`)."""
-    write_text(data / DEMO_MARKER, "written by transferkit demo; the next demo deletes and rewrites it\n")
 
 
 def _classification_demo(args: argparse.Namespace) -> int:
@@ -110,7 +79,7 @@ def _classification_demo(args: argparse.Namespace) -> int:
         f"[1/5] data: writing a {DEMO_CLASSES}-class image folder of shapes ({settings.image_size}px JPEGs, "
         f"{settings.per_class['train']} train + {settings.per_class['val']} val per class) to {data}/",
     )
-    _fresh_demo_data(data)
+    fresh_demo_data(data)
     make_shapes_folder(
         data,
         num_classes=DEMO_CLASSES,
@@ -118,7 +87,7 @@ def _classification_demo(args: argparse.Namespace) -> int:
         image_size=settings.image_size,
         seed=args.seed,
     )
-    _mark_demo_data(data)
+    mark_demo_data(data)
 
     freeze = parse_freeze(settings.freeze)
     torch.manual_seed(args.seed)
@@ -149,7 +118,7 @@ def _classification_demo(args: argparse.Namespace) -> int:
         f"[3/5] training {_count(epochs, 'epoch')} on {_describe_data(loaders, classes)}; the class names "
         "come with the data and are saved with the model",
     )
-    history, plots, reloaded, meta, metrics, count = _train_and_reload(
+    history, plots, reloaded, meta, metrics, count = train_and_reload(
         model, loaders, out, data=data, freeze=freeze.text, epochs=epochs, settings=settings, seed=args.seed
     )
     _say(
@@ -167,39 +136,6 @@ def _classification_demo(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - started
     _say("", *_summary(out, data, classes, history, plots, accuracy=metrics["acc"], seconds=seconds))
     return 0
-
-
-def _train_and_reload(
-    model: Any,
-    loaders: dict[str, Any],
-    out: Path,
-    *,
-    data: Path,
-    freeze: str,
-    epochs: int,
-    settings: DemoSettings,
-    seed: int,
-) -> tuple[list[dict[str, Any]], Any, Any, dict[str, Any], dict[str, float], int]:
-    """Train and save as ``transferkit train`` does, then reload the run folder and evaluate it on val.
-
-    Returns ``(history, plots, reloaded model, run meta, val metrics, val image count)``.
-    """
-    meta = {
-        "task": model.task,
-        "classes": list(loaders["train"].dataset.classes),
-        "image_size": settings.image_size,
-        "data": str(data.resolve()),
-        "freeze": freeze,
-        "epochs": epochs,
-        "lr": settings.lr,
-        "batch_size": settings.batch_size,
-        "transferkit_version": __version__,
-    }
-    trainer = _trainer(model, out, epochs=epochs, lr=settings.lr, device="auto", seed=seed)
-    history, plots = _fit_and_save(trainer, loaders, out, meta=meta)
-    reloaded, meta = _load_run(str(out))
-    metrics, count = evaluate_folder(reloaded, meta, data / "val")
-    return history, plots, reloaded, meta, metrics, count
 
 
 def _summary(

@@ -18,7 +18,7 @@ import torch
 from .. import build_model
 from ..data import make_shapes_detection_folder
 from ..tasks import get_task
-from .demo import DemoSettings, _fresh_demo_data, _mark_demo_data, _train_and_reload
+from .demo_common import DemoSettings, fresh_demo_data, mark_demo_data, train_and_reload
 from .evaluate import _metric_lines
 from .predict import predict_files
 from .runs import _count, _describe_data, _say
@@ -47,11 +47,11 @@ def run_detection_demo(args: argparse.Namespace) -> int:
         f"[1/5] data: writing a COCO-style folder ({settings.image_size}px PNGs with one to three shapes "
         f"each, {counts['train']} train + {counts['val']} val images, annotations.json per split) to {data}/",
     )
-    _fresh_demo_data(data)
+    fresh_demo_data(data)
     make_shapes_detection_folder(
         data, num_classes=DETECTION_CLASSES, per_split=counts, image_size=settings.image_size, seed=args.seed
     )
-    _mark_demo_data(data)
+    mark_demo_data(data)
 
     torch.manual_seed(args.seed)
     model = build_model("resnet18", neck="fpn_lite", head=DETECTION_HEAD, num_classes=DETECTION_CLASSES,
@@ -72,7 +72,7 @@ def run_detection_demo(args: argparse.Namespace) -> int:
         f"[3/5] training {_count(epochs, 'epoch')} on {_describe_data(loaders, classes)}; flips and colour "
         "jitter move the boxes with the images; the loss is FCOS's classification + box + centre-ness",
     )
-    history, plots, reloaded, meta, metrics, count = _train_and_reload(
+    history, plots, reloaded, meta, metrics, count = train_and_reload(
         model,
         loaders,
         out,

@@ -14,7 +14,7 @@ from typing import Any, cast
 from torch.utils.data import DataLoader
 
 from ..data.check import check_dataset_files
-from ..model import TransferModel
+from ..models.model import TransferModel
 from ..tasks import get_task
 from ..training import Trainer
 from .options import _add_device, _positive_int

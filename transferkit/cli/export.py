@@ -11,8 +11,8 @@ import argparse
 from pathlib import Path
 
 from ..atomic import refuse_symlink
-from ..export import EXPORT_FORMATS
-from ..export_spec import describe_preprocessing, read_preprocessing
+from ..io.export import EXPORT_FORMATS
+from ..io.export_spec import describe_preprocessing, read_preprocessing
 from .options import _positive_int
 from .runs import _load_run, _say
 

@@ -7,7 +7,7 @@ import argparse
 from collections.abc import Callable
 
 from .. import list_backbones, list_heads, list_necks
-from ..weights import weight_tags
+from ..models.backbones import weight_tags
 from .runs import _say
 
 LISTERS: dict[str, Callable[[str], list[str]]] = {

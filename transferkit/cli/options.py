@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, NamedTuple, NoReturn
 
 from ..data.augment import check_crop_scale
-from ..model import TransferModel
+from ..models.model import TransferModel
 
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt")
 FREEZE_GRAMMAR = "auto, all, none, last_n:K or gradual[:N[:STEP[:EVERY]]]"

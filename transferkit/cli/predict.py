@@ -22,10 +22,11 @@ from typing import Any
 import torch
 from PIL import Image
 
-from ..model import TransferModel
-from ..predict import check_finite_outputs, evaluation_side, read_image
+from ..inference import check_finite_outputs, evaluation_side, read_image
+from ..models.model import TransferModel
 from ..tasks import get_task
 from ..training import Trainer
+from ..viz.pictures import pictures
 from .options import _add_device, _positive_int
 from .predict_outputs import PredictionTable, mask_paths, write_mask
 from .runs import _load_run, _say
@@ -96,7 +97,7 @@ def _readable_batches(
 ) -> Iterator[tuple[list[Path], list[Image.Image], torch.Tensor]]:
     """``(paths, images, inputs [B, C, H, W])`` of the readable files, in order; the others go to
     ``on_error``. Files that ``transform``, scaling their shorter side to ``resize_side``, would take over
-    PIL's decompression-bomb limit count as unreadable (see `transferkit.predict.read_image`)."""
+    PIL's decompression-bomb limit count as unreadable (see `transferkit.inference.read_image`)."""
     for start in range(0, len(files), batch_size):
         paths, images, inputs = [], [], []
         for path in files[start : start + batch_size]:
@@ -196,7 +197,8 @@ def predict_files(
         first = " ".join(str(errors[0]).split()) if errors else "no files"
         raise OSError(f"none of the {len(files)} image file(s) could be read: {first}")
     if draw is not None:
-        task.draw_answers([image for image, _ in drawn], [answer for _, answer in drawn], classes, draw)
+        images, answers = [image for image, _ in drawn], [answer for _, answer in drawn]
+        pictures(task.name).answers(images, answers, classes, draw)
     if table is not None and csv is not None:
         table.write(csv)
     return lines

@@ -24,9 +24,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from ..atomic import write_text
-from ..hub import is_hub_spec
-from ..model import TransferModel
-from ..serialization import load_model
+from ..io.hub import is_hub_spec
+from ..models.loading import load_model
+from ..models.model import TransferModel
 from ..tasks import get_task
 from ..training import CSVLogger, TensorBoard, Trainer
 from .folder import CHECKPOINT_DIR, HISTORY_CSV, HISTORY_FILE, TENSORBOARD_DIR, refuse_linked_entries
@@ -140,7 +140,7 @@ def _write_plots(
     out: Path, history: list[dict[str, Any]], model: TransferModel, loader: Any, classes: list[str]
 ) -> list[Path]:
     """Write ``history.png`` and ``predictions.png``; without matplotlib, say in one line how to get them."""
-    from .. import plots
+    from ..viz import pictures, plots
 
     written = [out / "history.png", out / "predictions.png"]
     try:
@@ -151,8 +151,8 @@ def _write_plots(
             stale.unlink(missing_ok=True)
         return []
     plots.plot_history(history, written[0])
-    plots.show_predictions(model, _grid_samples(model, loader.dataset, 16), written[1], classes=classes)
-    return written + get_task(model.task).draw_metrics(model, loader, out)
+    pictures.show_predictions(model, _grid_samples(model, loader.dataset, 16), written[1], classes=classes)
+    return written + pictures.pictures(model.task).metrics(model, loader, out)
 
 
 def _grid_samples(model: TransferModel, dataset: Dataset, count: int) -> DataLoader:

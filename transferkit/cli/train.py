@@ -25,8 +25,8 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from .. import PretrainedUnavailableError, __version__, build_model
-from ..heads import HEADS
-from ..model import TransferModel
+from ..models.heads import HEADS
+from ..models.model import TransferModel
 from ..tasks import IGNORE_INDEX, Task, get_task
 from .data_kind import head_for_data
 from .folder import HISTORY_CSV, HISTORY_FILE, refuse_linked_entries, remove_entries

@@ -16,10 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..registry import Registry
 
 if TYPE_CHECKING:
-    import numpy as np
-    from matplotlib.figure import Figure
-
-    from ..model import TransferModel
+    from ..models.model import TransferModel
 
 __all__ = ["IGNORE_INDEX", "TASKS", "Meter", "Task", "get_task"]
 
@@ -217,25 +214,6 @@ class Task:
         """
         rows = self.rows(output, classes, top_k, size, input_size, **options)
         return "  ".join(f"{name} {score:.3f}" for name, score, *_ in rows) + self.score_unit
-
-    def draw_answers(
-        self, images: list[Image.Image], answers: list[Any], classes: list[str], path: Path
-    ) -> None:
-        """Write a picture of `prediction` answers over their images (``transferkit predict --draw``)."""
-        raise ValueError(
-            f"--draw pictures are drawn for detection models; for a {self.name} model see the run "
-            "folder's predictions.png (transferkit.plots.show_predictions)"
-        )
-
-    def draw_metrics(self, model: nn.Module, loader: Any, folder: Path) -> list[Path]:
-        """Per-class pictures for a run folder (the CLI writes them next to the curves); written files."""
-        return []
-
-    def draw_predictions(
-        self, images: np.ndarray, outputs: Tensor, targets: Sequence | None, names: list[str], columns: int
-    ) -> Figure:
-        """The figure `transferkit.plots.show_predictions` draws: images ``[N, H, W, 3]`` with outputs."""
-        raise NotImplementedError
 
     def errors(self, outputs: Tensor, targets: Any) -> Tensor | None:
         """Per sample, how wrong the outputs are (0: right), so a run's ``predictions.png`` shows its

@@ -2,24 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from torch import Tensor, nn
+from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from ..metrics import ClassificationMeter
 from .base import TASKS, Meter, Task, _require_indices
+from .metrics import ClassificationMeter
 
 if TYPE_CHECKING:
-    import numpy as np
-    from matplotlib.figure import Figure
-
-    from ..model import TransferModel
+    from ..models.model import TransferModel
 
 __all__ = ["ClassificationTask"]
 
@@ -87,20 +84,7 @@ class ClassificationTask(Task):
         values, indices = output.float().softmax(0).topk(min(top_k, len(classes)))
         return [(classes[i], v) for v, i in zip(values.tolist(), indices.tolist())]
 
-    def draw_metrics(self, model: nn.Module, loader: Any, folder: Path) -> list[Path]:
-        from ..metric_plots import plot_confusion_matrix
-
-        plot_confusion_matrix(model, loader, folder / "confusion.png")
-        return [folder / "confusion.png"]
-
     def errors(self, outputs: Tensor, targets: Tensor) -> Tensor:
         """1 for a wrong class, 0 for a right one (probability targets: their largest class counts)."""
         truth = targets.argmax(1) if targets.ndim == 2 else targets
         return (outputs.argmax(1) != truth).float()
-
-    def draw_predictions(
-        self, images: np.ndarray, outputs: Tensor, targets: Sequence | None, names: list[str], columns: int
-    ) -> Figure:
-        from ..plots import draw_classification
-
-        return draw_classification(images, outputs.softmax(1), targets, names, columns)

@@ -28,14 +28,11 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..data.detection import collate_detection, pad_images
-from ..detection_metrics import DetectionMeter
 from .base import TASKS, Meter, Task
+from .detection_metrics import DetectionMeter
 
 if TYPE_CHECKING:
-    import numpy as np
-    from matplotlib.figure import Figure
-
-    from ..model import TransferModel
+    from ..models.model import TransferModel
 
 __all__ = ["MAX_DETECTIONS", "SCORE_THRESHOLD", "DetectionTask"]
 
@@ -307,21 +304,3 @@ class DetectionTask(Task):
         kept = [f"{name} {score:.3f} [{', '.join(f'{v:.0f}' for v in box)}]" for name, score, *box in rows]
         threshold = options.get("score_threshold", SCORE_THRESHOLD)
         return "; ".join(kept) if kept else f"no box scoring {threshold:g} or more"
-
-    def draw_answers(
-        self, images: list[Image.Image], answers: list[Any], classes: list[str], path: Path
-    ) -> None:
-        """The images with their predicted boxes, in their own pixels (`transferkit.detection_plots`)."""
-        import numpy as np
-
-        from ..detection_plots import draw_detection
-
-        arrays = [np.asarray(image.convert("RGB"), dtype=np.float32) / 255 for image in images]
-        draw_detection(arrays, answers, None, classes, columns=min(4, len(arrays)), path=path)
-
-    def draw_predictions(
-        self, images: np.ndarray, outputs: Any, targets: Any, names: list[str], columns: int
-    ) -> Figure:
-        from ..detection_plots import draw_detection
-
-        return draw_detection(list(images), outputs, targets, names, columns)

@@ -2,24 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from torch import Tensor, nn
+from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from ..metrics import SegmentationMeter
 from .base import IGNORE_INDEX, TASKS, Meter, Task, _require_indices
+from .metrics import SegmentationMeter
 
 if TYPE_CHECKING:
-    import numpy as np
-    from matplotlib.figure import Figure
-
-    from ..model import TransferModel
+    from ..models.model import TransferModel
 
 __all__ = ["SegmentationTask"]
 
@@ -122,24 +119,11 @@ class SegmentationTask(Task):
         counts = torch.stack([torch.bincount(p.flatten(), minlength=k) for p in outputs.argmax(1)])
         return counts.float() / counts.sum(1, keepdim=True), " of pixels"
 
-    def draw_metrics(self, model: nn.Module, loader: Any, folder: Path) -> list[Path]:
-        from ..metric_plots import plot_class_iou
-
-        plot_class_iou(model, loader, folder / "class_iou.png")
-        return [folder / "class_iou.png"]
-
     def errors(self, outputs: Tensor, targets: Tensor) -> Tensor:
         """The fraction of each image's labelled pixels (not ``255``) whose class is wrong."""
         labelled = targets != IGNORE_INDEX
         wrong = (outputs.argmax(1) != targets) & labelled
         return wrong.flatten(1).sum(1) / labelled.flatten(1).sum(1).clamp(min=1)
-
-    def draw_predictions(
-        self, images: np.ndarray, outputs: Tensor, targets: Sequence | None, names: list[str], columns: int
-    ) -> Figure:
-        from ..plots import draw_segmentation
-
-        return draw_segmentation(images, outputs.argmax(1).numpy(), targets, names, columns)
 
 
 def _one_channel(targets: Tensor) -> bool:

@@ -22,7 +22,7 @@ from .feature_cache import DEFAULT_CACHE_BUDGET, CachedBatch, FeatureCache, Trai
 from .loaders import Feed
 
 if TYPE_CHECKING:
-    from ..model import TransferModel
+    from ..models.model import TransferModel
 
 __all__ = [
     "DEFAULT_CACHE_BUDGET",

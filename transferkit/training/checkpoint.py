@@ -28,10 +28,11 @@ import torch
 from torch import Tensor
 
 from ..atomic import atomic_write
-from ..weights import refused_objects
+from ..errors import CheckpointError
+from ..models.weights import refused_objects
 
 if TYPE_CHECKING:
-    from ..model import TransferModel
+    from ..models.model import TransferModel
 
 __all__ = [
     "CheckpointError",
@@ -46,29 +47,6 @@ __all__ = [
 
 CHECKPOINT_KEYS = ("epoch", "model", "optimizer", "scheduler", "scaler", "freeze", "history", "best", "rng")
 _MOVE_AWAY = "move it away (or delete it) to start afresh, or point checkpoint_dir= at this model's own run"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be resumed from: damaged, not a checkpoint, or written for another model.
-
-    The message names the file and what to do; the file and the training state are left unchanged.
-
-    Examples:
-        >>> import tempfile
-        >>> from pathlib import Path
-        >>> from torch.utils.data import DataLoader, TensorDataset
-        >>> folder = Path(tempfile.mkdtemp())
-        >>> _ = (folder / "last.pt").write_bytes(b"not a checkpoint")
-        >>> model = build_model("resnet18", num_classes=2, pretrained=False)
-        >>> data = TensorDataset(torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 0, 1]))
-        >>> loader = DataLoader(data, batch_size=2)
-        >>> try:
-        ...     Trainer(model, checkpoint_dir=folder, resume=True, progress=False).fit(loader)
-        ... except CheckpointError as error:
-        ...     print(str(error).split(":")[1].strip())
-        the file is truncated or damaged (not a checkpoint's bytes). The file was left as it is; move it
-        away (or delete it) to start afresh, or point checkpoint_dir= at this model's own run.
-    """
 
 
 def atomic_save(obj: Any, path: Path) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 from torch import Tensor
 from torch.utils.data import Subset
 
-from ..classes import dataset_classes
+from ..models.classes import dataset_classes
 
 __all__ = ["warn_about_data", "warn_small_inputs", "warn_uncovered_classes"]
 

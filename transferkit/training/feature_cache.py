@@ -52,7 +52,7 @@ from .progress import (
 )
 
 if TYPE_CHECKING:
-    from ..model import TransferModel
+    from ..models.model import TransferModel
 
 __all__ = ["DEFAULT_CACHE_BUDGET", "CachedBatch", "FeatureCache", "TrainablePart"]
 

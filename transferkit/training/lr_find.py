@@ -58,7 +58,7 @@ class LRFindResult:
         Raises:
             ImportError: matplotlib is not installed.
         """
-        from ..plots import _new_figure, _save
+        from ..viz.plots import _new_figure, _save
 
         fig = _new_figure(figsize=(6, 4))
         ax = fig.add_subplot()

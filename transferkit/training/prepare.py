@@ -6,14 +6,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ..classes import fill_classes
+from ..models.classes import fill_classes
 from ..preprocessing import record_data_config
 from .data_warnings import warn_about_data
 from .loaders import check_length, split_loaders
 from .recipe import apply_default_recipe
 
 if TYPE_CHECKING:
-    from ..model import TransferModel
+    from ..models.model import TransferModel
 
 __all__ = ["prepare_data"]
 

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from ..tasks import get_task
 
 if TYPE_CHECKING:
-    from ..model import TransferModel
+    from ..models.model import TransferModel
 
 __all__ = [
     "DEFAULT_LR",

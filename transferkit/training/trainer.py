@@ -44,7 +44,7 @@ from .step import AccumulationWindows, Step
 from .worker_errors import plain_worker_errors
 
 if TYPE_CHECKING:
-    from ..model import TransferModel
+    from ..models.model import TransferModel
 
 __all__ = ["Trainer"]
 

@@ -1,4 +1,4 @@
-"""TransferModel: backbone -> neck -> head, with freezing (built by `transferkit.build.build_model`)."""
+"""TransferModel: backbone -> neck -> head, with freezing (built by `transferkit.models.build`)."""
 
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..io.serialization import save_model
+from ..preprocessing import DEFAULT_DATA_CONFIG, resolve_data_config
+from ..tasks import get_task
 from .classes import check_class_names
 from .features import FeatureInfo
 from .freeze import FreezeState, Table, block_modules, is_norm, param_groups, summary_table
-from .preprocessing import DEFAULT_DATA_CONFIG, resolve_data_config
-from .serialization import save_model
-from .tasks import get_task
 
 __all__ = ["TransferModel"]
 
@@ -71,7 +71,7 @@ class TransferModel(nn.Module):
 
     @property
     def classes(self) -> list[str]:
-        """Class names by output index (``"0" .. "K-1"`` until known); see `transferkit.classes`."""
+        """Class names by output index (``"0" .. "K-1"`` until known); see `transferkit.models.classes`."""
         names = self.config.get("classes")
         return list(names) if names is not None else [str(i) for i in range(self.num_classes)]
 
@@ -88,13 +88,13 @@ class TransferModel(nn.Module):
         score_threshold: float | None = None,
         max_detections: int | None = None,
     ) -> Any:
-        """Top classes with probabilities, masks or boxes for images: `transferkit.predict.predict_images`
+        """Top classes with probabilities, masks or boxes for images: `transferkit.inference.predict_images`
         (detection keeps boxes scoring ``score_threshold``, default 0.3, at most ``max_detections``).
 
         >>> model.predict("bee.jpg", top_k=2)  # doctest: +SKIP
         [('bees', 0.968), ('ants', 0.032)]
         """
-        from .predict import predict_images
+        from ..inference import predict_images
 
         return predict_images(
             self, images, top_k=top_k, image_size=image_size, score_threshold=score_threshold,
@@ -288,14 +288,14 @@ class TransferModel(nn.Module):
         normalize_in_graph: bool = False,
     ) -> Path:
         """Write an ONNX (``.onnx``), ``torch.export`` (``.pt2``) or TorchScript (``.ts``) file that states
-        its preprocessing; see `transferkit.export.export`."""
-        from .export import export
+        its preprocessing; see `transferkit.io.export.export`."""
+        from ..io.export import export
 
         return export(self, path, input_size=input_size, normalize_in_graph=normalize_in_graph)
 
     def push_to_hub(self, repo_id: str, **kwargs: Any) -> str:
-        """Upload the saved model and a model card to the Hugging Face Hub (`transferkit.hub.push_to_hub`)."""
-        from .hub import push_to_hub
+        """Upload the saved model and a model card to the Hugging Face Hub (`transferkit.io.hub`)."""
+        from ..io.hub import push_to_hub
 
         return push_to_hub(self, repo_id, **kwargs)
 

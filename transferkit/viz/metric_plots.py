@@ -2,7 +2,7 @@
 and per-class IoU bars (segmentation).
 
 Both run the model over a loader in eval mode without gradients, count a confusion matrix with
-`transferkit.metrics.confusion_matrix` (rows are the truth), and draw it.
+`transferkit.tasks.metrics.confusion_matrix` (rows are the truth), and draw it.
 
 Examples:
     >>> plot_confusion_matrix(model, loaders["val"], "runs/ab/confusion.png")  # doctest: +SKIP
@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .metrics import confusion_matrix, iou_from_confusion
+from ..tasks.metrics import confusion_matrix, iou_from_confusion
 from .plots import _class_names, _new_figure, _save
 
 if TYPE_CHECKING:

@@ -1,6 +1,6 @@
 """The glue the detection heads share: level selection, anchors at true strides, the train/eval contract.
 
-See `transferkit.heads.detection` for the heads. Nothing here is a detector: these are the few pieces
+See `transferkit.models.heads.detection` for the heads. Nothing here is a detector: these are the few pieces
 between transferkit's feature levels and torchvision's detection modules.
 """
 

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .atomic import atomic_write
+from ..atomic import atomic_write
 from .weights import WeightsMismatchError, read_state_dict
 
 __all__ = ["KeyMap", "convert_weights", "map_by_order", "reference_state_dict", "rename_keys"]

@@ -14,6 +14,7 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
+from ..errors import PretrainedUnavailableError, WeightsMismatchError
 from .input_channels import adapt_input_conv
 
 __all__ = [
@@ -23,46 +24,11 @@ __all__ = [
     "load_matching",
     "fetch_url",
     "fetch_hf",
-    "weight_tags",
     "refused_objects",
 ]
 
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
 _CONNECT_TIMEOUT_S = 5.0
-
-
-class PretrainedUnavailableError(RuntimeError):
-    """Pretrained weights are neither cached nor downloadable (typically: no network).
-
-    The message names the file to place and where, and the ``pretrained=PATH`` alternative.
-
-    Examples:
-        >>> try:  # doctest: +SKIP
-        ...     build_model("resnet18", num_classes=2, pretrained=True)  # offline, nothing cached
-        ... except PretrainedUnavailableError as error:
-        ...     print(error)
-        Cannot download pretrained weights for torchvision/resnet18 from
-        https://download.pytorch.org/models/resnet18-f37072fd.pth: no network. To use pretrained weights
-        for torchvision/resnet18 without network, place the weights file at
-        ~/.cache/torch/hub/checkpoints/resnet18-f37072fd.pth, ...
-    """
-
-
-class WeightsMismatchError(ValueError):
-    """A weights file does not fit the model it is loaded into; the message counts and names the keys.
-
-    Examples:
-        >>> import tempfile, torchvision
-        >>> path = f"{tempfile.mkdtemp()}/resnet34.pth"
-        >>> torch.save(torchvision.models.resnet34().state_dict(), path)
-        >>> try:
-        ...     build_model("resnet18", num_classes=2, pretrained=path)
-        ... except WeightsMismatchError as error:
-        ...     print(error)
-        weights for torchvision/resnet18 (.../resnet34.pth) does not fit this model: 0 missing keys [],
-        96 unexpected keys ['layer1.2.conv1.weight', ...] .... The file must hold the state_dict of the
-        same architecture (classifier keys are ignored).
-    """
 
 
 def _ways_out(model: str, where: str) -> str:
@@ -164,7 +130,7 @@ def load_matching(
             ``module`` does not use (the parts a feature extractor leaves out).
         ignore: Key prefixes the file may hold that ``module`` does not need (the classifier).
         input_convs: Keys of ``module`` (after renaming) holding a first convolution's kernel; one with
-            other input channels than ``module``'s is adapted (`transferkit.input_channels`).
+            other input channels than ``module``'s is adapted (`transferkit.models.input_channels`).
 
     Raises:
         WeightsMismatchError: naming the missing and unexpected keys, or the mismatched shapes.
@@ -223,7 +189,7 @@ def _socket_timeout(seconds: float) -> Iterator[None]:
         socket.setdefaulttimeout(old)
 
 
-def _reachable(url: str) -> bool:
+def reachable(url: str) -> bool:
     parsed = urlparse(url)
     port = parsed.port or (443 if parsed.scheme == "https" else 80)
     try:
@@ -238,7 +204,7 @@ def fetch_url(url: str, *, model: str, progress: bool = True) -> Path:
     cache = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(url).path)
     if cache.is_file():
         return cache
-    if not _reachable(url):
+    if not reachable(url):
         raise PretrainedUnavailableError(
             f"Cannot download pretrained weights for {model} from {url}: no network. "
             + _ways_out(model, str(cache))
@@ -266,7 +232,7 @@ def fetch_hf(
         if isinstance(cached, str):
             return Path(cached)
     where = f"the Hugging Face cache ({constants.HF_HUB_CACHE}) as repo {repo_id!r}"
-    if constants.HF_HUB_OFFLINE or not _reachable(constants.ENDPOINT):
+    if constants.HF_HUB_OFFLINE or not reachable(constants.ENDPOINT):
         raise PretrainedUnavailableError(
             f"Cannot download pretrained weights for {model} from the Hugging Face Hub ({repo_id}): "
             "no network. " + _ways_out(model, where)
@@ -290,37 +256,3 @@ def is_weights_path(pretrained: Any) -> TypeGuard[str | os.PathLike[str]]:
     return isinstance(pretrained, str) and (
         pretrained.endswith(WEIGHT_SUFFIXES) or os.sep in pretrained or Path(pretrained).is_file()
     )
-
-
-def weight_tags(backbone: str) -> list[tuple[str, bool]]:
-    """The pretrained weight tags a torchvision or timm backbone has, each with whether it is the default.
-
-    A tag is what ``pretrained=`` takes besides True, False and a path; the default is what True loads.
-
-    Raises:
-        ValueError: An unknown name (with the closest matches), or a registered backbone (its factory
-            decides what it loads).
-
-    Examples:
-        >>> weight_tags("resnet50")
-        [('IMAGENET1K_V1', False), ('IMAGENET1K_V2', True)]
-        >>> weight_tags("timm/resnet50")[:2]
-        [('a1_in1k', True), ('a1h_in1k', False)]
-    """
-    from .backbones import resolve_name  # the backbones import this module
-
-    name = resolve_name(backbone)
-    source, _, arch = name.partition("/")
-    if source == "torchvision":
-        import torchvision.models as tvm
-
-        enum = tvm.get_model_weights(arch)
-        return [(weights.name, weights is enum.DEFAULT) for weights in enum]
-    if source == "timm":
-        import timm
-
-        arch = arch.partition(".")[0]
-        default = getattr(timm.models.get_pretrained_cfg(arch), "tag", None)
-        tags = [full.partition(".")[2] for full in timm.list_pretrained(f"{arch}.*")]
-        return [(tag, tag == default) for tag in tags]
-    raise ValueError(f"{backbone!r} is a registered backbone: the weights it loads are up to its factory")

@@ -51,21 +51,29 @@ def synced_compute(metric: Metric) -> Any:
 
 
 class ConfusionCounts(MulticlassConfusionMatrix):
-    """``MulticlassConfusionMatrix`` counted by `transferkit.metrics.confusion_matrix` (its checks, and
-    ``torch.bincount`` on every device); ``confmat`` (rows are the truth) is summed over processes.
+    """``MulticlassConfusionMatrix`` counted by ``count`` (the segmentation meter passes
+    `transferkit.tasks.metrics.confusion_matrix`: its checks, and ``torch.bincount`` on every device;
+    None: torchmetrics' own count); ``confmat`` (rows are the truth) is summed over processes.
 
     ``update(preds, targets)`` takes predicted and true class indices of the same shape; targets equal
     to ``ignore_index`` are skipped.
     """
 
-    def __init__(self, num_classes: int, ignore_index: int = 255) -> None:
+    def __init__(
+        self,
+        num_classes: int,
+        ignore_index: int = 255,
+        count: Callable[[Tensor, Tensor, int, int], Tensor] | None = None,
+    ) -> None:
         super().__init__(num_classes, ignore_index=ignore_index, validate_args=False)
         self.classes, self.ignored = num_classes, ignore_index  # torchmetrics types both as optional
+        self.count = count
 
     def update(self, preds: Tensor, target: Tensor) -> None:
-        from .metrics import confusion_matrix
-
-        counted = confusion_matrix(preds, target, self.classes, self.ignored)
+        if self.count is None:
+            super().update(preds, target)
+            return
+        counted = self.count(preds, target, self.classes, self.ignored)
         self.confmat += counted.to(self.confmat.device)
 
 

@@ -1,35 +1,29 @@
-"""Saving and loading a TransferModel: ``model.safetensors`` (the unit) and ``config.json`` (a copy).
-
-The guarantee: `load_model` always gets the weights, the config and the freeze state of one and the same
-save. ``model.safetensors`` carries all three (the config and freeze state in its metadata) and is
-replaced in one atomic rename (`transferkit.atomic`), and `load_model` reads it through a single open
-file, so a save running meanwhile, or ``kill -9`` at any moment of one, can never pair new weights with
-old class names. ``config.json`` (the `build_model` arguments, for people and tools) is written right
-after; `load_model` reads it only for folders saved before the config travelled inside the weights.
-Every field is checked where it is read (`check_saved_config`): a damaged or edited file is an error
-that names the file, the field and the fix, and no field can make a backbone library read a file.
+"""Turning saved files into a model: `load_model` for a folder written by `TransferModel.save` or a
+Hugging Face Hub repository, and `check_saved_config`, which checks every field a saved config may hold
+against what `build_model` writes before anything is built (no field can make a backbone library read a
+file). The file format itself is `transferkit.io.serialization`'s.
 """
 
 from __future__ import annotations
 
-import json
 import os
-from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ..io.hub import download_snapshot, is_hub_spec
+from ..io.serialization import CONFIG_FILE, WEIGHTS_FILE, read_json, read_weights
+from ..preprocessing import resolve_data_config
+from . import weights
 from .arguments import check_backbone_kwargs
-from .atomic import atomic_write, write_text
-from .preprocessing import resolve_data_config
+from .build import build_model
 
 if TYPE_CHECKING:
     from .model import TransferModel
 
-__all__ = ["check_saved_config", "load_model", "save_model"]
+__all__ = ["check_saved_config", "load_model"]
 
-CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
 MAX_CLASSES = 100_000  # ImageNet-21k has 21,841; a larger count in a file is damage, not a model
 MAX_IN_CHANS = 1024
 _FIELDS: dict[str, tuple[type, ...]] = {
@@ -50,30 +44,11 @@ _FIELDS: dict[str, tuple[type, ...]] = {
 _REQUIRED = ("backbone", "num_classes")
 
 
-def save_model(model: TransferModel, directory: str | os.PathLike[str]) -> Path:
-    """Write ``model.safetensors`` (weights, config, freeze state) and ``config.json`` to ``directory``.
-
-    Raises:
-        FileExistsError: ``directory`` is a file, or one of the two files is a symbolic link.
-    """
-    from safetensors.torch import save_model as save_weights
-
-    directory = Path(directory)
-    if directory.exists() and not directory.is_dir():
-        raise FileExistsError(f"cannot save the model to {directory}: it is a file; pass a folder")
-    directory.mkdir(parents=True, exist_ok=True)
-    config = json.dumps(model.config, indent=2, default=str) + "\n"
-    metadata = {"format": "transferkit", "config": config, "freeze_state": json.dumps(model.freeze_state())}
-    atomic_write(directory / WEIGHTS_FILE, lambda p: save_weights(model, p, metadata=metadata))
-    write_text(directory / CONFIG_FILE, config)
-    return directory
-
-
 def check_saved_config(config: Any, source: str) -> dict[str, Any]:
     """``config`` as `build_model` takes it, or a ValueError naming ``source``, the field and the fix.
 
     Only the fields `build_model` writes are accepted, each of its type and range; ``backbone_kwargs`` only
-    with keys of `transferkit.arguments.BACKBONE_KWARGS` (none makes a library read a file).
+    with keys of `transferkit.models.arguments.BACKBONE_KWARGS` (none makes a library read a file).
 
     Examples:
         >>> check_saved_config({"backbone": "resnet18", "num_classes": 0}, "c.json")  # doctest: +ELLIPSIS
@@ -129,50 +104,11 @@ def check_saved_config(config: Any, source: str) -> dict[str, Any]:
     return dict(config)
 
 
-def _read_json(path: Path, text: str | None = None) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8") if text is None else text)
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(
-            f"cannot read {path}: it is not valid JSON ({err}). The file is damaged; save the model again "
-            "with model.save()"
-        ) from None
-
-
-def _read_weights(path: Path) -> tuple[dict[str, torch.Tensor], Mapping[str, str]]:
-    """Every tensor and the metadata of ``path``, read in one go from one open file.
-
-    safetensors' own readers open the file again by name for the tensors, so a save that renames a new
-    file into place between the two reads would pair this file's metadata with the next one's weights.
-    """
-    from safetensors import SafetensorError
-    from safetensors.torch import load
-
-    def damaged(why: str) -> ValueError:
-        return ValueError(
-            f"cannot read {path}: it is truncated or damaged ({why}). The file was left as it is; save the "
-            "model again with model.save()"
-        )
-
-    data = path.read_bytes()
-    size = int.from_bytes(data[:8], "little") if len(data) >= 8 else -1
-    if not 0 < size <= len(data) - 8:
-        raise damaged(f"its header claims {size} bytes, the file has {len(data)}")
-    try:
-        header = json.loads(data[8 : 8 + size])
-        metadata = header.get("__metadata__") or {}
-        tensors = load(data)
-    except (SafetensorError, ValueError, AttributeError, RuntimeError) as err:
-        raise damaged(" ".join(str(err).split())[:160] or type(err).__name__) from None
-    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
-        raise damaged("its metadata is not a table of strings")
-    return tensors, metadata
-
-
 def load_model(directory: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> TransferModel:
     """Load a model written by `TransferModel.save`: same architecture, weights and freeze state.
 
-    ``directory`` may also name a Hugging Face Hub repository, ``"hf-hub:org/name"`` (see `transferkit.hub`).
+    ``directory`` may also name a Hugging Face Hub repository, ``"hf-hub:org/name"``
+    (`transferkit.io.hub`).
 
     Raises:
         FileNotFoundError: The folder lacks ``model.safetensors`` (or, for an old save, ``config.json``).
@@ -184,12 +120,8 @@ def load_model(directory: str | os.PathLike[str], map_location: str | torch.devi
         >>> model = load_model("runs/ants_bees")  # doctest: +SKIP
         >>> model = load_model("hf-hub:org/ants-bees")  # doctest: +SKIP
     """
-    from .hub import is_hub_spec, load_from_hub
-
-    if is_hub_spec(directory):
-        return load_from_hub(str(directory), map_location=map_location)
-    from .build import build_model  # build.py imports this module (through model.py)
-
+    if is_hub_spec(directory):  # the Hub's copy, or the cached one offline
+        directory = download_snapshot(str(directory), weights.reachable)
     directory = Path(directory)
     weights_path, config_path = directory / WEIGHTS_FILE, directory / CONFIG_FILE
     if not weights_path.is_file():
@@ -197,11 +129,11 @@ def load_model(directory: str | os.PathLike[str], map_location: str | torch.devi
             f"{weights_path} not found: load_model expects a folder written by model.save() "
             f"({WEIGHTS_FILE} and {CONFIG_FILE})"
         )
-    state, metadata = _read_weights(weights_path)
+    state, metadata = read_weights(weights_path)
     if "config" in metadata:
-        source, config = f"{weights_path} (its config)", _read_json(weights_path, metadata["config"])
+        source, config = f"{weights_path} (its config)", read_json(weights_path, metadata["config"])
     elif config_path.is_file():
-        source, config = str(config_path), _read_json(config_path)
+        source, config = str(config_path), read_json(config_path)
     else:
         raise FileNotFoundError(
             f"{config_path} not found: load_model expects a folder written by model.save()"
@@ -216,7 +148,7 @@ def load_model(directory: str | os.PathLike[str], map_location: str | torch.devi
     freeze = metadata.get("freeze_state")
     if freeze:
         try:
-            model.load_freeze_state(_read_json(weights_path, freeze))
+            model.load_freeze_state(read_json(weights_path, freeze))
         except (ValueError, TypeError, KeyError) as err:
             raise ValueError(
                 f"{weights_path}: its freeze state is damaged ({err}); save the model again"

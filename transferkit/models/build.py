@@ -19,6 +19,38 @@ from .necks import NECKS
 __all__ = ["build_model"]
 
 
+def _named_backbone(
+    name: str,
+    pretrained: bool | str,
+    in_chans: int,
+    out_indices: list[int] | tuple[int, ...] | None,
+    output_stride: int | None,
+    backbone_kwargs: dict[str, Any],
+) -> tuple[nn.Module, list[int] | tuple[int, ...] | None]:
+    """The backbone registered or known as ``name``, and its resolved ``out_indices``; ``backbone_kwargs``
+    is completed in place with the arguments the library resolved (torchvision's transform_input, ...)."""
+    check_backbone_kwargs(backbone_kwargs, library=name.startswith(("torchvision/", "timm/")))
+    stride = {"output_stride": output_stride} if output_stride is not None else {}
+    try:
+        built = create_backbone(
+            name,
+            pretrained=pretrained,
+            in_chans=in_chans,
+            out_indices=out_indices,
+            **stride,
+            **backbone_kwargs,
+        )
+    except TypeError as err:  # the torchvision / timm builder refused a keyword argument
+        if not backbone_kwargs:
+            raise
+        raise TypeError(f"backbone_kwargs {backbone_kwargs!r} do not fit {name}: {err}") from err
+    _check_backbone(built)
+    resolved = getattr(built, "config", {})
+    skip = ("pretrained", "in_chans", "out_indices", "output_stride")
+    backbone_kwargs.update({k: v for k, v in resolved.items() if k not in skip})
+    return built, resolved.get("out_indices", out_indices)
+
+
 def _check_backbone(backbone: nn.Module) -> None:
     if not isinstance(getattr(backbone, "feature_info", None), FeatureInfo):
         raise TypeError(
@@ -89,6 +121,8 @@ def build_model(
     neck_cls, head_cls = NECKS.get(neck), HEADS.get(head)
     check_part_kwargs("neck_kwargs", neck_cls, neck_kwargs, given=1)
     check_part_kwargs("head_kwargs", head_cls, head_kwargs, given=2)
+    if isinstance(pretrained, os.PathLike):
+        pretrained = os.fspath(pretrained)  # the config keeps the path as text
     if isinstance(backbone, nn.Module):
         _check_backbone(backbone)
         if output_stride is not None:
@@ -97,34 +131,9 @@ def build_model(
         built = backbone
     else:
         name = resolve_name(backbone)
-        check_backbone_kwargs(backbone_kwargs, library=name.startswith(("torchvision/", "timm/")))
-        if isinstance(pretrained, os.PathLike):
-            pretrained = os.fspath(pretrained)
-        stride = {"output_stride": output_stride} if output_stride is not None else {}
-        try:
-            built = create_backbone(
-                name,
-                pretrained=pretrained,
-                in_chans=in_chans,
-                out_indices=out_indices,
-                **stride,
-                **backbone_kwargs,
-            )
-        except TypeError as err:  # the torchvision / timm builder refused a keyword argument
-            if not backbone_kwargs:
-                raise
-            raise TypeError(f"backbone_kwargs {backbone_kwargs!r} do not fit {name}: {err}") from err
-        _check_backbone(built)
-        # library backbones report the arguments they resolved (torchvision's transform_input, timm's levels)
-        resolved = getattr(built, "config", {})
-        backbone_kwargs.update(
-            {
-                k: v
-                for k, v in resolved.items()
-                if k not in ("pretrained", "in_chans", "out_indices", "output_stride")
-            }
+        built, out_indices = _named_backbone(
+            name, pretrained, in_chans, out_indices, output_stride, backbone_kwargs
         )
-        out_indices = resolved.get("out_indices", out_indices)
     neck_module = neck_cls(built.feature_info, **(neck_kwargs or {}))
     head_module = head_cls(neck_module.feature_info, num_classes, **(head_kwargs or {}))
     prune = getattr(neck_module, "prune", None)

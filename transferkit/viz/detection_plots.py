@@ -1,6 +1,6 @@
 """Boxes drawn over images: predicted against true boxes (the ``plots`` extra, matplotlib).
 
-`draw_detection` is what `transferkit.plots.show_predictions` draws for a detection model, and what
+`draw_detection` is what `transferkit.viz.show_predictions` draws for a detection model, and what
 ``transferkit predict`` saves for a detector's images.
 """
 

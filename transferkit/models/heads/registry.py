@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..registry import Registry
+from ...registry import Registry
 
 __all__ = ["HEADS"]
 

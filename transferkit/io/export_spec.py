@@ -2,7 +2,7 @@
 
 `preprocessing_spec` turns a model's evaluation preprocessing (``model.data_config`` and its task's
 resize rule, `transferkit.data.evaluation_geometry`) into plain JSON: colour mode, resize, centre crop,
-scaling, mean and std, and the input tensor. `transferkit.export.export` stores it in the file (ONNX
+scaling, mean and std, and the input tensor. `transferkit.io.export.export` stores it in the file (ONNX
 ``metadata_props``, the ``extra_files`` of a ``.pt2`` program or a TorchScript file) under
 `PREPROCESSING_KEY`; `read_preprocessing` reads it back and `apply_preprocessing` follows it step by step
 (the steps ``model.predict`` takes), so a deployment can check its own pipeline against it.
@@ -32,12 +32,12 @@ from torch import Tensor
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
-from .data.transforms import evaluation_geometry
-from .preprocessing import resolve_data_config
-from .tasks import get_task
+from ..data.transforms import evaluation_geometry
+from ..preprocessing import resolve_data_config
+from ..tasks import get_task
 
 if TYPE_CHECKING:
-    from .model import TransferModel
+    from ..models.model import TransferModel
 
 __all__ = [
     "PREPROCESSING_KEY",

@@ -31,22 +31,19 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .atomic import atomic_write, refuse_symlink
+from ..atomic import atomic_write, refuse_symlink
+from ..errors import ExportError
+from ..tasks import get_task
 from .export_spec import PREPROCESSING_KEY, extra_files, metadata_text, preprocessing_spec
-from .tasks import get_task
 
 if TYPE_CHECKING:
-    from .model import TransferModel
+    from ..models.model import TransferModel
 
 __all__ = ["EXPORT_FORMATS", "ExportError", "export"]
 
 EXPORT_FORMATS = {".onnx": "ONNX (torch.onnx)", ".pt2": "torch.export program", ".ts": "TorchScript"}
 _MAX_BATCH = 4096
-Spec = dict[str, Any]  # `transferkit.export_spec.preprocessing_spec`
-
-
-class ExportError(RuntimeError):
-    """An exporter could not convert the model; the message names the format and the alternatives."""
+Spec = dict[str, Any]  # `transferkit.io.export_spec.preprocessing_spec`
 
 
 def export(
@@ -70,10 +67,10 @@ def export(
         normalize_in_graph: Put the normalisation (``data_config``'s mean and std) inside the file, whose
             input is then the image scaled to [0, 1].
 
-    The file states its preprocessing (`transferkit.export_spec.preprocessing_spec`: colour, resize, centre
+    The file states its preprocessing (`transferkit.io.export_spec.preprocessing_spec`: colour, resize, centre
     crop, scaling, normalisation, input shape) in its metadata: ONNX ``metadata_props`` under
     ``"transferkit.preprocessing"``, or the ``extra_files`` of ``.pt2`` and TorchScript files;
-    `transferkit.export_spec.read_preprocessing` reads it back.
+    `transferkit.io.export_spec.read_preprocessing` reads it back.
 
     Returns:
         ``path``.

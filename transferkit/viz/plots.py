@@ -22,15 +22,14 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .atomic import atomic_write
-from .classes import dataset_classes
-from .tasks import get_task
+from ..atomic import atomic_write
+from ..models.classes import dataset_classes
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-__all__ = ["INSTALL_HINT", "plot_history", "require_matplotlib", "show_predictions"]
+__all__ = ["INSTALL_HINT", "draw_classification", "draw_segmentation", "plot_history", "require_matplotlib"]
 
 INSTALL_HINT = "pip install matplotlib (a transferkit dependency missing from this environment)"
 
@@ -280,62 +279,6 @@ def _overlay(image: np.ndarray, mask: np.ndarray, colours: np.ndarray, skip: set
         where = mask == k
         out[where] = (1 - _OVERLAY_ALPHA) * grey[where] + _OVERLAY_ALPHA * colours[int(k)]
     return out
-
-
-def show_predictions(
-    model: nn.Module,
-    loader: Iterable[Any],
-    path: str | os.PathLike[str] | None = None,
-    *,
-    max_images: int = 16,
-    classes: Sequence[str] | None = None,
-    columns: int = 4,
-) -> Figure:
-    """A grid of images from ``loader`` titled with the model's prediction and the true class.
-
-    Classification: each image is titled ``pred: <class> <probability>`` and ``true: <class>``, green when
-    right and red when wrong; the figure title counts the right ones. Segmentation (``model.task``): each
-    image appears twice, the true mask overlaid and then the predicted one (a class named ``background``
-    stays clear, 255 = ignore is never tinted), titled with the pixel accuracy; a legend names the colours.
-    Detection: predicted boxes (solid, with class and score) over true ones (dashed), see `detection_plots`.
-    Images are shown as the model saw them (after the loader's transforms), with the normalisation of
-    ``model.data_config`` undone. The model runs in eval mode without gradients on its own device; its
-    train/eval mode is restored afterwards.
-
-    Args:
-        model: A classification (logits ``[N, K]``), segmentation (``[N, K, H, W]``) or detection model.
-        loader: Yields ``(images [B, 3, H, W], targets)`` (or images alone: titles then show predictions
-            only); the first ``max_images`` images are drawn.
-        path: Where to write the PNG (parent folders are created); None only returns the figure.
-        max_images: How many images to draw.
-        classes: Class names by index; default ``model.classes`` when it has names, else
-            ``loader.dataset.classes``, else the indices.
-        columns: Panels per row.
-
-    Returns:
-        The matplotlib ``Figure``.
-
-    Raises:
-        ValueError: ``max_images`` or ``columns`` < 1, or an empty loader.
-        ImportError: matplotlib is not installed (the message gives the install command).
-
-    Examples:
-        >>> model = build_model("resnet18", num_classes=3, pretrained=False)  # doctest: +SKIP
-        >>> fig = show_predictions(model, loaders["val"], "predictions.png", max_images=8)  # doctest: +SKIP
-        >>> len(fig.axes)  # 8 images in rows of 4  # doctest: +SKIP
-        8
-    """
-    if max_images < 1 or columns < 1:
-        raise ValueError(f"max_images and columns must be >= 1, got {max_images} and {columns}")
-    require_matplotlib()
-    inputs, targets = _take(loader, max_images)
-    raw = _logits(model, inputs)
-    task = get_task(getattr(model, "task", None) or ("segmentation" if raw.ndim == 4 else "classification"))
-    outputs = task.float_outputs(raw, torch.device("cpu"))
-    names = _class_names(classes, model, loader, getattr(model, "num_classes", None) or outputs.shape[1])
-    fig = task.draw_predictions(_display_images(model, inputs), outputs, targets, names, columns)
-    _save(fig, path)
-    return fig
 
 
 def draw_classification(

@@ -26,7 +26,7 @@ from .data.pixels import array_to_pil
 from .tasks import Task, get_task
 
 if TYPE_CHECKING:
-    from .model import TransferModel
+    from .models.model import TransferModel
 
 __all__ = ["ImageInput", "check_finite_outputs", "evaluation_side", "predict_images", "read_image"]
 

@@ -38,7 +38,7 @@ class DetectionMeter:
 
     The images are kept, on the CPU, in torchmetrics' ``MeanAveragePrecision``, which ``compute()``
     gathers from every process of ``torch.distributed`` when it is initialised, rank by rank (ranks may
-    hold different numbers of images: `transferkit.metric_sync.GatheredMeanAveragePrecision`), so every
+    hold different numbers of images: `transferkit.tasks.metric_sync.GatheredMeanAveragePrecision`), so every
     process must call ``compute``; ``state`` is empty. Images without ground truth count as in COCO
     (their detections are false positives); with no ground-truth box at all both values are -1, as
     torchmetrics reports.

@@ -273,7 +273,7 @@ def miou_from_confusion(cm: Tensor) -> float:
 class SegmentationMeter:
     """Mean IoU and pixel accuracy accumulated over an epoch through a confusion matrix.
 
-    The matrix lives in a torchmetrics ``MulticlassConfusionMatrix`` (`transferkit.metric_sync`), which
+    The matrix lives in a torchmetrics ``MulticlassConfusionMatrix`` (`transferkit.tasks.metric_sync`), which
     ``compute()`` sums over every process of ``torch.distributed`` when it is initialised, so every
     process must call it. mIoU is the mean over the classes present in the targets or the predictions
     (`miou_from_confusion`); pixels whose target is ``ignore_index`` are left out of both values.
@@ -301,7 +301,8 @@ class SegmentationMeter:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}.")
         self.num_classes = num_classes
         self.ignore_index = ignore_index
-        self._counts = ConfusionCounts(num_classes, ignore_index).to(torch.device(device or "cpu"))
+        counts = ConfusionCounts(num_classes, ignore_index, count=confusion_matrix)
+        self._counts = counts.to(torch.device(device or "cpu"))
 
     @property
     def confmat(self) -> Tensor:

@@ -86,7 +86,7 @@ class TorchvisionBackbone(Backbone):
         pretrained: ``True`` (the default weights), ``False``, a weights tag (``"IMAGENET1K_V2"``) or a
             path to a file holding the torchvision model's state_dict.
         in_chans: Input channels; other than 3 replaces the first convolution, whose pretrained kernel
-            is adapted (`transferkit.input_channels.adapt_input_conv`).
+            is adapted (`transferkit.models.input_channels.adapt_input_conv`).
         out_indices: Which levels to return (default: all).
         output_stride: The coarsest level's stride, 8, 16 or 32 (default: the model's own). Below the
             native 32, the last stages dilate instead of striding (``replace_stride_with_dilation``; the

@@ -106,7 +106,7 @@ def check_backbone_kwargs(kwargs: Mapping[str, Any], library: bool = True) -> No
             hint = f"did you mean {', '.join(close)}? " if close else ""
             raise ValueError(
                 f"backbone_kwargs has {key!r}, which transferkit does not pass to a torchvision or timm "
-                f"builder; {hint}the accepted keys are in transferkit.arguments.BACKBONE_KWARGS"
+                f"builder; {hint}the accepted keys are in transferkit.models.arguments.BACKBONE_KWARGS"
             )
         if not _is_plain(value):
             raise ValueError(

@@ -16,16 +16,16 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
 
 if TYPE_CHECKING:
-    from .model import TransferModel
+    from ..models.model import TransferModel
 
-__all__ = ["HUB_PREFIX", "load_from_hub", "model_card", "push_to_hub"]
+__all__ = ["HUB_PREFIX", "download_snapshot", "is_hub_spec", "model_card", "push_to_hub"]
 
 HUB_PREFIX = "hf-hub:"
 _PIPELINES = {"classification": "image-classification", "segmentation": "image-segmentation"}
@@ -126,20 +126,18 @@ def push_to_hub(
     return str(url)
 
 
-def load_from_hub(spec: str, map_location: Any = "cpu") -> TransferModel:
-    """``load_model("hf-hub:org/name[@revision]")``: the model from the Hub, or from its local cache.
+def download_snapshot(spec: str, reachable: Callable[[str], bool]) -> Path:
+    """The local folder of ``"hf-hub:org/name[@revision]"``: downloaded, or from the Hub cache when offline
+    (``HF_HUB_OFFLINE``, or ``reachable(endpoint)`` False).
 
     Raises:
         FileNotFoundError: Offline and the repository is not in the cache (the message names the cache).
     """
     from huggingface_hub import constants, snapshot_download
 
-    from .serialization import load_model
-    from .weights import _reachable
-
     repo_id, _, revision = spec.removeprefix(HUB_PREFIX).partition("@")
     _check_repo_id(repo_id)
-    offline = constants.HF_HUB_OFFLINE or not _reachable(constants.ENDPOINT)
+    offline = constants.HF_HUB_OFFLINE or not reachable(constants.ENDPOINT)
     files = ["config.json", "model.safetensors", "README.md"]
     try:
         folder = snapshot_download(
@@ -152,7 +150,7 @@ def load_from_hub(spec: str, map_location: Any = "cpu") -> TransferModel:
             f"cannot load {spec}: {reason}. Download it once with network, or save the model with "
             "model.save(DIR) and load_model(DIR)."
         ) from err
-    return load_model(folder, map_location=map_location)
+    return Path(folder)
 
 
 def is_hub_spec(location: str | os.PathLike[str]) -> bool:

@@ -1,0 +1,1 @@
+"""Files and the network: weights files, saved model folders, the Hub, export."""

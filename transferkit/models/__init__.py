@@ -1,0 +1,1 @@
+"""Models: `TransferModel`, `build_model`, backbones, necks, heads, freezing, features."""
