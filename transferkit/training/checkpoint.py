@@ -261,17 +261,32 @@ def rollback_point(model: TransferModel, directory: str | os.PathLike[str] | Non
 
     A failed epoch rolls back to it. It lives in a file, not in memory, so training holds no second
     copy of the trainable weights (for a resnet18 that is 45 MB of peak memory, more than all the
-    activations of a frozen backbone's forward); writing it costs a few milliseconds per epoch.
+    activations of a frozen backbone's forward). The tensors' bytes are written as they are, with their
+    names, shapes and dtypes kept beside the file: about 10 ms for a resnet18 (``torch.save`` takes three
+    to eight times as long, to pack what this file never needs).
     """
+    state = mutable_state(model)
     with tempfile.TemporaryFile(prefix="transferkit-rollback-", dir=directory) as f:
-        torch.save(mutable_state(model), f)
-        yield f
+        for tensor in state.values():
+            f.write(_raw_bytes(tensor.detach().cpu()).data)
+        yield f, {name: (tensor.shape, tensor.dtype) for name, tensor in state.items()}
+
+
+def _raw_bytes(tensor: Tensor) -> np.ndarray:
+    """``tensor``'s bytes in memory order, as a uint8 array (any dtype, bfloat16 included)."""
+    return tensor.contiguous().reshape(-1).view(torch.uint8).numpy()
 
 
 def restore(model: TransferModel, point: Any, device: torch.device) -> None:
     """Loads the state saved by `rollback_point` back into ``model``."""
-    point.seek(0)
-    model.load_state_dict(torch.load(point, map_location=device, weights_only=True), strict=False)
+    f, layout = point
+    f.seek(0)
+    state = {}
+    for name, (shape, dtype) in layout.items():
+        raw = torch.empty(shape.numel() * dtype.itemsize, dtype=torch.uint8)
+        f.readinto(raw.numpy().data)
+        state[name] = raw.view(dtype).reshape(shape).to(device)
+    model.load_state_dict(state, strict=False)
 
 
 def mutable_state(model: TransferModel) -> dict[str, Tensor]:
