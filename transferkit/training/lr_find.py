@@ -58,9 +58,9 @@ class LRFindResult:
         Raises:
             ImportError: matplotlib is not installed.
         """
-        from ..viz.plots import _new_figure, _save
+        from ..viz.plots import new_figure, save_figure
 
-        fig = _new_figure(figsize=(6, 4))
+        fig = new_figure(figsize=(6, 4))
         ax = fig.add_subplot()
         ax.plot(self.lrs, self.losses)
         ax.axvline(
@@ -68,7 +68,7 @@ class LRFindResult:
         )
         ax.set(xscale="log", xlabel="learning rate (head)", ylabel="training loss (smoothed)")
         ax.legend()
-        _save(fig, path)
+        save_figure(fig, path)
         return fig
 
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from torch import Tensor
 
-from .plots import _grid, _new_figure, _palette, _save
+from .plots import _grid, _palette, new_figure, save_figure
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -81,7 +81,7 @@ def draw_detection(
     n = len(images)
     columns = max(1, min(columns, n))
     rows = math.ceil(n / columns)
-    fig = _new_figure(figsize=(2.6 * columns, 2.7 * rows + 0.8))
+    fig = new_figure(figsize=(2.6 * columns, 2.7 * rows + 0.8))
     colours = _palette(len(names))
     for i, ax in enumerate(_grid(fig, n, columns)):
         ax.imshow(images[i], interpolation="nearest")
@@ -109,5 +109,5 @@ def draw_detection(
     fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 6) or 1, fontsize=8)
     solid = f"predicted (solid, score >= {min_score:g})"
     fig.suptitle(f"detection: {solid} vs true boxes (dashed)" if targets is not None else solid)
-    _save(fig, path)
+    save_figure(fig, path)
     return fig

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from ..tasks.metrics import confusion_matrix, iou_from_confusion
-from .plots import _class_names, _new_figure, _save
+from .plots import _class_names, new_figure, save_figure
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -85,7 +85,7 @@ def plot_confusion_matrix(
     counts = cm.numpy()
     shares = counts / np.maximum(counts.sum(1, keepdims=True), 1) if normalize else counts
     size = max(4.0, 0.55 * len(names) + 2.5)
-    fig = _new_figure(figsize=(size + 1, size))
+    fig = new_figure(figsize=(size + 1, size))
     ax = fig.subplots()
     image = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1 if normalize else None)
     fig.colorbar(image, ax=ax, label="fraction of the true class" if normalize else "count", shrink=0.8)
@@ -103,7 +103,7 @@ def plot_confusion_matrix(
     ax.set_title(
         f"confusion matrix: {right} of {int(counts.sum())} right ({right / max(counts.sum(), 1):.1%})"
     )
-    _save(fig, path)
+    save_figure(fig, path)
     return fig
 
 
@@ -122,7 +122,7 @@ def plot_class_iou(
     names = _class_names(classes, model, loader, cm.shape[0])
     iou = iou_from_confusion(cm).numpy()
     present = ~np.isnan(iou)
-    fig = _new_figure(figsize=(7, max(2.5, 0.4 * len(names) + 1.2)))
+    fig = new_figure(figsize=(7, max(2.5, 0.4 * len(names) + 1.2)))
     ax = fig.subplots()
     rows = np.arange(len(names))
     ax.barh(rows, np.where(present, iou, 0), color="#4c72b0")
@@ -136,5 +136,5 @@ def plot_class_iou(
     ax.set_xlabel("IoU")
     ax.legend(loc="lower right")
     ax.set_title("IoU per class")
-    _save(fig, path)
+    save_figure(fig, path)
     return fig

@@ -26,11 +26,11 @@ from .plots import (
     _class_names,
     _display_images,
     _logits,
-    _save,
     _take,
     draw_classification,
     draw_segmentation,
     require_matplotlib,
+    save_figure,
 )
 
 if TYPE_CHECKING:
@@ -175,5 +175,5 @@ def show_predictions(
     outputs = get_task(name).float_outputs(raw, torch.device("cpu"))
     names = _class_names(classes, model, loader, getattr(model, "num_classes", None) or outputs.shape[1])
     fig = pictures(name).predictions(_display_images(model, inputs), outputs, targets, names, columns)
-    _save(fig, path)
+    save_figure(fig, path)
     return fig

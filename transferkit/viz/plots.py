@@ -29,7 +29,15 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-__all__ = ["INSTALL_HINT", "draw_classification", "draw_segmentation", "plot_history", "require_matplotlib"]
+__all__ = [
+    "INSTALL_HINT",
+    "draw_classification",
+    "draw_segmentation",
+    "new_figure",
+    "plot_history",
+    "require_matplotlib",
+    "save_figure",
+]
 
 INSTALL_HINT = "pip install matplotlib (a transferkit dependency missing from this environment)"
 
@@ -57,14 +65,17 @@ def require_matplotlib() -> None:
         raise ImportError(f"plots need matplotlib, which is not installed: {INSTALL_HINT}") from err
 
 
-def _new_figure(**kwargs: Any) -> Figure:
+def new_figure(**kwargs: Any) -> Figure:
+    """A matplotlib ``Figure`` made without ``pyplot`` (no global state, no backend switched); ``kwargs``
+    go to ``Figure`` (``figsize=(8, 4)``)."""
     require_matplotlib()
     from matplotlib.figure import Figure
 
     return Figure(layout="constrained", **kwargs)
 
 
-def _save(fig: Figure, path: str | os.PathLike[str] | None) -> None:
+def save_figure(fig: Figure, path: str | os.PathLike[str] | None) -> None:
+    """Writes ``fig`` as a PNG to ``path`` atomically (parent folders made); None writes nothing."""
     if path is None:
         return
     (path := Path(path)).parent.mkdir(parents=True, exist_ok=True)
@@ -157,7 +168,7 @@ def plot_history(history: Sequence[Mapping[str, Any]], path: str | os.PathLike[s
 
     from matplotlib.ticker import MaxNLocator
 
-    fig = _new_figure(figsize=(10, 4))
+    fig = new_figure(figsize=(10, 4))
     loss_ax, metric_ax = fig.subplots(1, 2)
     epochs = [int(row["epoch"]) + 1 for row in history]
     for ax, names, title in ((loss_ax, losses, "loss"), (metric_ax, metrics, "metrics (fraction)")):
@@ -181,7 +192,7 @@ def plot_history(history: Sequence[Mapping[str, Any]], path: str | os.PathLike[s
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
     fig.suptitle(_history_title(history))
-    _save(fig, path)
+    save_figure(fig, path)
     return fig
 
 
@@ -288,7 +299,7 @@ def draw_classification(
     n = len(images)
     columns = min(columns, n)
     rows = math.ceil(n / columns)
-    fig = _new_figure(figsize=(2.4 * columns, 2.6 * rows + 0.4))
+    fig = new_figure(figsize=(2.4 * columns, 2.6 * rows + 0.4))
     confidence, predicted = probs.max(1)
     right = 0
     for i, ax in enumerate(_grid(fig, n, columns)):
@@ -317,7 +328,7 @@ def draw_segmentation(
     panels = n * per_image
     columns = min(columns, panels)
     rows = math.ceil(panels / columns)
-    fig = _new_figure(figsize=(2.4 * columns, 2.5 * rows + 0.8))
+    fig = new_figure(figsize=(2.4 * columns, 2.5 * rows + 0.8))
     colours = _palette(len(names))
     clear = {i for i, name in enumerate(names) if name.lower() == "background"}
     axes = _grid(fig, panels, columns)
