@@ -75,3 +75,18 @@ def test_no_function_in_training_or_models_is_over_60_lines() -> None:
                     if lines > 60:
                         long.append(f"{path.relative_to(PACKAGE)}:{node.lineno} {node.name} ({lines} lines)")
     assert not long, "functions over 60 lines:\n" + "\n".join(long)
+
+
+def test_no_module_imports_a_private_name_of_another_package() -> None:
+    """A leading underscore means "this package's own": other packages use public names only."""
+    borrowed = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level >= 2:  # from ..other import ...
+                where = f"{path.relative_to(PACKAGE)}: from {'.' * node.level}{node.module or ''} import"
+                borrowed += [
+                    f"{where} {alias.name}"
+                    for alias in node.names
+                    if alias.name.startswith("_") and not alias.name.startswith("__")
+                ]
+    assert not borrowed, "private names imported across packages:\n" + "\n".join(borrowed)
