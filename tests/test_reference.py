@@ -21,6 +21,7 @@ PUBLIC = {
     "transferkit.data": True,
     "transferkit.training": False,
     "transferkit.tasks": False,
+    "transferkit.viz": False,
 }
 
 
