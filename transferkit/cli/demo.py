@@ -39,7 +39,7 @@ DEMO = {
 def add_parser(commands: argparse._SubParsersAction) -> None:
     """Add the ``demo`` subcommand to ``commands``."""
     demo = commands.add_parser(
-        "demo", help="offline end-to-end demo on synthetic shapes (1-2 minutes on a laptop CPU)"
+        "demo", help="offline end-to-end demo on synthetic shapes (about a minute on a laptop CPU)"
     )
     demo.add_argument("--out", default="transferkit-demo", help="folder for data, model and plots")
     demo.add_argument("--epochs", type=_positive_int, default=None, help=f"default {DEMO['full'].epochs}")
