@@ -16,7 +16,11 @@ import transferkit.data.detection
 import transferkit.data.detection_formats
 import transferkit.data.synthetic_detection
 import transferkit.models.heads.detection
-import transferkit.models.heads.detection_parts
+import transferkit.models.heads.detection.fasterrcnn
+import transferkit.models.heads.detection.fcos
+import transferkit.models.heads.detection.parts
+import transferkit.models.heads.detection.retinanet
+import transferkit.models.heads.detection.ssdlite
 import transferkit.tasks.detection
 import transferkit.tasks.detection_metrics
 import transferkit.training.running_loss
@@ -36,8 +40,11 @@ MODULES = [
     transferkit.data.detection_formats,
     transferkit.data.synthetic_detection,
     transferkit.tasks.detection_metrics,
-    transferkit.models.heads.detection,
-    transferkit.models.heads.detection_parts,
+    transferkit.models.heads.detection.fcos,
+    transferkit.models.heads.detection.retinanet,
+    transferkit.models.heads.detection.ssdlite,
+    transferkit.models.heads.detection.fasterrcnn,
+    transferkit.models.heads.detection.parts,
     transferkit.tasks.detection,
     transferkit.training.running_loss,
 ]

@@ -16,7 +16,7 @@ from torchvision.models.detection.image_list import ImageList
 from transferkit import FeatureInfo, build_model, list_heads, load_model
 from transferkit.models.backbones import create_backbone
 from transferkit.models.heads.detection import FasterRCNNHead, FCOSHead, RetinaNetHead, SSDLiteHead
-from transferkit.models.heads.detection_parts import _LevelAnchors, detection_levels
+from transferkit.models.heads.detection.parts import _LevelAnchors, detection_levels
 
 SIZE = 64
 HEADS = ["fcos", "retinanet", "fasterrcnn", "ssdlite"]

@@ -15,7 +15,7 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.image_list import ImageList
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
-from ..features import FeatureInfo
+from ...features import FeatureInfo
 
 __all__ = ["DetectionHead", "detection_levels"]
 
