@@ -103,9 +103,10 @@ def test_recipe_benchmark_smoke_run_prints_the_table(weights: Path, capsys) -> N
     spec = importlib.util.spec_from_file_location("bench_recipes", _HELPER.parent / "bench_recipes.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    args = ["--tasks", "textures-5", "--recipes", "extract,default", "--seeds", "2", "--epochs", "1"]
+    args = ["--tasks", "textures-5", "--recipes", "probe,default", "--seeds", "2", "--epochs", "1"]
     rows = bench.main([*args, "--lrs", "auto", "--weights-dir", str(weights.parent)])
     out = capsys.readouterr().out
-    assert [(r["recipe"], r["seeds"]) for r in rows] == [("extract", 2), ("default", 2)]
-    assert "| textures-5 | default | auto (0.001) | 2 |" in out  # 5 images per class: the usual rate
+    assert [(r["recipe"], r["seeds"]) for r in rows] == [("probe", 2), ("default", 2)]
+    assert "| textures-5 | default | auto (0.001) | 2 |" in out  # the fine-tune phase's rate
+    assert "points below (<= 0.5)" in out  # the acceptance lines compare the default with the probe
     assert "- [" in out and "points behind" in out

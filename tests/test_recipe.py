@@ -1,10 +1,9 @@
-"""The default recipe: a pretrained classifier nobody froze trains its top third; any choice is kept."""
+"""Recipes: a pretrained classifier nobody froze is probed, then its top blocks tuned; a choice is kept."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
 
 import pytest
@@ -17,10 +16,14 @@ from transferkit import Trainer, build_model, load_model
 from transferkit.cli import parse_freeze
 from transferkit.cli.options import UsageError
 from transferkit.cli.resume import TRAIN_DEFAULTS, resumed_arguments
+from transferkit.training.best import BestEpoch
+from transferkit.training.phases import ProbeResult, keep_the_better
 from transferkit.training.recipe import (
-    apply_default_recipe,
-    default_lr,
+    PROBE_LR,
+    Phase,
+    Plan,
     default_trainable_blocks,
+    probe_epochs,
     uses_default_recipe,
 )
 
@@ -34,22 +37,56 @@ def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def test_pretrained_classifier_never_frozen_trains_its_top_third(weights: Path) -> None:
+def _data(per_class: int, size: int = 32) -> DataLoader:
+    data = TensorDataset(torch.randn(2 * per_class, 3, size, size), torch.arange(2 * per_class) % 2)
+    return DataLoader(data, batch_size=10, shuffle=True)
+
+
+def test_building_a_trainer_never_changes_what_trains(weights: Path) -> None:
     model = build_model("resnet18", num_classes=2, pretrained=weights)
     assert uses_default_recipe(model) and len(model.trainable_blocks) == 9
-    Trainer(model, progress=False, device="cpu")
-    assert model.trainable_blocks == ["layer3.1", "layer4.0", "layer4.1"]
-    assert model.freeze_state()["policy"] == "last_n" and model.freeze_state()["n"] == 3
-    frozen = model.backbone.get_submodule("body.layer1.0.bn1")
-    model.train()
-    assert not frozen.training and not frozen.weight.requires_grad  # frozen as by model.freeze itself
+    trainer = Trainer(model, progress=False, device="cpu")
+    assert len(model.trainable_blocks) == 9 and trainer.plan is None  # decided in fit, with the data
+    assert uses_default_recipe(model)
 
 
-def test_history_counts_the_default_trainable_blocks(weights: Path, one_torch_thread) -> None:
+def test_auto_probes_then_fine_tunes_the_top_blocks_and_the_history_records_it(
+    weights: Path, one_torch_thread, capsys
+) -> None:
     model = build_model("resnet18", num_classes=2, pretrained=weights)
-    data = DataLoader(TensorDataset(torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 0, 1])), batch_size=4)
-    history = Trainer(model, epochs=1, progress=False, device="cpu").fit(data)
-    assert history[0]["trainable_blocks"] == 3
+    trainer = Trainer(model, epochs=2, device="cpu", seed=0)
+    history = trainer.fit(_data(3))  # 6 images, one batch per epoch: the probe runs its most epochs
+    probe = trainer.plan.phases[0]
+    assert trainer.plan == Plan(
+        "auto", (Phase("probe", 40, PROBE_LR, 0, cached=True), Phase("finetune", 2, 1e-3, 3)), select=False
+    )
+    assert [r["phase"] for r in history] == ["probe"] * probe.epochs + ["finetune"] * 2
+    assert [r["epoch"] for r in history] == list(range(probe.epochs + 2))  # one count across phases
+    assert {r["trainable_blocks"] for r in history[:-2]} == {0} and history[-1]["trainable_blocks"] == 3
+    assert history[0]["lr"] == pytest.approx(PROBE_LR) and history[-2]["lr"] == pytest.approx(1e-3)
+    assert model.trainable_blocks == ["layer3.1", "layer4.0", "layer4.1"] and uses_default_recipe(model)
+    out = capsys.readouterr().out
+    assert "recipe auto: probe (cached features) 40 epochs at lr 0.01, then fine-tune the top 3 of 9" in out
+
+
+def test_the_probe_leaves_the_backbone_bit_identical_and_trains_the_head(
+    weights: Path, one_torch_thread
+) -> None:
+    model = build_model("resnet18", num_classes=2, pretrained=weights)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    history = Trainer(model, recipe="probe", device="cpu", progress=False).fit(_data(5))
+    assert {r["phase"] for r in history} == {"probe"} and len(history) == probe_epochs(1)
+    after = model.state_dict()
+    for key, value in before.items():
+        same = torch.equal(after[key], value)
+        assert same == key.startswith("backbone."), key  # the backbone (and its norm statistics) untouched
+    assert model.trainable_blocks == []
+
+
+def test_more_images_per_class_fine_tune_half_the_blocks(weights: Path, one_torch_thread) -> None:
+    trainer = Trainer(build_model("resnet18", num_classes=2, pretrained=weights), epochs=1, progress=False)
+    trainer.fit(_data(10))
+    assert trainer.plan.phases[1].blocks == 4 and len(trainer.model.trainable_blocks) == 4
 
 
 @pytest.mark.parametrize(
@@ -62,21 +99,114 @@ def test_history_counts_the_default_trainable_blocks(weights: Path, one_torch_th
         (lambda m: m.load_freeze_state({"policy": "none"}), 9),
     ],
 )
-def test_a_freeze_the_user_chose_is_never_overridden(weights: Path, choose, trainable: int) -> None:
+def test_a_freeze_the_user_chose_is_trained_as_it_is(
+    weights: Path, one_torch_thread, choose, trainable
+) -> None:
     model = build_model("resnet18", num_classes=2, pretrained=weights)
     choose(model)
     assert not uses_default_recipe(model)
-    Trainer(model, progress=False, device="cpu")
-    assert len(model.trainable_blocks) == trainable
+    trainer = Trainer(model, epochs=1, progress=False, device="cpu")
+    history = trainer.fit(_data(2))
+    assert trainer.plan.recipe == "finetune" and len(history) == 1 and "phase" not in history[0]
+    assert history[0]["trainable_blocks"] == trainable
 
 
-def test_random_weights_and_other_tasks_train_everything(weights: Path) -> None:
+def test_lp_ft_keeps_the_users_freeze_for_its_fine_tune_phase(weights: Path, one_torch_thread) -> None:
+    model = build_model("resnet18", num_classes=2, pretrained=weights)
+    model.freeze("last_n", n=2)
+    history = Trainer(model, epochs=1, recipe="lp_ft", lr=3e-4, progress=False).fit(_data(2))
+    assert history[0]["trainable_blocks"] == 0 and history[-1]["trainable_blocks"] == 2
+    assert history[-1]["lr"] == pytest.approx(3e-4)  # a given lr is the fine-tune phase's
+    assert model.freeze_state()["n"] == 2 and not uses_default_recipe(model)  # still the user's
+
+
+def test_random_weights_and_other_tasks_train_everything(weights: Path, one_torch_thread) -> None:
     random_init = build_model("resnet18", num_classes=2, pretrained=False)
     segmenter = build_model("resnet18", neck="fpn_lite", head="fcn", num_classes=3, pretrained=weights)
     for model in (random_init, segmenter):
-        assert not apply_default_recipe(model)
+        assert not uses_default_recipe(model)
         Trainer(model, progress=False, device="cpu")
         assert len(model.trainable_blocks) == 9
+    trainer = Trainer(random_init, epochs=1, progress=False)
+    trainer.fit(_data(2))
+    assert trainer.plan.recipe == "finetune" and len(random_init.trainable_blocks) == 9
+
+
+def test_finetune_recipe_trains_a_never_frozen_model_whole(weights: Path, one_torch_thread) -> None:
+    model = build_model("resnet18", num_classes=2, pretrained=weights)
+    history = Trainer(model, epochs=1, recipe="finetune", progress=False).fit(_data(2))
+    assert history[0]["trainable_blocks"] == 9 and "phase" not in history[0]
+
+
+def test_unknown_recipe_is_named() -> None:
+    model = build_model("resnet18", num_classes=2, pretrained=False)
+    with pytest.raises(ValueError, match=r"unknown recipe 'lpft'; use one of \['auto', 'probe', 'lp_ft'"):
+        Trainer(model, recipe="lpft")
+
+
+def _probe_result(model, score: float) -> ProbeResult:
+    state = {k: torch.full_like(v, 7.0) for k, v in model.state_dict().items() if k.startswith("head.")}
+    return ProbeResult([], score, state)
+
+
+@pytest.mark.parametrize(("probe_loss", "kept"), [(0.2, "probe"), (0.9, "finetune")])
+def test_auto_with_validation_ends_with_the_better_phase(weights: Path, probe_loss, kept) -> None:
+    model = build_model("resnet18", num_classes=2, pretrained=weights)
+    model.freeze("last_n", n=3)
+    plan = Plan("auto", (Phase("probe", 1, 1e-2, 0), Phase("finetune", 1, 1e-3, 3)), select=True)
+    best = BestEpoch("val_loss", keep_weights=False)
+    best.update({"epoch": 0, "val_loss": 0.5}, model)
+    tuned = {k: v.clone() for k, v in model.state_dict().items()}
+    assert keep_the_better(model, plan, _probe_result(model, probe_loss), best) == kept
+    head = model.state_dict()["head.fc.weight"]
+    if kept == "probe":
+        assert torch.all(head == 7.0) and model.trainable_blocks == []
+    else:
+        assert torch.equal(head, tuned["head.fc.weight"]) and len(model.trainable_blocks) == 3
+
+
+def test_auto_with_validation_records_which_phase_it_kept(weights: Path, one_torch_thread) -> None:
+    model = build_model("resnet18", num_classes=2, pretrained=weights)
+    trainer = Trainer(model, epochs=1, progress=False, seed=0)
+    trainer.fit({"train": _data(3), "val": _data(2)})
+    assert trainer.plan.select and trainer.kept in ("probe", "finetune")
+    expected = trainer.probe.score <= min(r["val_loss"] for r in trainer.history if r["phase"] == "finetune")
+    assert (trainer.kept == "probe") == expected
+
+
+def test_an_interrupted_auto_run_resumes_to_the_same_end(
+    weights: Path, tmp_path: Path, one_torch_thread
+) -> None:
+    class StopAfter:
+        def __init__(self, epoch: int) -> None:
+            self.epoch = epoch
+
+        def on_epoch_end(self, trainer) -> None:
+            trainer.should_stop = trainer.epoch == self.epoch
+
+    def run(folder: Path, callbacks=(), resume=False) -> tuple[list, dict]:
+        torch.manual_seed(0)
+        model = build_model("resnet18", num_classes=2, pretrained=weights)
+        trainer = Trainer(
+            model,
+            epochs=3,
+            progress=False,
+            seed=0,
+            checkpoint_dir=folder,
+            resume=resume,
+            callbacks=list(callbacks),
+        )
+        history = trainer.fit({"train": _data(3), "val": _data(2)})
+        return history, model.state_dict()
+
+    whole, whole_state = run(tmp_path / "a")
+    run(tmp_path / "b", [StopAfter(probe_epochs(1) + 1)])  # stops after the second fine-tune epoch
+    resumed, resumed_state = run(tmp_path / "b", resume=True)
+    assert [{k: v for k, v in r.items() if k != "seconds"} for r in resumed] == [
+        {k: v for k, v in r.items() if k != "seconds"} for r in whole
+    ]
+    for key, value in whole_state.items():
+        torch.testing.assert_close(resumed_state[key], value, rtol=0, atol=0)
 
 
 def test_saved_models_keep_their_freeze_state(weights: Path, tmp_path: Path) -> None:
@@ -84,6 +214,7 @@ def test_saved_models_keep_their_freeze_state(weights: Path, tmp_path: Path) -> 
     model.unfreeze()
     model.save(tmp_path / "m")
     loaded = load_model(tmp_path / "m")
+    assert not uses_default_recipe(loaded)
     Trainer(loaded, progress=False, device="cpu")
     assert len(loaded.trainable_blocks) == 9
 
@@ -94,77 +225,32 @@ def test_default_trainable_blocks_are_a_third_or_with_more_data_half() -> None:
     assert default_trainable_blocks(9, 10) == 4
 
 
-def test_fit_decides_again_from_the_images_per_class(weights: Path, one_torch_thread) -> None:
-    model = build_model("resnet18", num_classes=2, pretrained=weights)
-    trainer = Trainer(model, epochs=1, progress=False, device="cpu")
-    assert len(model.trainable_blocks) == 3  # the data is not known yet: the small-data third
-    data = TensorDataset(torch.randn(20, 3, 32, 32), torch.arange(20) % 2)  # 10 images per class
-    history = trainer.fit(DataLoader(data, batch_size=10))
-    assert history[0]["trainable_blocks"] == 4 and uses_default_recipe(model)  # still the recipe's
-    model.freeze("last_n", n=2)  # the user's choice from here on
-    Trainer(model, epochs=1, progress=False, device="cpu").fit(DataLoader(data, batch_size=10))
-    assert len(model.trainable_blocks) == 2
-
-
-def test_cli_freeze_auto_is_the_default_recipe(weights: Path) -> None:
+def test_cli_freeze_auto_leaves_the_model_to_the_recipe(weights: Path) -> None:
     spec = parse_freeze("auto")
     assert (spec.policy, spec.kwargs, spec.text) == ("auto", {}, "auto")
     model = build_model("resnet18", num_classes=2, pretrained=weights)
     spec.apply(model)
-    assert len(model.trainable_blocks) == 3
+    assert len(model.trainable_blocks) == 9 and uses_default_recipe(model)
     chosen = build_model("resnet18", num_classes=2, pretrained=weights)
     parse_freeze("none").apply(chosen)
-    Trainer(chosen, progress=False, device="cpu")
-    assert len(chosen.trainable_blocks) == 9
+    assert not uses_default_recipe(chosen)
 
 
-def test_default_lr_is_higher_below_five_images_per_class() -> None:
-    assert [default_lr(n) for n in (None, 1, 4.9, 5, 50)] == [1e-3, 1e-2, 1e-2, 1e-3, 1e-3]
-
-
-def _head_lr(history: list[dict]) -> float:
-    return history[0]["lr"]
-
-
-@pytest.mark.parametrize(("per_class", "lr"), [(3, 1e-2), (5, 1e-3)])
-def test_fit_without_an_lr_trains_few_shot_data_faster(
-    weights: Path, one_torch_thread, per_class, lr
-) -> None:
+def test_lr_find_measures_the_fine_tune_phases_trainable_set(weights: Path, one_torch_thread) -> None:
     model = build_model("resnet18", num_classes=2, pretrained=weights)
-    data = TensorDataset(torch.randn(2 * per_class, 3, 32, 32), torch.arange(2 * per_class) % 2)
-    trainer = Trainer(model, epochs=2, progress=False, device="cpu", layer_decay=0.5)
-    history = trainer.fit(DataLoader(data, batch_size=10))
-    assert _head_lr(history) == pytest.approx(lr)
-    given = Trainer(build_model("resnet18", num_classes=2, pretrained=weights), lr=lr, layer_decay=0.5)
-    assert trainer.base_lrs == pytest.approx(given.base_lrs)  # every group scaled, the decay kept
-    assert history[1]["lr"] < history[0]["lr"]  # the cosine schedule starts from the new rate
+    seen = []
+    trainer = Trainer(model, progress=False, device="cpu")
+    original = torch.optim.AdamW.step
 
+    def step(self, *args, **kwargs):
+        seen.append(len(model.trainable_blocks))
+        return original(self, *args, **kwargs)
 
-def test_an_lr_given_or_a_freeze_chosen_keeps_its_rate(weights: Path, one_torch_thread) -> None:
-    few = DataLoader(TensorDataset(torch.randn(6, 3, 32, 32), torch.arange(6) % 2), batch_size=6)
-    given = Trainer(
-        build_model("resnet18", num_classes=2, pretrained=weights), epochs=1, lr=1e-3, progress=False
-    )
-    assert _head_lr(given.fit(few)) == pytest.approx(1e-3)
-    chosen = build_model("resnet18", num_classes=2, pretrained=weights)
-    chosen.freeze("last_n", n=3)
-    assert _head_lr(Trainer(chosen, epochs=1, progress=False).fit(few)) == pytest.approx(1e-3)
-    random = build_model("resnet18", num_classes=2, pretrained=False)
-    assert _head_lr(Trainer(random, epochs=1, progress=False).fit(few)) == pytest.approx(1e-3)
-
-
-def test_a_second_fit_on_more_data_starts_its_schedule_at_the_usual_rate(
-    weights: Path, one_torch_thread
-) -> None:
-    trainer = Trainer(build_model("resnet18", num_classes=2, pretrained=weights), epochs=2, progress=False)
-    few = TensorDataset(torch.randn(6, 3, 32, 32), torch.arange(6) % 2)  # 3 per class: 1e-2
-    more = TensorDataset(torch.randn(20, 3, 32, 32), torch.arange(20) % 2)  # 10 per class: 1e-3
-    assert _head_lr(trainer.fit(DataLoader(few, batch_size=6))) == pytest.approx(1e-2)
-    history = trainer.fit(DataLoader(more, batch_size=10))
-    assert _head_lr(history) == pytest.approx(1e-3)  # not the first fit's rate, kept by the schedule
-    assert history[1]["lr"] == pytest.approx(
-        1e-3 * 0.5 * (1 + math.cos(math.pi * 2 / 4))
-    )  # cosine, step 2 of 4
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch.optim.AdamW, "step", step)
+        trainer.lr_find(_data(3), steps=5)
+    assert set(seen) == {3}  # the top third, as the fine-tune phase on 3 images per class
+    assert len(model.trainable_blocks) == 9 and uses_default_recipe(model)  # and back as it was
 
 
 def test_resume_with_an_lr_names_the_default_the_run_had(tmp_path: Path) -> None:

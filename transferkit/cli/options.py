@@ -45,12 +45,8 @@ class FreezeSpec(NamedTuple):
 
     def apply(self, model: TransferModel, train_loader: Any = None) -> None:
         """Freeze ``model`` with this policy (``model.freeze`` checks the numbers against its blocks);
-        ``auto`` is the Trainer's default recipe (`transferkit.training.recipe`), which counts the
-        images per class of ``train_loader`` when given."""
+        ``auto`` leaves it to the Trainer's default recipe (`transferkit.training.recipe`)."""
         if self.policy == "auto":
-            from ..training.recipe import apply_default_recipe
-
-            apply_default_recipe(model, train_loader)
             return
         model.freeze(
             self.policy, n=self.kwargs.get("n"), step=self.kwargs.get("step"), every=self.kwargs.get("every")

@@ -28,6 +28,7 @@ from .. import PretrainedUnavailableError, __version__, build_model
 from ..models.heads import HEADS
 from ..models.model import TransferModel
 from ..tasks import IGNORE_INDEX, Task, get_task
+from ..training.recipe import uses_default_recipe
 from .data_kind import head_for_data
 from .folder import HISTORY_CSV, HISTORY_FILE, refuse_linked_entries, remove_entries
 from .lock import locked_run_folder
@@ -83,13 +84,13 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     train.add_argument(
         "--freeze",
         type=parse_freeze,
-        help=f"{FREEZE_GRAMMAR} (default auto: a pretrained classifier trains its top third of blocks)",
+        help=f"{FREEZE_GRAMMAR} (default auto: a pretrained classifier is probed, then its top blocks tuned)",
     )
     train.add_argument("--epochs", type=_positive_int, help="default 10")
     train.add_argument(
         "--lr",
         type=_positive_float,
-        help="head learning rate (default: 1e-3, or 1e-2 when --freeze auto sees under 5 images per class)",
+        help="head learning rate (default 1e-3; under --freeze auto, of the fine-tune phase after the probe)",
     )
     train.add_argument("--batch-size", type=_positive_int, help="default 32")
     train.add_argument("--image-size", type=_positive_int, help="default: the backbone's size")
@@ -194,6 +195,14 @@ def _folder_loaders(
         ) from None
 
 
+def _freeze_text(model: TransferModel, text: str) -> str:
+    """The ``freeze:`` line: what trains at the start, or that the recipe decides when training starts."""
+    if text == "auto" and uses_default_recipe(model):
+        return "freeze: auto (the recipe decides when training starts: a probe, then the top blocks)"
+    blocks = f"{len(model.trainable_blocks)} of {len(model.blocks)}"
+    return f"freeze: {text} ({blocks} backbone blocks train at the start)"
+
+
 def _image_size_text(model: TransferModel, image_size: int | None) -> str:
     size = image_size or model.data_config["input_size"][-1]
     return f"{size}px"
@@ -277,8 +286,7 @@ def _train(run: argparse.Namespace, replaced: list[Path]) -> int:
         f"transferkit train: {model.config['backbone']} + {run.neck} neck + {run.head} head ({task.name}), "
         f"pretrained={run.pretrained}, {_image_size_text(model, run.image_size)}",
         f"data: {data}: {_describe_data(loaders, classes)}",
-        f"freeze: {run.freeze.text} ({len(model.trainable_blocks)} of {len(model.blocks)} backbone blocks "
-        "train at the start)",
+        _freeze_text(model, run.freeze.text),
         model.freeze_summary(),
     )
     if run.resume:

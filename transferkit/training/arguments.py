@@ -11,6 +11,7 @@ import torch
 
 from .distributed import PRECISIONS, available_devices
 from .optim import SCHEDULERS
+from .recipe import RECIPES
 
 __all__ = ["check_trainer_arguments"]
 
@@ -97,7 +98,7 @@ def check_trainer_arguments(arguments: Mapping[str, Any]) -> None:
     Raises:
         TypeError: A number given as another type (``lr="1e-3"``), a flag that is not a bool, a path,
             name or list of another type, or a loss that is not callable.
-        ValueError: A number out of range (or NaN), an unknown scheduler or precision, a device this
+        ValueError: A number out of range (or NaN), an unknown scheduler, recipe or precision, a device this
             machine lacks, or ``resume`` without ``checkpoint_dir``.
 
     Examples:
@@ -123,6 +124,11 @@ def check_trainer_arguments(arguments: Mapping[str, Any]) -> None:
     scheduler = arguments.get("scheduler", "cosine")
     if not callable(scheduler) and scheduler not in SCHEDULERS:
         raise ValueError(f"unknown scheduler {scheduler!r}; use one of {SCHEDULERS} or a callable")
+    recipe = arguments.get("recipe", "auto")
+    if recipe not in RECIPES:
+        raise ValueError(
+            f"unknown recipe {recipe!r}; use one of {list(RECIPES)} (see transferkit.training.recipe)"
+        )
     precision = arguments.get("precision", "auto")
     if precision != "auto" and precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; use 'auto' or one of {tuple(PRECISIONS)}")

@@ -30,6 +30,7 @@ from torch import Tensor
 from ..atomic import atomic_write
 from ..errors import CheckpointError
 from ..models.weights import refused_objects
+from .phases import ProbeResult
 
 if TYPE_CHECKING:
     from ..models.model import TransferModel
@@ -328,6 +329,7 @@ def save_checkpoint(trainer: Any, path: Path, train_loader: Any) -> None:
         "rng": rng_state(train_loader),
         "global_step": trainer.global_step,
         "callbacks": trainer.callbacks.state_dict(),
+        "probe": probe.state_dict() if (probe := getattr(trainer, "probe", None)) is not None else None,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_save(state, path)
@@ -346,6 +348,7 @@ def resume_from(trainer: Any, path: Path, train_loader: Any) -> int:
     set_rng_state(ckpt["rng"], train_loader)
     trainer.global_step = ckpt.get("global_step", _steps_taken(ckpt["scheduler"]))
     trainer.callbacks.load_state_dict(ckpt.get("callbacks"), f"the checkpoint {path}")
+    trainer.probe = ProbeResult.from_state(ckpt.get("probe"))
     return ckpt["epoch"] + 1
 
 

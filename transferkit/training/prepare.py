@@ -1,6 +1,5 @@
 """What `Trainer.fit` does with the data before the first epoch: check the loaders, take the class names
-and the preprocessing from them, warn about data that cannot teach what it seems to, and settle the
-default recipe now that the data is known."""
+and the preprocessing from them, and warn about data that cannot teach what it seems to."""
 
 from __future__ import annotations
 
@@ -10,7 +9,6 @@ from ..models.classes import fill_classes
 from ..preprocessing import record_data_config
 from .data_warnings import warn_about_data
 from .loaders import check_length, split_loaders
-from .recipe import apply_default_recipe
 
 if TYPE_CHECKING:
     from ..models.model import TransferModel
@@ -31,5 +29,4 @@ def prepare_data(model: TransferModel, loaders: Any) -> tuple[Any, Any, bool]:
     fill_classes(model, train)
     size_from_batches = record_data_config(model, train, val)
     warn_about_data(model, train, val)  # val lacking classes; inputs too small for the backbone
-    apply_default_recipe(model, train)  # decided again now the data is known; never over a choice
     return train, val, size_from_batches

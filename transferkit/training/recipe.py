@@ -1,26 +1,31 @@
-"""The default fine-tuning recipe: what trains when the user has not said.
+"""Recipes: what trains, in which phases, when the user has not said.
 
-Measured with real ImageNet weights (EfficientNet-Lite0) on four small real tasks, 3 seeds each
-(``benchmarks/bench_recipes.py``; the table is in ``benchmarks/README.md`` and ``docs/freezing.md``):
-with fewer than 10 training images per class, training the top **third** of the backbone's blocks
-with the head (``last_n``) was the best recipe; with 10 or more per class the top **half** did better
-(the third fell 5 points behind on the 10-shot photo task). The rate is 1e-3, except below 5 images per
-class: there a new head gets only a handful of optimizer steps, and the same recipe at 1e-2 did 6
-points better on 3 images per class (at 1e-2 it lost 4 points on 5 per class and 10 on 10 per class).
-Full fine-tuning at 1e-3 lost 35 points on 3 images per class, and a frozen backbone 7 to 14 points on
-three of the four tasks. Both defaults take about 60 to 75 % of the time of full fine-tuning, since
-the frozen bottom runs without autograd.
+The default, ``recipe="auto"``, starts with what is cheap and strong and adds what the data pays for:
 
-The recipe applies only when the user has not chosen: the model's freeze state was never set
-(`TransferModel.freeze`, ``unfreeze``, ``load_freeze_state`` all count as a choice), the backbone
-carries pretrained weights and the task has a measured default (``Task.default_recipe``:
-classification). The Trainer applies it when it is built (the small-data third, as the data is not
-known yet) and again when ``fit`` sees the training set; the rate follows the data only when the
-Trainer was given no ``lr``. ``model.unfreeze()`` before the Trainer is the way to fine-tune everything.
+1. **probe**: the whole backbone frozen, the head trained to convergence on cached features (about
+   `PROBE_STEPS` optimizer steps at `PROBE_LR`; one pass of the backbone over the data, then only the
+   head runs). How well frozen ImageNet features separate the classes is the data's similarity to the
+   pretraining data, measured for free.
+2. **finetune**: from the probe's head (LP-FT: linear probing, then fine-tuning; Kumar et al. 2022), the
+   top third of the backbone's blocks (half with 10 or more images per class) and the head train for
+   ``epochs`` epochs at ``lr`` (default `FINETUNE_LR`). A converged head gives small gradients where the
+   features already fit, so near-ImageNet data moves the backbone little, while data far from ImageNet,
+   which the probe cannot fit, moves it more.
+3. With validation data the model ends with whichever phase scored better on it (``monitor``).
+
+The plan is decided once, in ``fit``, from the model and the training set; it is printed in one line
+and each history row names its ``phase``. ``recipe="auto"`` applies only when the user has not chosen:
+the model's freeze state was never set (`TransferModel.freeze`, ``unfreeze``, ``load_freeze_state`` all
+count as a choice), the backbone carries pretrained weights and the task has a measured default
+(``Task.default_recipe``: classification). Otherwise it trains what the freeze state says, as
+``recipe="finetune"`` does. ``"probe"`` and ``"lp_ft"`` name the phases to run. Measured in
+``benchmarks/bench_recipes.py`` (the table is in ``docs/freezing.md``).
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..tasks import get_task
@@ -30,24 +35,81 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_LR",
-    "FEW_SHOT_LR",
-    "FEW_SHOT_PER_CLASS",
+    "FINETUNE_LR",
     "MORE_DATA_PER_CLASS",
-    "apply_default_recipe",
-    "default_lr",
-    "default_lr_scale",
+    "PROBE_LR",
+    "PROBE_STEPS",
+    "RECIPES",
+    "Phase",
+    "Plan",
     "default_trainable_blocks",
+    "images_per_class",
+    "plan_recipe",
+    "probe_epochs",
     "uses_default_recipe",
 ]
 
-MORE_DATA_PER_CLASS = 10  # training images per class from which the top half trains instead of a third
+RECIPES = ("auto", "probe", "lp_ft", "finetune")
 DEFAULT_LR = 1e-3  # the Trainer's learning rate when none is given
-FEW_SHOT_PER_CLASS = 5  # below this many training images per class the default recipe trains at FEW_SHOT_LR
-FEW_SHOT_LR = 1e-2
+FINETUNE_LR = 1e-3  # the head's rate in the fine-tune phase of a recipe, when no lr is given
+PROBE_LR = 1e-2  # the probe's rate: a linear head on fixed features converges fast at it
+PROBE_STEPS = 300  # optimizer steps the probe aims for ...
+PROBE_EPOCHS = (10, 40)  # ... within this many epochs (fewest, most)
+UNCACHED_PROBE_EPOCHS = 3  # a probe on augmenting loaders runs the backbone every epoch: kept short
+MORE_DATA_PER_CLASS = 10  # training images per class from which the top half trains instead of a third
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One phase of a plan: ``name`` (``"probe"`` or ``"finetune"``), its epochs, the head's learning
+    rate, how many backbone blocks train (None: what the model's freeze state says) and whether the
+    frozen backbone's features are cached."""
+
+    name: str
+    epochs: int
+    lr: float
+    blocks: int | None
+    cached: bool = False
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What `Trainer.fit` runs: the recipe, its phases in order, and whether the model ends with the
+    phase that scored best on validation data (``select``).
+
+    Examples:
+        >>> plan = Plan("lp_ft", (Phase("probe", 40, 1e-2, 0), Phase("finetune", 10, 1e-3, 6)), False)
+        >>> print(plan.describe(num_blocks=17, monitor="val_loss"))
+        recipe lp_ft: probe 40 epochs at lr 0.01, then fine-tune the top 6 of 17 blocks 10 epochs at lr 0.001
+    """
+
+    recipe: str
+    phases: tuple[Phase, ...]
+    select: bool
+
+    def phase(self, name: str) -> Phase | None:
+        """The phase called ``name``, or None when the plan has none."""
+        return next((p for p in self.phases if p.name == name), None)
+
+    def describe(self, num_blocks: int, monitor: str) -> str:
+        """The plan in one line, as ``fit`` prints it."""
+        parts = []
+        for p in self.phases:
+            what = "probe" if p.name == "probe" else "fine-tune"
+            if p.name == "finetune":
+                what += " as frozen" if p.blocks is None else f" the top {p.blocks} of {num_blocks} blocks"
+            cached = " (cached features)" if p.cached else ""
+            parts.append(f"{what}{cached} {p.epochs} epochs at lr {p.lr:g}")
+        end = f"; ends with the better on {monitor}" if self.select else ""
+        return f"recipe {self.recipe}: " + ", then ".join(parts) + end
+
+    def as_dict(self) -> dict[str, Any]:
+        """A plain dict (for ``run.json`` and checkpoints)."""
+        return asdict(self)
 
 
 def default_trainable_blocks(num_blocks: int, images_per_class: float | None = None) -> int:
-    """How many of the top blocks the default recipe trains: a third of them (rounded), or half with
+    """How many of the top blocks the fine-tune phase trains: a third of them (rounded), or half with
     ``images_per_class >= 10``; at least one.
 
     Examples:
@@ -58,29 +120,19 @@ def default_trainable_blocks(num_blocks: int, images_per_class: float | None = N
     return min(num_blocks, max(1, round(num_blocks * (1 / 2 if more else 1 / 3))))
 
 
-def default_lr(images_per_class: float | None = None) -> float:
-    """The learning rate the default recipe trains at when the user gave none: 1e-3, or 1e-2 with
-    fewer than 5 training images per class (a handful of optimizer steps, too few at 1e-3 for a new
-    head; measured in ``benchmarks/bench_recipes.py``).
+def probe_epochs(steps_per_epoch: int) -> int:
+    """Epochs of a cached probe: enough for about `PROBE_STEPS` optimizer steps, within `PROBE_EPOCHS`.
 
     Examples:
-        >>> default_lr(), default_lr(3), default_lr(5)
-        (0.001, 0.01, 0.001)
+        >>> probe_epochs(2), probe_epochs(10), probe_epochs(100)
+        (40, 30, 10)
     """
-    few = images_per_class is not None and images_per_class < FEW_SHOT_PER_CLASS
-    return FEW_SHOT_LR if few else DEFAULT_LR
-
-
-def default_lr_scale(model: TransferModel, train_loader: Any) -> float:
-    """Factor from `DEFAULT_LR` to the rate the default recipe wants for ``train_loader`` (1.0 when the
-    recipe does not decide what ``model`` trains)."""
-    if not uses_default_recipe(model):
-        return 1.0
-    return default_lr(images_per_class(train_loader, model.num_classes)) / DEFAULT_LR
+    low, high = PROBE_EPOCHS
+    return min(high, max(low, math.ceil(PROBE_STEPS / max(1, steps_per_epoch))))
 
 
 def uses_default_recipe(model: TransferModel) -> bool:
-    """Whether `apply_default_recipe` decides what ``model`` trains: no freeze chosen by the user,
+    """Whether ``recipe="auto"`` decides what ``model`` trains: no freeze chosen by the user,
     pretrained weights, and a task with a measured default (``Task.default_recipe``)."""
     chosen = getattr(model, "_freeze_chosen", False)
     pretrained = model.config.get("pretrained", False) is not False
@@ -95,27 +147,44 @@ def images_per_class(loader: Any, num_classes: int) -> float | None:
         return None
 
 
-def apply_default_recipe(model: TransferModel, train_loader: Any = None) -> bool:
-    """Freeze all but the top third (or half, with 10+ images per class in ``train_loader``) of a
-    pretrained classifier whose freeze state the user never chose.
+def plan_recipe(
+    recipe: str,
+    model: TransferModel,
+    train: Any,
+    *,
+    epochs: int,
+    lr: float | None,
+    has_val: bool,
+    cacheable: bool,
+) -> Plan:
+    """The plan `Trainer.fit` runs for ``recipe`` (one of `RECIPES`) on ``model`` and ``train``.
 
-    The freeze it sets is not a choice of the user's: a later call (the Trainer's ``fit``, once it
-    knows the training set) decides again.
-
-    Returns:
-        Whether it decided (False: the user's choice, random weights, or a task without a measured
-        default are left as they are).
+    Args:
+        recipe: ``"auto"`` (probe, then fine-tune, when `uses_default_recipe`; else ``"finetune"``),
+            ``"probe"``, ``"lp_ft"`` or ``"finetune"`` (what the freeze state says, ``epochs`` epochs).
+        model: The model.
+        train: The training loader (its length sets the probe's epochs; its dataset the images per class).
+        epochs: The Trainer's epochs: the fine-tune phase's.
+        lr: The Trainer's ``lr`` (None: the recipe's rates); a given rate is the fine-tune phase's.
+        has_val: Whether there is validation data to choose the better phase on.
+        cacheable: Whether the probe can run on cached features (deterministic loaders, one process).
 
     Examples:
-        >>> model = build_model("resnet18", num_classes=2)  # pretrained, never frozen: 9 blocks
-        >>> apply_default_recipe(model), model.trainable_blocks
-        (True, ['layer3.1', 'layer4.0', 'layer4.1'])
-        >>> model.unfreeze(); apply_default_recipe(model)  # a choice: kept
-        False
+        >>> plan_recipe("auto", model, train, epochs=10, lr=None, has_val=True, cacheable=True).recipe
+        'auto'
     """
-    if not uses_default_recipe(model):
-        return False
-    per_class = images_per_class(train_loader, model.num_classes) if train_loader is not None else None
-    model.freeze("last_n", n=default_trainable_blocks(len(model.blocks), per_class))
-    model._freeze_chosen = False  # the recipe's, not the user's
-    return True
+    if recipe not in RECIPES:
+        raise ValueError(f"unknown recipe {recipe!r}; use one of {list(RECIPES)}")
+    if recipe == "finetune" or (recipe == "auto" and not uses_default_recipe(model)):
+        return Plan("finetune", (Phase("finetune", epochs, lr or DEFAULT_LR, None),), select=False)
+    steps = len(train) if hasattr(train, "__len__") else PROBE_STEPS
+    probe = Phase(
+        "probe", probe_epochs(steps) if cacheable else UNCACHED_PROBE_EPOCHS, PROBE_LR, 0, cached=cacheable
+    )
+    if recipe == "probe":
+        return Plan("probe", (probe,), select=False)
+    chosen = getattr(model, "_freeze_chosen", False)
+    per_class = images_per_class(train, model.num_classes)
+    blocks = None if chosen else default_trainable_blocks(len(model.blocks), per_class)
+    finetune = Phase("finetune", epochs, lr or FINETUNE_LR, blocks)
+    return Plan(recipe, (probe, finetune), select=recipe == "auto" and has_val)

@@ -36,9 +36,10 @@ from .loaders import Feed, check_length
 from .lr_find import LRFindResult, lr_find
 from .one_sample import OneSampleBatches, all_skipped_message
 from .optim import model_optimizer, start_schedule
+from .phases import ProbeResult, finetune_freeze, keep_the_better, start_plan
 from .prepare import prepare_data
 from .progress import EpochProgress
-from .recipe import DEFAULT_LR, apply_default_recipe, default_lr_scale
+from .recipe import DEFAULT_LR, Phase, Plan
 from .running_loss import LossParts, sync_losses
 from .step import AccumulationWindows, Step
 from .worker_errors import plain_worker_errors
@@ -48,6 +49,10 @@ if TYPE_CHECKING:
 
 __all__ = ["Trainer"]
 
+_SHARED = set(
+    "optimizer weight_decay scheduler loss precision grad_accum seed clip_grad_norm monitor".split()
+)
+_SHARED |= {"restore_best", "compile", "cache_budget", "cache_dir", "label_smoothing"}  # shared with phases
 _SYNC_EVERY = 50  # training steps between host syncs (running loss, non-finite check)
 
 
@@ -55,11 +60,15 @@ class Trainer:
     """Fits a `TransferModel`: losses and metrics follow ``model.task``; one dict of results per epoch.
 
     Args:
-        model: The model; its freeze policy (``model.freeze``) decides what trains, epoch by epoch. A
-            pretrained classifier never frozen trains its top third or half (`transferkit.training.recipe`).
-        epochs: Number of epochs.
+        model: The model; its freeze policy (``model.freeze``) decides what trains, epoch by epoch. The
+            Trainer never changes it when built; ``fit`` runs the ``recipe``.
+        epochs: Number of epochs (of the fine-tune phase, for a recipe with a probe phase first).
         lr: Learning rate of the head; ``layer_decay`` and ``backbone_lr_mult`` scale it per block. None:
-            1e-3, or 1e-2 where the default recipe sees under 5 images per class (`recipe.default_lr`).
+            1e-3 (the probe phase of a recipe always trains at its own rate, `recipe.PROBE_LR`).
+        recipe: ``"auto"``: a pretrained classifier whose freeze state the user never chose is probed on
+            cached features, then its top blocks fine-tuned from the probe's head, ending with the better
+            of the two on validation data; any other model trains as frozen. ``"probe"``, ``"lp_ft"`` and
+            ``"finetune"`` ask for one (`transferkit.training.recipe`); ``fit`` sets ``trainer.plan``.
         optimizer: ``"adamw"``, ``"adam"``, ``"sgd"`` (momentum 0.9) or ``callable(param_groups)``.
         weight_decay: Weight decay (norm and bias parameters get none).
         scheduler: ``"cosine"``, ``"step"`` (x0.1 at 1/3 and 2/3 of training), ``"onecycle"``, ``"none"``
@@ -71,14 +80,10 @@ class Trainer:
             ``"bf16"``, ``"fp16"`` or ``"fp32"``.
         grad_accum: Batches per optimizer step.
         clip_grad_norm: Maximum gradient norm, or None.
-        cache_features: Compute the frozen prefix's outputs (the whole backbone under ``freeze("all")``,
-            the blocks before the trainable ones under ``last_n`` / ``gradual``) once per sample and
-            train only the rest; validation batches are cached too. Needs deterministic loaders
-            (DataLoaders over map-style datasets without random transforms: a ValueError names any
-            random torchvision transform found) and frozen norm layers (``bn="frozen"``). Training
-            matches an uncached run up to floating-point noise, batch order and dropout masks included.
-            When ``gradual`` unfreezes blocks the cache is rebuilt at the new boundary, and dropped once
-            nothing is frozen. Not supported under torchrun (DDP). See `transferkit.training.cache`.
+        cache_features: Compute the frozen prefix's outputs once per sample and train only the rest
+            (validation too). Needs deterministic map-style loaders (a ValueError names any random
+            transform) and frozen norm layers (``bn="frozen"``); matches an uncached run up to float noise;
+            rebuilt where ``gradual`` moves the boundary; not under torchrun (`transferkit.training.cache`).
         cache_budget: Bytes of host memory the cached features may take (per loader); the rest is kept
             in files under a temporary directory that is deleted when ``fit`` ends.
         cache_dir: Where that temporary directory goes (default: the system's temp directory).
@@ -111,6 +116,11 @@ class Trainer:
 
     scheduler: Any  # built by fit(), over its number of optimizer steps
     history: list[dict[str, Any]]
+    plan: Plan | None = None  # what fit() ran: the recipe's phases (`transferkit.training.recipe`)
+    probe: ProbeResult | None = None  # the probe phase's rows, best score and weights
+    kept: str | None = None  # the phase the model ended with, where the plan chose (``plan.select``)
+    epoch = step = global_step = _first_epoch = 0  # counted by fit()
+    should_stop = False
     loss: Tensor | None  # last training loss, on the device (read it without a sync)
     _net: nn.Module  # the training module (`_network`)
     _net_trainable: tuple[str, ...] | None  # the trainable parameters it was built for
@@ -121,6 +131,7 @@ class Trainer:
         *,
         epochs: int = 10,
         lr: float | None = None,
+        recipe: str = "auto",
         optimizer: str | Callable[[list[dict[str, Any]]], torch.optim.Optimizer] = "adamw",
         weight_decay: float = 0.01,
         scheduler: str | Callable[[torch.optim.Optimizer, int], Any] = "cosine",
@@ -146,18 +157,18 @@ class Trainer:
         label_smoothing: float = 0.0,
     ) -> None:
         check_trainer_arguments(locals())  # every argument by name, before anything is built
-        self.model, self.task, self.epochs = model, get_task(model.task), epochs
+        self.model, self.task, self.epochs, self.lr = model, get_task(model.task), epochs, lr
         self.scheduler_spec, self.cache_features, self.resume = scheduler, cache_features, resume
         self.early_stopping, self.monitor, self.restore_best = early_stopping, monitor, restore_best
         self.callbacks, self.seed, self.compile = Callbacks(callbacks), seed, compile
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         self.device, self.rank, self.world_size = join_processes(device, cache_features)
-        self.is_main, self.show_progress = self.rank == 0, progress and self.rank == 0
+        self.is_main, self.show_progress, self.recipe = self.rank == 0, progress and self.rank == 0, recipe
         self.amp_dtype = resolve_precision(precision, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.memory_format = torch.channels_last if self.device.type == "cuda" else torch.contiguous_format
         model.to(self.device, memory_format=self.memory_format)  # type: ignore[call-overload]  # torch's stubs
-        apply_default_recipe(model)  # only when no freeze was chosen (fit decides again with the data)
+        self.options = {k: v for k, v in locals().items() if k in _SHARED} | {"device": self.device}
         scales = {"layer_decay": layer_decay, "backbone_lr_mult": backbone_lr_mult}
         self.optimizer = model_optimizer(model, optimizer, lr or DEFAULT_LR, weight_decay, **scales)
         self.base_lrs = self._given_lrs = [g["lr"] for g in self.optimizer.param_groups]
@@ -167,9 +178,8 @@ class Trainer:
             clip_grad_norm=clip_grad_norm, world_size=self.world_size,
         )  # fmt: skip
         self.scheduler, self.history, self.loss, self._net, self._net_trainable = None, [], None, model, None
-        self.epoch, self.step, self.global_step, self.should_stop = 0, 0, 0, False
         self.best = BestEpoch("val_loss", keep_weights=False)  # fit() renews it and the one-sample guard
-        self._one_sample, self._size_from_batches, self._auto_lr = OneSampleBatches(), False, lr is None
+        self._one_sample, self._size_from_batches = OneSampleBatches(), False
         self._cache = PrefixCaches(  # the frozen prefix's feature caches (cache_features=True)
             model, device=self.device, memory_format=self.memory_format, autocast=self.stepper.autocast,
             budget=cache_budget, directory=cache_dir, check_targets=self._check_targets,
@@ -192,17 +202,13 @@ class Trainer:
             epoch's start), ``trainable_blocks`` (count), ``seconds``, and with validation ``val_loss``
             plus ``val_acc`` (and ``val_top5`` above 5 classes) or ``val_miou`` and ``val_acc``.
             Detection: ``train_loss_<part>`` for each part of the loss dict, and ``val_map`` and
-            ``val_map_50`` (COCO mAP) without a ``val_loss``; targets are lists of box dicts.
-
-        A training batch of one sample that BatchNorm cannot normalise is skipped, with a warning
-        (`transferkit.training.one_sample`); a non-finite validation from finite inputs warns, and that
-        epoch is never the best (`transferkit.training.finite`).
+            ``val_map_50`` (COCO mAP) without a ``val_loss``; targets are lists of box dicts. A recipe
+            with phases adds ``phase`` (``"probe"``, ``"finetune"``); its epochs count on across them.
 
         Raises:
             ValueError: An empty loader, targets outside ``[0, num_classes)``, float targets for the default
-                loss, validation inputs holding NaN or infinite values, or only batches of one sample that
-                BatchNorm cannot normalise (the model keeps the weights of the last complete epoch); or an
-                unknown ``monitor``.
+                loss, NaN or infinite validation inputs, only batches of one sample BatchNorm cannot
+                normalise (`training.one_sample`: the model keeps its last complete epoch), a bad ``monitor``.
             TypeError: A Dataset where a loader belongs, or batches that are not ``(inputs, targets)``
                 with float inputs (dicts, uint8 images).
             FloatingPointError: A non-finite loss; the model keeps the weights of the last good epoch.
@@ -210,48 +216,64 @@ class Trainer:
                 (nothing is changed, the file is kept).
         """
         train, val, self._size_from_batches = prepare_data(self.model, loaders)
-        if self.seed is not None:
-            seed_everything(self.seed + self.rank)
         train, val = self._shard(train, train=True), self._shard(val, train=False)
         monitor = self.monitor or self.task.default_monitor(has_val=val is not None)
         check_monitor(monitor, has_val=val is not None)
-        scale = default_lr_scale(self.model, train) if self._auto_lr else 1.0
-        total_steps = self.epochs * math.ceil(len(train) / self.stepper.grad_accum)
-        self.base_lrs, self.scheduler = start_schedule(
-            self.scheduler_spec, self.optimizer, [lr * scale for lr in self._given_lrs], total_steps
-        )
-        self.history, self.should_stop, self._one_sample, self.global_step = [], False, OneSampleBatches(), 0
-        self.best = BestEpoch(monitor, val is not None and self.restore_best, self.early_stopping)
         last = self.checkpoint_dir / "last.pt" if self.checkpoint_dir is not None else None
-        start = resume_from(self, last, train) if self.resume and last is not None and last.exists() else 0
+        resuming = self.resume and last is not None and last.exists()
+        finetune = start_plan(self, train, val, monitor, resuming)  # decides and prints; runs the probe
+        self.history = self.probe.rows if self.probe is not None else []
+        if finetune is None:  # the probe alone
+            return self.history
+        start = self._start_finetune(finetune, train, val is not None, monitor, last if resuming else None)
         if self.cache_features:
-            self._cache.check(train, start, self.epochs)
+            self._cache.check(train, start - self._first_epoch, self.epochs)
         try:
             self._run_epochs(train, val, start)
         finally:
             self._cache.close()
         if self.best.weights is not None:
             self.model.load_state_dict(self.best.weights)
+        self.kept = keep_the_better(self.model, self.plan, self.probe, self.best)
         return self.history
+
+    def _start_finetune(
+        self, finetune: Phase, train: Any, has_val: bool, monitor: str, last: Path | None
+    ) -> int:
+        """Seeds, schedules and resets the fine-tune phase (the plain loop of a model trained as frozen);
+        resumes from ``last`` when given. Returns the first epoch to run."""
+        if self.seed is not None:
+            seed_everything(self.seed + self.rank)
+        scale = finetune.lr / (self.lr or DEFAULT_LR)  # the optimizer was built at lr (or the default)
+        total_steps = self.epochs * math.ceil(len(train) / self.stepper.grad_accum)
+        self.base_lrs, self.scheduler = start_schedule(
+            self.scheduler_spec, self.optimizer, [lr * scale for lr in self._given_lrs], total_steps
+        )
+        probe = self.plan.phase("probe") if self.plan is not None else None
+        self._first_epoch = probe.epochs if probe is not None else 0  # its epochs count on from the probe's
+        self.should_stop, self._one_sample, self.global_step = False, OneSampleBatches(), 0
+        self.best = BestEpoch(monitor, has_val and self.restore_best, self.early_stopping)
+        return resume_from(self, last, train) if last is not None else self._first_epoch
 
     def _run_epochs(self, train: Any, val: Any, start: int) -> None:
         self.callbacks.emit("on_fit_start", self)
-        for epoch in range(start, self.epochs):
+        for epoch in range(start, self._first_epoch + self.epochs):
             if self.should_stop or self.best.out_of_patience(epoch):
                 break
             self.epoch, started = epoch, time.perf_counter()
-            self.model.apply_schedule(epoch)
+            self.model.apply_schedule(epoch - self._first_epoch)  # the phase's own epoch
             net = self._network()
             if isinstance(getattr(train, "sampler", None), DistributedSampler):
                 train.sampler.set_epoch(epoch)
             self.callbacks.emit("on_epoch_start", self)
             row = {
+                **({"phase": "finetune"} if self._first_epoch else {}),
                 "epoch": epoch,
                 "lr": max(g["lr"] for g in self.optimizer.param_groups),
                 "trainable_blocks": len(self.model.trainable_blocks),
             }
             batches = self._batches(train, "train")
-            desc = f"epoch {epoch + 1}/{self.epochs}"
+            desc = f"epoch {epoch + 1}/{self._first_epoch + self.epochs}"
             total = len(train) + (len(val) if val is not None else 0)
             with (
                 rollback_point(self.model, self._cache.directory) as last_good,
@@ -322,8 +344,9 @@ class Trainer:
         return self._cache.epoch(loader, role) if self.cache_features else Feed(loader)
 
     def lr_find(self, loader: Any, **kwargs: Any) -> LRFindResult:
-        """Learning-rate range test; model and optimizer end as before (`transferkit.training.lr_find`)."""
-        return lr_find(self, loader, **kwargs)
+        """Range test of the rate ``lr`` sets (a recipe: its fine-tune phase); `training.lr_find`."""
+        with finetune_freeze(self, loader):
+            return lr_find(self, loader, **kwargs)
 
     # ------------------------------------------------------------------------------ evaluate, predict
     def evaluate(self, loader: Iterable[Any]) -> dict[str, float]:
@@ -352,7 +375,6 @@ class Trainer:
         """
         return predict_batches(self, loader)
 
-    # ---------------------------------------------------------------------------------------- helpers
     def _check_targets(self, targets: Tensor, where: str) -> None:  # CPU targets: the check needs no sync
         self.task.check_targets(targets, self.model.num_classes, where)
 

@@ -1,0 +1,142 @@
+"""The phases of a recipe (`transferkit.training.recipe`) as `Trainer.fit` runs them.
+
+The probe phase is a Trainer of its own over the same model (the backbone frozen, its features cached
+where the loaders allow it, no checkpoints or callbacks); what it leaves is a `ProbeResult`: its history
+rows, its best score on the validation data and the weights it trained (everything outside the frozen
+backbone), so that the model can end with the probe when it scored better than the fine-tuned model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from torch import Tensor
+
+from .best import BestEpoch, cpu_copy
+from .cacheable import find_random_transforms
+from .recipe import Phase, Plan, plan_recipe
+
+if TYPE_CHECKING:
+    from ..models.model import TransferModel
+
+__all__ = [
+    "ProbeResult",
+    "can_cache",
+    "finetune_freeze",
+    "keep_the_better",
+    "run_probe",
+    "set_phase_freeze",
+    "start_plan",
+]
+
+
+@dataclass
+class ProbeResult:
+    """What the probe phase left: its history rows, its best validation score (None without validation
+    data) and the weights it trained (a CPU copy of the state outside the backbone)."""
+
+    rows: list[dict[str, Any]]
+    score: float | None
+    state: dict[str, Tensor]
+
+    def state_dict(self) -> dict[str, Any]:
+        """For a checkpoint."""
+        return {"rows": self.rows, "score": self.score, "state": self.state}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any] | None) -> ProbeResult | None:
+        """The inverse of `state_dict` (None stays None)."""
+        return None if state is None else cls(state["rows"], state["score"], state["state"])
+
+
+def can_cache(train: Any, world_size: int, task: Any) -> bool:
+    """Whether a probe on ``train`` can cache the backbone's features: one process, a task that caches,
+    and a map-style loader without random torchvision transforms."""
+    dataset = getattr(train, "dataset", None)
+    if world_size > 1 or not task.cacheable or dataset is None or not hasattr(dataset, "__getitem__"):
+        return False
+    return not find_random_transforms(dataset)
+
+
+def set_phase_freeze(model: TransferModel, phase: Phase) -> None:
+    """Freezes ``model`` for ``phase`` as the recipe's choice, not the user's (None blocks: as it is)."""
+    if phase.blocks is None:
+        return
+    if phase.blocks == 0:
+        model.freeze("all")
+    else:
+        model.freeze("last_n", n=phase.blocks)
+    model._freeze_chosen = False  # the recipe's, not the user's: a later fit decides again
+
+
+def run_probe(trainer: Any, train: Any, val: Any, phase: Phase) -> ProbeResult:
+    """Trains the head of ``trainer.model`` on its frozen backbone for ``phase`` with a Trainer of its
+    own (the options of ``trainer``, the probe's epochs and rate, no callbacks or checkpoints)."""
+    model = trainer.model
+    set_phase_freeze(model, phase)
+    probe = type(trainer)(
+        model, epochs=phase.epochs, lr=phase.lr, recipe="finetune", cache_features=phase.cached,
+        progress=False, **trainer.options,
+    )  # fmt: skip
+    loaders = {"train": train, "val": val} if val is not None else {"train": train}
+    rows = [{**row, "phase": "probe"} for row in probe.fit(loaders)]
+    state = {k: v for k, v in cpu_copy(model.state_dict()).items() if not k.startswith("backbone.")}
+    return ProbeResult(rows, probe.best.score if val is not None else None, state)
+
+
+def keep_the_better(
+    model: TransferModel, plan: Plan | None, probe: ProbeResult | None, best: BestEpoch
+) -> str | None:
+    """With ``plan.select``: ends ``model`` with the probe's weights where the probe scored better on the
+    validation data than the fine-tuned model (``best``); returns the phase kept (None: no choice made)."""
+    if plan is None or not plan.select or probe is None or probe.score is None:
+        return None
+    tuned = best.score
+    better = tuned is None or (probe.score < tuned if best.minimise else probe.score > tuned)
+    if better:
+        model.load_state_dict({**model.state_dict(), **probe.state})
+        set_phase_freeze(model, plan.phases[0])
+    return "probe" if better else "finetune"
+
+
+def start_plan(trainer: Any, train: Any, val: Any, monitor: str, resuming: bool) -> Phase | None:
+    """Decides ``trainer.plan`` for this data, prints it, runs its probe phase (not when resuming: the
+    checkpoint holds it) and freezes the model for the fine-tune phase, which it returns (None: the plan
+    is the probe alone)."""
+    model, lr = trainer.model, trainer.lr
+    plan = trainer.plan = plan_recipe(
+        trainer.recipe, model, train, epochs=trainer.epochs, lr=lr, has_val=val is not None,
+        cacheable=can_cache(train, trainer.world_size, trainer.task),
+    )  # fmt: skip
+    if trainer.show_progress and plan.recipe != "finetune":
+        print(f"transferkit: {plan.describe(len(model.blocks), monitor)}", flush=True)
+    probe, finetune = plan.phase("probe"), plan.phase("finetune")
+    freeze = model.freeze_state()
+    if probe is not None and not resuming:
+        trainer.probe = run_probe(trainer, train, val, probe)
+    if finetune is not None:
+        if finetune.blocks is None and probe is not None:
+            model.load_freeze_state(freeze)  # the user's own freeze, kept for the fine-tune phase
+        set_phase_freeze(model, finetune)
+    return finetune
+
+
+@contextlib.contextmanager
+def finetune_freeze(trainer: Any, train: Any) -> Iterator[None]:
+    """Within the block, ``trainer.model`` is frozen as its recipe's fine-tune phase on ``train`` trains
+    it (`Trainer.lr_find` measures the rate ``lr`` sets: that phase's); its freeze state is restored
+    after."""
+    model, lr = trainer.model, trainer.lr
+    freeze, chosen = model.freeze_state(), getattr(model, "_freeze_chosen", False)
+    plan = plan_recipe(trainer.recipe, model, train, epochs=1, lr=lr, has_val=False, cacheable=False)
+    finetune = plan.phase("finetune")
+    if finetune is not None:
+        set_phase_freeze(model, finetune)
+    try:
+        yield
+    finally:
+        model.load_freeze_state(freeze)
+        model._freeze_chosen = chosen
