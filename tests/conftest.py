@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import tempfile
 import warnings
 from collections.abc import Iterator
@@ -16,6 +17,10 @@ def pytest_configure(config: pytest.Config) -> None:
     # the setting through the environment; tests that time threads set their own count.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     torch.set_num_threads(1)
+    # A shell without job control starts background commands with Ctrl-C ignored, and processes inherit
+    # that: the tests of what Ctrl-C does (in this process and in the ones they start) need it back.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
