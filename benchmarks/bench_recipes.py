@@ -36,6 +36,7 @@ import argparse
 import concurrent.futures
 import contextlib
 import functools
+import math
 import multiprocessing
 import os
 import platform
@@ -56,16 +57,17 @@ import real_weights  # noqa: E402
 from transferkit import Trainer, build_model  # noqa: E402
 
 TASKS = real_weights.TASKS  # name: (data builder, training images per class, where it lies from ImageNet)
-RECIPES = ("probe", "lp_ft", "full", "last_n", "third", "two_phase", "default")
+RECIPES = ("probe", "lp_ft", "full", "last_n", "third", "two_phase", "default", "fastai")
 # the learning rates each recipe runs at (the head's, or the fine-tune phase's); None: the recipe's own
 LRS: dict[str, tuple[float | None, ...]] = {
     "probe": (None,),
     "lp_ft": (None,),
-    "full": (1e-3, 1e-4),
+    "full": (1e-3,),
     "last_n": (1e-3, 1e-4),
     "third": (1e-3, 1e-4),
     "two_phase": (3e-3, 1e-3),
     "default": (None, 3e-4, 3e-3),  # None: no lr given (1e-3 for the fine-tune phase)
+    "fastai": (None,),  # fastai's own: fine_tune(epochs, base_lr=2e-3)
 }
 
 
@@ -107,6 +109,16 @@ def run_one(
     torch.manual_seed(seed)
     weights = real_weights.weights_file(weights_dir, backbone)
     arch = real_weights.BACKBONES[backbone].arch
+    short = backbone.removeprefix("efficientnet_")
+    name = task if backbone == "efficientnet_lite0" else f"{task} ({short})"
+    if recipe == "fastai":
+        from fastai_recipe import fastai_fine_tune
+
+        acc, seconds = fastai_fine_tune(
+            (x, y), (tx, ty), weights, arch, seed=seed, epochs=epochs, batch_size=batch_size
+        )
+        return {"task": name, "recipe": recipe, "lr": lr, "lr_used": 2e-3, "seed": seed, "acc": acc,
+                "seconds": seconds}  # fmt: skip
     model = build_model(arch, num_classes=int(y.max()) + 1, pretrained=str(weights))
     extra = configure(recipe, model, epochs)
     generator = torch.Generator().manual_seed(seed)
@@ -119,9 +131,8 @@ def run_one(
     acc = trainer.evaluate(test)["acc"]
     tuned = [row for row in history if row.get("phase", "finetune") == "finetune"] or history
     used = tuned[0]["lr"]  # the head's rate in the first (fine-tune) epoch: what "auto" chose
-    short = backbone.removeprefix("efficientnet_")
     return {
-        "task": task if backbone == "efficientnet_lite0" else f"{task} ({short})",
+        "task": name,
         "recipe": recipe,
         "lr": lr,
         "lr_used": used,
@@ -221,6 +232,50 @@ def acceptance(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def lr_find_one(task: str, seed: int, backbone: str, *, weights_dir: Path, batch_size: int) -> dict[str, Any]:
+    """``Trainer(model).lr_find(train)`` on a task's training set: the rate it suggests for ``lr``."""
+    (x, y), _ = TASKS[task][0](seed)
+    torch.manual_seed(seed)
+    weights = real_weights.weights_file(weights_dir, backbone)
+    model = build_model(
+        real_weights.BACKBONES[backbone].arch, num_classes=int(y.max()) + 1, pretrained=str(weights)
+    )
+    generator = torch.Generator().manual_seed(seed)
+    train = DataLoader(TensorDataset(x, y), batch_size=batch_size, shuffle=True, generator=generator)
+    result = Trainer(model, progress=False, seed=seed, device="cpu").lr_find(train, start_lr=1e-5, end_lr=1.0)
+    short = backbone.removeprefix("efficientnet_")
+    return {
+        "task": task if backbone == "efficientnet_lite0" else f"{task} ({short})",
+        "suggestion": result.suggestion,
+    }
+
+
+def lr_find_check(found: list[dict[str, Any]], rows: list[dict[str, Any]], points: float = 2.0) -> list[str]:
+    """Each suggestion against the rates at which the default was within ``points`` of its best rate on
+    that task (the range spans those rates, widened by half a step of the grid either side)."""
+    lines = []
+    for row in found:
+        rates = {(r["lr"] if r["lr"] is not None else r["lr_used"]): r["acc"] for r in rows
+                 if r["task"] == row["task"] and r["recipe"] == "default"}  # fmt: skip
+        if len(rates) < 2:
+            continue
+        best = max(rates.values())
+        good = sorted(lr for lr, acc in rates.items() if acc >= best - points / 100)
+        low, high = good[0] / math.sqrt(3), good[-1] * math.sqrt(3)
+        ok = low <= row["suggestion"] <= high
+        table = ", ".join(f"{lr:g}: {acc:.3f}" for lr, acc in sorted(rates.items()))
+        lines.append(
+            f"- [{'x' if ok else ' '}] {row['task']}: lr_find suggests {row['suggestion']:.2g}; within "
+            f"{points:g} points of the best rate: {low:.2g}..{high:.2g} ({table})"
+        )
+    return lines
+
+
+def _start_worker(threads: int) -> None:
+    torch.set_num_threads(threads)
+    torch.set_flush_denormal(True)
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated from {', '.join(TASKS)}")
@@ -240,6 +295,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--workers", type=int, default=1, help="runs side by side, one process each (default 1)"
     )
+    parser.add_argument(
+        "--lr-find",
+        action="store_true",
+        help="also run lr_find on each task (seed 0) and check its suggestion",
+    )
     parser.add_argument("--weights-dir", help="where to write the converted weights (default: a temp dir)")
     return parser.parse_args(argv)
 
@@ -247,6 +307,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
+    torch.set_flush_denormal(
+        True
+    )  # MNIST's near-zero activations ran 7x slower as denormals, for every recipe
     tasks, recipes = args.tasks.split(","), args.recipes.split(",")
     unknown = sorted(set(tasks) - set(TASKS)) + sorted(set(recipes) - set(RECIPES))
     unknown += sorted(set(args.backbones.split(",")) - set(real_weights.BACKBONES))
@@ -270,7 +333,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         settings = {"weights_dir": weights_dir, "epochs": args.epochs, "batch_size": args.batch_size}
         runs, started = [], time.perf_counter()
         with concurrent.futures.ProcessPoolExecutor(
-            args.workers, mp_context=multiprocessing.get_context("spawn"), initializer=torch.set_num_threads,
+            args.workers, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker,
             initargs=(args.threads,),
         ) if args.workers > 1 else contextlib.nullcontext() as pool:  # fmt: skip
             for run in (pool.map if pool else map)(functools.partial(run_one, **settings), *zip(*jobs)):
@@ -280,6 +343,13 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
                     f"acc={run['acc']:.3f} {run['seconds']:.1f}s",
                     flush=True,
                 )
+        found = []
+        if args.lr_find:
+            for backbone in backbones:
+                for task in tasks:
+                    found.append(
+                        lr_find_one(task, 0, backbone, weights_dir=weights_dir, batch_size=args.batch_size)
+                    )
     rows = summarise(runs)
     print(
         f"\n{len(runs)} runs in {time.perf_counter() - started:.0f} s, {args.workers} process(es) of "
@@ -290,6 +360,9 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     print(table(rows))
     print("\nAcceptance:")
     print("\n".join(acceptance(rows)))
+    if found:
+        print("\nlr_find:")
+        print("\n".join(lr_find_check(found, rows)))
     return rows
 
 
