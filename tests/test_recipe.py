@@ -258,3 +258,16 @@ def test_resume_with_an_lr_names_the_default_the_run_had(tmp_path: Path) -> None
     given = argparse.Namespace(**{**dict.fromkeys(TRAIN_DEFAULTS), "lr": 1e-3})
     with pytest.raises(UsageError, match=r"--lr 0.001 \(the run has the default\)"):
         resumed_arguments(tmp_path, given)
+
+
+def test_auto_probes_an_iterable_loader_without_caching(weights: Path, one_torch_thread) -> None:
+    class Stream(torch.utils.data.IterableDataset):
+        def __iter__(self):
+            return iter([(torch.randn(3, 32, 32), torch.tensor(i % 2)) for i in range(6)])
+
+        def __len__(self) -> int:
+            return 6
+
+    trainer = Trainer(build_model("resnet18", num_classes=2, pretrained=weights), epochs=1, progress=False)
+    history = trainer.fit(DataLoader(Stream(), batch_size=3))
+    assert not trainer.plan.phases[0].cached and history[-1]["phase"] == "finetune"

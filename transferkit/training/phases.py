@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from torch import Tensor
 
 from .best import BestEpoch, cpu_copy
-from .cacheable import find_random_transforms
+from .cacheable import check_cacheable
 from .recipe import Phase, Plan, plan_recipe
 
 if TYPE_CHECKING:
@@ -55,10 +55,13 @@ class ProbeResult:
 def can_cache(train: Any, world_size: int, task: Any) -> bool:
     """Whether a probe on ``train`` can cache the backbone's features: one process, a task that caches,
     and a map-style loader without random torchvision transforms."""
-    dataset = getattr(train, "dataset", None)
-    if world_size > 1 or not task.cacheable or dataset is None or not hasattr(dataset, "__getitem__"):
+    if world_size > 1 or not task.cacheable:
         return False
-    return not find_random_transforms(dataset)
+    try:
+        check_cacheable(train, "train")  # the check cache_features=True itself makes
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def set_phase_freeze(model: TransferModel, phase: Phase) -> None:
