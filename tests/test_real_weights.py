@@ -84,10 +84,14 @@ def test_grey_in_chans_1_matches_the_three_channel_copy(weights: Path) -> None:
     (x, y), (tx, ty) = real.digits(8, seed=1, channels=1)
     grey_model, rgb_model = _model(weights, in_chans=1), _model(weights)
     grey_model.head.load_state_dict(rgb_model.head.state_dict())  # the stems drew other random numbers
+    with torch.no_grad():  # the summed stem computes what the three-channel one does on the copy
+        same = grey_model.eval()(tx[:32]), rgb_model.eval()(tx[:32].expand(-1, 3, -1, -1))
+    torch.testing.assert_close(*same, rtol=1e-4, atol=1e-4)
     grey = _fit_and_score(grey_model, ((x, y), (tx, ty)), seed=1)
     copy = ((x.expand(-1, 3, -1, -1), y), (tx.expand(-1, 3, -1, -1), ty))
     rgb = _fit_and_score(rgb_model, copy, seed=1)
-    assert abs(grey - rgb) <= 0.02, (grey, rgb)
+    # ten epochs of training apart, rounding alone moves a few of the 100 test digits (0.82 against 0.79)
+    assert abs(grey - rgb) <= 0.05, (grey, rgb)
     assert grey > 0.5  # and the pretrained features work on grey input (chance: 0.1)
 
 
