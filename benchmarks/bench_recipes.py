@@ -21,7 +21,9 @@ Recipes (B = the backbone's blocks, 17 for EfficientNet-Lite0; E = epochs):
   without validation data, the same as ``lp_ft``); also at fixed rates (``Trainer(model, lr=lr)``: the
   fine-tune phase's rate), the table that ``lr_find``'s suggestion is checked against.
 
-Every run: batch 16, shuffled, no augmentation (the tensors are fixed, so ``extract`` can cache), AdamW
+Every run: batch 16, shuffled, no augmentation unless ``--augment`` names one of `AUGMENTS` (the
+tensors are fixed, so the probe can cache; ``--augment`` draws the loaders' random crop, and flip, per
+sample and epoch, and the probe then runs uncached), AdamW
 with weight decay 0.01 and a per-step cosine schedule (the Trainer's defaults), fp32 on the CPU, no
 validation split (the test set is scored once, after training). Seeds change the training images drawn
 and the head's initialisation; every recipe sees the same seeds.
@@ -49,7 +51,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torchvision.transforms import v2
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import real_weights  # noqa: E402
@@ -69,6 +72,30 @@ LRS: dict[str, tuple[float | None, ...]] = {
     "default": (None, 3e-4, 3e-3),  # None: no lr given (1e-3 for the fine-tune phase)
     "fastai": (None,),  # fastai's own: fine_tune(epochs, base_lr=2e-3)
 }
+
+
+# the training images' augmentation (``--augment``): what the folder loaders' ``augment`` and ``flip`` do
+AUGMENTS = {
+    "none": None,  # the fixed tensors (features cache)
+    "light": (0.35, True),  # the loaders' default: random resized crop down to 35 % of the area, and flip
+    "noflip": (0.35, False),  # ``flip=False``
+    "mild": (0.7, False),  # ``crop_scale=(0.7, 1.0), flip=False``
+}
+
+
+class Augmented(Dataset):
+    """The training tensors with the folder loaders' random crop (and flip) drawn per sample and epoch."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, scale: float, flip: bool) -> None:
+        self.x, self.y = x, y
+        crop = v2.RandomResizedCrop(x.shape[-1], scale=(scale, 1.0), antialias=True)
+        self.transform = v2.Compose([crop, *([v2.RandomHorizontalFlip()] if flip else [])])
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.transform(self.x[index]), self.y[index]
 
 
 def configure(recipe: str, model: Any, epochs: int) -> dict[str, Any]:
@@ -103,6 +130,7 @@ def run_one(
     weights_dir: Path,
     epochs: int,
     batch_size: int,
+    augment: str = "none",
 ) -> dict[str, Any]:
     """Train one (task, recipe, lr, seed, backbone) and score it on the task's test set."""
     (x, y), (tx, ty) = TASKS[task][0](seed)
@@ -122,7 +150,8 @@ def run_one(
     model = build_model(arch, num_classes=int(y.max()) + 1, pretrained=str(weights))
     extra = configure(recipe, model, epochs)
     generator = torch.Generator().manual_seed(seed)
-    train = DataLoader(TensorDataset(x, y), batch_size=batch_size, shuffle=True, generator=generator)
+    data = TensorDataset(x, y) if AUGMENTS[augment] is None else Augmented(x, y, *AUGMENTS[augment])
+    train = DataLoader(data, batch_size=batch_size, shuffle=True, generator=generator)
     test = DataLoader(TensorDataset(tx, ty), batch_size=128)
     trainer = Trainer(model, epochs=epochs, lr=lr, progress=False, seed=seed, device="cpu", **extra)
     started = time.perf_counter()
@@ -300,6 +329,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         action="store_true",
         help="also run lr_find on each task (seed 0) and check its suggestion",
     )
+    parser.add_argument(
+        "--augment",
+        default="none",
+        choices=list(AUGMENTS),
+        help="the training images' augmentation: none (fixed tensors, the default), light (the folder "
+        "loaders' default: random resized crop to 35-100 %% of the area and flip), noflip, mild (70-100 %%, "
+        "no flip)",
+    )
     parser.add_argument("--weights-dir", help="where to write the converted weights (default: a temp dir)")
     return parser.parse_args(argv)
 
@@ -330,7 +367,10 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         weights_dir = Path(args.weights_dir or tmp)
         for backbone in backbones:  # converted once, before the processes start
             real_weights.weights_file(weights_dir, backbone)
-        settings = {"weights_dir": weights_dir, "epochs": args.epochs, "batch_size": args.batch_size}
+        settings = {
+            "weights_dir": weights_dir, "epochs": args.epochs, "batch_size": args.batch_size,
+            "augment": args.augment,
+        }  # fmt: skip
         runs, started = [], time.perf_counter()
         with concurrent.futures.ProcessPoolExecutor(
             args.workers, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker,

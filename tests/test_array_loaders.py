@@ -127,7 +127,7 @@ def test_augment_options_reach_the_train_split_only() -> None:
     first = fixed["train"].dataset[0][0]
     torch.manual_seed(4)
     assert torch.allclose(first, fixed["train"].dataset[0][0])
-    flipping = array_loaders(images, labels, crop_scale=(1.0, 1.0), **kwargs)["train"].dataset
+    flipping = array_loaders(images, labels, flip=True, crop_scale=(1.0, 1.0), **kwargs)["train"].dataset
     draws = {tuple(flipping[0][0][0, 0, :3].tolist()) for _ in range(12)}
     assert len(draws) == 2  # flipped or not
     with pytest.raises(ValueError, match="crop_scale"):

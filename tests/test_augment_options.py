@@ -72,7 +72,10 @@ def _crop_scales(transform) -> list[tuple[float, float]]:
 def test_folder_loaders_pass_flip_and_crop_scale(tmp_path: Path) -> None:
     root = make_shapes_folder(tmp_path / "cls", num_classes=2, per_class={"train": 2}, image_size=32)
     default = image_folder_loaders(root, image_size=32)["train"].dataset.transform
-    assert _crop_scales(default) == [(0.35, 1.0)] and v2.RandomHorizontalFlip in _steps(default)
+    # the default that hurt least in bench_recipes.py --augment: a mild crop, no flip (digits, text)
+    assert _crop_scales(default) == [(0.7, 1.0)] and v2.RandomHorizontalFlip not in _steps(default)
+    flipping = image_folder_loaders(root, image_size=32, flip=True)["train"].dataset.transform
+    assert v2.RandomHorizontalFlip in _steps(flipping)
     loaders = image_folder_loaders(root, image_size=32, flip=False, crop_scale=(0.6, 0.9))
     transform = loaders["train"].dataset.transform
     assert _crop_scales(transform) == [(0.6, 0.9)] and v2.RandomHorizontalFlip not in _steps(transform)
@@ -146,8 +149,10 @@ def test_cli_refuses_a_bad_crop_scale_while_parsing(text: str, tmp_path: Path) -
 
 def test_run_meta_checks_flip_and_crop_scale() -> None:
     assert check_run_meta({"flip": False, "crop_scale": [0.5, 1.0]}, "t.json")["flip"] is False
-    assert check_run_meta({"crop_scale": None}, "t.json") == {"crop_scale": None}
-    with pytest.raises(RunMetaError, match="field 'flip' must be true or false"):
+    assert check_run_meta({"crop_scale": None, "flip": None}, "t.json") == {"crop_scale": None, "flip": None}
+    with pytest.raises(
+        RunMetaError, match=r"field 'flip' must be true, false, or null \(the task's default\)"
+    ):
         check_run_meta({"flip": "no"}, "t.json")
     with pytest.raises(RunMetaError, match=r"field 'crop_scale' must be \[min, max\]"):
         check_run_meta({"crop_scale": [0.9, 0.1]}, "t.json")
@@ -159,3 +164,22 @@ def test_cli_crop_scale_for_detection_is_a_usage_error(tmp_path: Path) -> None:
     data = make_shapes_detection_folder(tmp_path / "det", per_split={"train": 2})
     result = run(*_train_argv(data, tmp_path / "run", "--head", "fcos", "--crop-scale", "0.5"))
     assert result.code == 2 and "--crop-scale does not apply to detection" in result.err
+
+
+def test_cli_flip_turns_flips_on_for_classification_and_refuses_both_flags(tmp_path: Path) -> None:
+    import argparse
+
+    from transferkit.cli.train import _folder_loaders, add_parser
+    from transferkit.tasks import get_task
+
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers())
+    data = make_shapes_folder(tmp_path / "data", num_classes=2, per_class={"train": 2}, image_size=32)
+    task = get_task("classification")
+    for extra, flips in (([], False), (["--flip"], True), (["--no-flip"], False)):
+        argv = ["train", "--data", str(data), "--image-size", "32", "--batch-size", "2", "--seed", "0"]
+        args = parser.parse_args([*argv, *extra])
+        transform = _folder_loaders(data, task, None, args)["train"].dataset.transform
+        assert (v2.RandomHorizontalFlip in _steps(transform)) is flips, extra
+    both = run(*_train_argv(data, tmp_path / "run", "--flip", "--no-flip"))
+    assert both.code == 2 and "not allowed with argument" in both.err

@@ -52,7 +52,7 @@ def _meta(data: Path, status: str = "done") -> dict[str, Any]:
     return {
         "task": "classification", "classes": ["circle", "square"], "data": str(data), "backbone": "resnet18",
         "neck": "identity", "head": "linear", "pretrained": False, "freeze": "all", "epochs": 1, "lr": None,
-        "batch_size": 4, "image_size": 32, "seed": 0, "augment": "light", "flip": True, "crop_scale": None,
+        "batch_size": 4, "image_size": 32, "seed": 0, "augment": "light", "flip": None, "crop_scale": None,
         "mixup": 0.0, "cutmix": 0.0, "label_smoothing": 0.0, "log": "csv", "transferkit_version": __version__,
         "status": status,
     }  # fmt: skip

@@ -106,7 +106,7 @@ RUN_META_FIELDS: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "image_size": ("a whole number >= 1, or null", lambda v: v is None or _is_int(v, 1)),
     "seed": ("a whole number", _is_int),
     "augment": ("an --augment value such as 'light'", lambda v: isinstance(v, str) and v != ""),
-    "flip": ("true or false", lambda v: isinstance(v, bool)),
+    "flip": ("true, false, or null (the task's default)", lambda v: v is None or isinstance(v, bool)),
     "crop_scale": ("[min, max] with 0 < min <= max <= 1, or null (the default)", _is_crop_scale),
     "mixup": ("a finite number >= 0", _is_number),
     "cutmix": ("a finite number >= 0", _is_number),

@@ -37,8 +37,8 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "image_size": None,
     "seed": 0,
     "augment": "light",
-    "flip": True,
-    "crop_scale": None,  # the task's default: (0.35, 1) for classification, (0.5, 1) for segmentation
+    "flip": None,  # the task's default: no flips for classification, flips for segmentation and detection
+    "crop_scale": None,  # the task's default: (0.7, 1) for classification, (0.5, 1) for segmentation
     "mixup": 0.0,
     "cutmix": 0.0,
     "label_smoothing": 0.0,

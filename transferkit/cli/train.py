@@ -98,21 +98,31 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--seed", type=int, help="default 0")
     train.add_argument(
         "--augment",
-        help="light (default: crop and flip), none, or randaugment, trivialaugment, autoaugment, "
-        "randomerasing on top of light, joined with + (segmentation and detection: light or none)",
+        help="light (default: a random crop; flipped with --flip), none, or randaugment, trivialaugment, "
+        "autoaugment, randomerasing on top of light, joined with + (segmentation and detection: light or "
+        "none)",
     )
-    train.add_argument(
+    flips = train.add_mutually_exclusive_group()
+    flips.add_argument(
+        "--flip",
+        dest="flip",
+        action="store_const",
+        const=True,
+        help="random horizontal flips, for photos whose mirror image is the same class (the default for "
+        "segmentation and detection, not for classification: a flipped digit is another digit)",
+    )
+    flips.add_argument(
         "--no-flip",
         dest="flip",
         action="store_const",
         const=False,
-        help="no random horizontal flips (digits, text: where a mirror image means something else)",
+        help="no random horizontal flips (the classification default; segmentation and detection flip)",
     )
     train.add_argument(
         "--crop-scale",
         type=parse_crop_scale,
         help=f"area range of the random crop: {CROP_SCALE_GRAMMAR} "
-        "(default 0.35 for classification, 0.5 for segmentation; detection does not crop)",
+        "(default 0.7 for classification, 0.5 for segmentation; detection does not crop)",
     )
     train.add_argument(
         "--mixup", type=_non_negative_float, help="MixUp alpha (classification; default 0: off)"
@@ -176,7 +186,7 @@ def _folder_loaders(
         UsageError: An option the task's loaders do not take (``--crop-scale`` for detection).
     """
     # given to the loaders only when changed
-    options = {"augment": "light", "mixup": 0.0, "cutmix": 0.0, "flip": True, "crop_scale": None}
+    options = {"augment": "light", "mixup": 0.0, "cutmix": 0.0, "flip": None, "crop_scale": None}
     changed = {k: getattr(args, k) for k, v in options.items() if getattr(args, k, v) not in (None, v)}
     if "crop_scale" in changed:
         changed["crop_scale"] = tuple(changed["crop_scale"])

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..preprocessing import declare_data_config
-from .augment import MixCollate, parse_augment
+from .augment import CROP_SCALE, MixCollate, parse_augment
 from .loaders import _classes_of, _loader, _pick_data_config
 from .pixels import as_numpy, image_layout, pixel_scale, to_pil
 from .sampling import sample_randomness
@@ -154,8 +154,8 @@ def array_loaders(
     num_workers: int | None = None,
     seed: int = 0,
     augment: bool | str = True,
-    flip: bool = True,
-    crop_scale: tuple[float, float] = (0.35, 1.0),
+    flip: bool = False,
+    crop_scale: tuple[float, float] = CROP_SCALE,
     mixup: float = 0.0,
     cutmix: float = 0.0,
 ) -> dict[str, DataLoader]:

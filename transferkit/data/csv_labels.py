@@ -19,7 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from .arrays import classification_loaders
-from .augment import parse_augment
+from .augment import CROP_SCALE, parse_augment
 from .folders import _load_rgb
 from .loaders import _decode_side, _pick_data_config
 from .sampling import sample_randomness
@@ -175,8 +175,8 @@ def csv_loaders(
     num_workers: int | None = None,
     seed: int = 0,
     augment: bool | str = True,
-    flip: bool = True,
-    crop_scale: tuple[float, float] = (0.35, 1.0),
+    flip: bool = False,
+    crop_scale: tuple[float, float] = CROP_SCALE,
     mixup: float = 0.0,
     cutmix: float = 0.0,
     fast_decode: bool = True,

@@ -23,7 +23,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..preprocessing import declare_data_config
-from .augment import GEOMETRIC_AUGMENTATIONS, MixCollate, parse_augment
+from .augment import CROP_SCALE, GEOMETRIC_AUGMENTATIONS, MixCollate, parse_augment
 from .check import check_dataset_files
 from .folders import (
     _CLASSIFICATION_LAYOUT,
@@ -132,8 +132,8 @@ def image_folder_loaders(
     num_workers: int | None = None,
     seed: int = 0,
     augment: bool | str = True,
-    flip: bool = True,
-    crop_scale: tuple[float, float] = (0.35, 1.0),
+    flip: bool = False,
+    crop_scale: tuple[float, float] = CROP_SCALE,
     mixup: float = 0.0,
     cutmix: float = 0.0,
     fast_decode: bool = True,
@@ -162,14 +162,14 @@ def image_folder_loaders(
         seed: Seed of the train split's shuffling and augmentation: epoch ``e``'s order follows from
             ``(seed, e)`` and each sample's random augmentation from ``(seed, e, index)``, whatever the
             number of workers, so a resumed run repeats the original exactly (`transferkit.data.sampling`).
-        augment: What the train split gets: True (``"light"``: random crop and flip), False or
+        augment: What the train split gets: True (``"light"``: a random crop, flipped with ``flip``), False or
             ``"none"`` (the deterministic evaluation transforms, as ``Trainer(cache_features=True)``
             needs), or ``"randaugment"``, ``"trivialaugment"``, ``"autoaugment"``, ``"randomerasing"``
             on top of light, several joined with ``+`` (see `transferkit.data.augment`).
-        flip: Whether the augmenting train split flips images horizontally; False where a mirror image
-            means something else (digits, text, left / right).
+        flip: Whether the augmenting train split flips images horizontally: True for photos whose mirror
+            image is the same class; off by default, since for digits, text or left / right it is not.
         crop_scale: Area range ``(min, max)`` of the augmenting random crop, as fractions of the image:
-            ``0 < min <= max <= 1``.
+            ``0 < min <= max <= 1`` (default `augment.CROP_SCALE`, 70 % to all of it).
         mixup: MixUp alpha for the train batches (0: off); targets become probabilities ``[B, K]``.
         cutmix: CutMix alpha (0: off); with both set, each batch gets one of the two.
         fast_decode: Decode JPEGs at 1/2, 1/4 or 1/8 scale (PIL's ``draft``) when both sides stay at

@@ -27,7 +27,7 @@ from ..preprocessing import (
     IMAGENET_STD,
     resolve_data_config,
 )
-from .augment import check_crop_scale, check_flip, parse_augment, policy_steps
+from .augment import CROP_SCALE, check_crop_scale, check_flip, parse_augment, policy_steps
 
 __all__ = [
     "DEFAULT_DATA_CONFIG",
@@ -83,13 +83,13 @@ def build_transforms(
     train: bool,
     image_size: int | None = None,
     *,
-    crop_scale: tuple[float, float] = (0.35, 1.0),
-    flip: bool = True,
+    crop_scale: tuple[float, float] = CROP_SCALE,
+    flip: bool = False,
     augment: bool | str | Sequence[str] = "light",
 ) -> v2.Compose:
     """Classification transforms matching a backbone's pretrained preprocessing.
 
-    Train: random resized crop to the input size, horizontal flip (unless ``flip=False``), the policies
+    Train: random resized crop to the input size, horizontal flip (with ``flip=True``), the policies
     ``augment`` names, normalisation. Eval: resize the shorter side to ``size / crop_pct``, centre crop
     to the input size, normalisation.
 
@@ -98,11 +98,11 @@ def build_transforms(
             optionally ``interpolation`` and ``crop_pct``).
         train: Whether to build the augmenting training pipeline.
         image_size: Square side that overrides ``input_size``.
-        crop_scale: Area range of the random crop, ``0 < min <= max <= 1``. Milder than ImageNet's
+        crop_scale: Area range of the random crop, ``0 < min <= max <= 1``. Far milder than ImageNet's
             (0.08, 1.0) because transfer sets are small and their objects tend to fill the frame.
-        flip: Random horizontal flips; False for images whose mirror image is another class (digits,
-            text, left / right).
-        augment: With ``train``: ``"light"`` (crop and flip), ``"none"``, or policies on top of light
+        flip: Random horizontal flips: True for photos whose mirror image is the same class; off by
+            default (digits, text, left / right).
+        augment: With ``train``: ``"light"`` (the crop, and the flip), ``"none"``, or policies on top of light
             (``"randaugment"``, ``"trivialaugment"``, ``"autoaugment"``, ``"randomerasing"``, joined
             with ``+``); see `transferkit.data.augment`.
 
