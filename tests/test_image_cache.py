@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import math
 from pathlib import Path
 
 import numpy as np
@@ -76,9 +77,17 @@ def test_reduced_decoding_keeps_the_side_and_stays_close_to_full_decoding(tmp_pa
     assert levels.mean() < 1.5 and torch.quantile(levels.flatten(), 0.99) < 8
 
 
-def test_loaders_decode_at_twice_the_crop_for_training_and_the_resize_side_for_val(photos: Path) -> None:
+def test_loaders_decode_where_the_smallest_crop_spans_the_input_and_at_the_resize_side_for_val(
+    photos: Path,
+) -> None:
+    # the smallest random crop (min area, 3:4) of a square image decoded at that side still spans SIZE
+    for crop_scale, side in (((0.7, 1.0), 45), ((0.35, 1.0), 63), ((1.0, 1.0), 37)):
+        loaders = _loaders(photos, crop_scale=crop_scale)
+        assert loaders["train"].dataset.decode_side == side, crop_scale
+        assert math.sqrt(crop_scale[0] * side * side * 3 / 4) >= SIZE
+        assert math.sqrt(crop_scale[0] * (side - 1) ** 2 * 3 / 4) < SIZE  # and no larger than it needs
     loaders = _loaders(photos)
-    assert loaders["train"].dataset.decode_side == 2 * SIZE
+    assert loaders["train"].dataset.decode_side == 45  # the default crop_scale, (0.7, 1.0)
     assert loaders["val"].dataset.decode_side == 36  # floor(32 / 0.875), the eval resize's side
     assert _loaders(photos, augment=False)["train"].dataset.decode_side == 36
     assert _loaders(photos, fast_decode=False)["train"].dataset.decode_side is None

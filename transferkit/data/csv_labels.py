@@ -222,7 +222,7 @@ def csv_loaders(
         config, augmenting, image_size, augment=names, flip=flip, crop_scale=crop_scale
     )
     val_transform = build_transforms(config, False, image_size)
-    side = _decode_side(config, image_size, augmenting) if fast_decode else None
+    side = _decode_side(config, image_size, augmenting, crop_scale) if fast_decode else None
     val_side = _decode_side(config, image_size, False) if fast_decode else None
     datasets: dict[str, Dataset] = {}
     if val_pct is not None:

@@ -23,7 +23,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..preprocessing import declare_data_config
-from .augment import CROP_SCALE, GEOMETRIC_AUGMENTATIONS, MixCollate, parse_augment
+from .augment import CROP_SCALE, GEOMETRIC_AUGMENTATIONS, MixCollate, check_crop_scale, parse_augment
 from .check import check_dataset_files
 from .folders import (
     _CLASSIFICATION_LAYOUT,
@@ -70,12 +70,25 @@ def default_num_workers(num_samples: int) -> int:
     return min(cpus, 8) if cpus > 1 and num_samples >= _MIN_SAMPLES_FOR_WORKERS else 0
 
 
-def _decode_side(config: Mapping[str, Any], image_size: int | None, augmenting: bool) -> int:
-    """Smallest side a reduced-scale JPEG decode must keep: 2x the crop when augmenting (a random crop
-    may cover a small part of the image), else the side the evaluation resize produces."""
+def _decode_side(
+    config: Mapping[str, Any],
+    image_size: int | None,
+    augmenting: bool,
+    crop_scale: tuple[float, float] = CROP_SCALE,
+) -> int:
+    """Smallest side a reduced-scale JPEG decode must keep. Augmenting: the side at which the smallest
+    random crop (``crop_scale[0]`` of the area, at the narrowest aspect ratio, 3:4) still spans the
+    crop's output side, so no crop is upsampled: 1.4x the crop at the default (0.7, 1.0), 2x at 0.35.
+    Else the side the evaluation resize produces.
+
+    Examples:
+        >>> config = DEFAULT_DATA_CONFIG
+        >>> _decode_side(config, 128, True), _decode_side(config, 128, True, (0.35, 1.0))
+        (177, 250)
+    """
     pre = _resolve_preprocess(config, image_size)
     if augmenting:
-        return 2 * max(pre.size)
+        return math.ceil(max(pre.size) / math.sqrt(check_crop_scale(crop_scale)[0] * 3 / 4))
     return max(math.floor(side / pre.crop_pct) for side in pre.size)
 
 
@@ -173,8 +186,10 @@ def image_folder_loaders(
         mixup: MixUp alpha for the train batches (0: off); targets become probabilities ``[B, K]``.
         cutmix: CutMix alpha (0: off); with both set, each batch gets one of the two.
         fast_decode: Decode JPEGs at 1/2, 1/4 or 1/8 scale (PIL's ``draft``) when both sides stay at
-            least twice the crop size (train, augmenting) or the evaluation resize's side (val and
-            ``augment=False``); pixels then differ from a full decode by resampling noise only.
+            least the side at which the smallest random crop still spans the input (train, augmenting:
+            1.4x the crop size at the default ``crop_scale``, 2x at 0.35) or the evaluation resize's
+            side (val and ``augment=False``); pixels then differ from a full decode by resampling noise
+            only.
             False decodes every image at full size.
         cache_images: Decode (and, for deterministic pipelines, resize and crop) every image once, when
             the loaders are built, and keep the uint8 results (`transferkit.data.image_cache`); random
@@ -226,7 +241,7 @@ def image_folder_loaders(
     train_transform = build_transforms(
         config, augmenting, image_size, augment=names, flip=flip, crop_scale=crop_scale
     )
-    side = _decode_side(config, image_size, augmenting) if fast_decode else None
+    side = _decode_side(config, image_size, augmenting, crop_scale) if fast_decode else None
     train = ClassFolder(train_dir, train_transform, decode_side=side)
     check_two_classes(train_dir, train.classes)
     folders = {"train": train}
