@@ -183,3 +183,14 @@ def test_cli_flip_turns_flips_on_for_classification_and_refuses_both_flags(tmp_p
         assert (v2.RandomHorizontalFlip in _steps(transform)) is flips, extra
     both = run(*_train_argv(data, tmp_path / "run", "--flip", "--no-flip"))
     assert both.code == 2 and "not allowed with argument" in both.err
+
+
+def test_every_classification_loader_has_the_same_augmentation_defaults() -> None:
+    import inspect
+
+    from transferkit.data import array_loaders, build_transforms, csv_loaders
+
+    for loader in (image_folder_loaders, array_loaders, csv_loaders, build_transforms):
+        parameters = inspect.signature(loader).parameters
+        assert parameters["flip"].default is False, loader.__name__
+        assert parameters["crop_scale"].default == (0.7, 1.0), loader.__name__

@@ -74,7 +74,7 @@ def _decode_side(
     config: Mapping[str, Any],
     image_size: int | None,
     augmenting: bool,
-    crop_scale: tuple[float, float] = CROP_SCALE,
+    crop_scale: tuple[float, float] | None = None,
 ) -> int:
     """Smallest side a reduced-scale JPEG decode must keep. Augmenting: the side at which the smallest
     random crop (``crop_scale[0]`` of the area, at the narrowest aspect ratio, 3:4) still spans the
@@ -83,11 +83,13 @@ def _decode_side(
 
     Examples:
         >>> config = DEFAULT_DATA_CONFIG
-        >>> _decode_side(config, 128, True), _decode_side(config, 128, True, (0.35, 1.0))
+        >>> _decode_side(config, 128, True, (0.7, 1.0)), _decode_side(config, 128, True, (0.35, 1.0))
         (177, 250)
     """
     pre = _resolve_preprocess(config, image_size)
     if augmenting:
+        if crop_scale is None:  # the pipeline's own crop, never a guess: a smaller one would upsample
+            raise TypeError("_decode_side needs the augmenting pipeline's crop_scale")
         return math.ceil(max(pre.size) / math.sqrt(check_crop_scale(crop_scale)[0] * 3 / 4))
     return max(math.floor(side / pre.crop_pct) for side in pre.size)
 
