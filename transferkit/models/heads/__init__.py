@@ -2,15 +2,15 @@
 
 A head is called as ``head(features, input_size)``; ``input_size`` is the input's ``(H, W)``. Each head
 declares its ``task`` (see `transferkit.tasks`): ``classification.py`` holds the heads that give logits
-``[N, K]``, ``segmentation.py`` those that give masks ``[N, K, H, W]``, ``detection.py`` torchvision's
-detectors, called as ``head(features, input_size, targets=None)``: the loss dict in training, boxes per
-image in eval mode (``detection_parts.py`` holds what they share).
+``[N, K]``, ``segmentation.py`` those that give masks ``[N, K, H, W]``, ``detection/`` the detectors
+(torchvision's four and the YOLO head), called as ``head(features, input_size, targets=None)``: the
+loss dict in training, boxes per image in eval mode (``detection/parts.py`` holds what they share).
 """
 
 from __future__ import annotations
 
 from .classification import LinearHead
-from .detection import FasterRCNNHead, FCOSHead, RetinaNetHead, SSDLiteHead
+from .detection import FasterRCNNHead, FCOSHead, RetinaNetHead, SSDLiteHead, YOLOHead
 from .registry import HEADS
 from .segmentation import DeepLabV3PlusHead, FCNHead
 
@@ -23,4 +23,5 @@ __all__ = [
     "LinearHead",
     "RetinaNetHead",
     "SSDLiteHead",
+    "YOLOHead",
 ]

@@ -1,4 +1,4 @@
-"""Detection heads: torchvision's FCOS, RetinaNet, Faster R-CNN and SSDLite on transferkit's features.
+"""Detection heads: torchvision's FCOS, RetinaNet, Faster R-CNN and SSDLite, and transferkit's own YOLO head.
 
 Each head builds torchvision's own parts (prediction heads, anchor generators, box coders, matchers,
 losses, RPN and RoI heads, post-processing) and is only the glue between them and the neck's levels:
@@ -28,5 +28,14 @@ from .fcos import FCOSHead
 from .parts import DetectionHead, detection_levels
 from .retinanet import RetinaNetHead
 from .ssdlite import SSDLiteHead
+from .yolo import YOLOHead
 
-__all__ = ["DetectionHead", "FCOSHead", "FasterRCNNHead", "RetinaNetHead", "SSDLiteHead", "detection_levels"]
+__all__ = [
+    "DetectionHead",
+    "FCOSHead",
+    "FasterRCNNHead",
+    "RetinaNetHead",
+    "SSDLiteHead",
+    "YOLOHead",
+    "detection_levels",
+]
