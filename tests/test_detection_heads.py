@@ -1,4 +1,4 @@
-"""Detection heads (fcos, retinanet, fasterrcnn, ssdlite) on transferkit backbones and necks: a training
+"""Detection heads (fcos, retinanet, fasterrcnn, ssdlite, yolo) on transferkit backbones and necks: a training
 step gives a finite loss dict and a gradient on every trainable parameter, eval gives boxes inside the
 image, save/load keeps the predictions, and the torchvision defaults that go wrong on a custom backbone
 (anchor strides, RoI scales, label offsets, the ViT's equal strides) are set from ``feature_info``."""
@@ -19,8 +19,13 @@ from transferkit.models.heads.detection import FasterRCNNHead, FCOSHead, RetinaN
 from transferkit.models.heads.detection.parts import _LevelAnchors, detection_levels
 
 SIZE = 64
-HEADS = ["fcos", "retinanet", "fasterrcnn", "ssdlite"]
-SMALL = {"fasterrcnn": {"representation_size": 64, "proposals": [64, 32], "box_batch_size_per_image": 64}}
+HEADS = ["fcos", "retinanet", "fasterrcnn", "ssdlite", "yolo"]
+SMALL = {
+    "fasterrcnn": {"representation_size": 64, "proposals": [64, 32], "box_batch_size_per_image": 64},
+    # below their class prior (0.01): an untrained head gives boxes to compare
+    "retinanet": {"score_thresh": 0.001},
+    "yolo": {"score_thresh": 0.001},
+}
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -65,6 +70,7 @@ def _step_and_detect(model: nn.Module) -> list[dict[str, torch.Tensor]]:
     with torch.no_grad():
         out = model.eval()(x)
     assert len(out) == 2
+    assert sum(len(d["boxes"]) for d in out), "no box to check"
     for d in out:
         assert set(d) == {"boxes", "scores", "labels"} and d["boxes"].shape[1:] == (4,)
         assert (d["boxes"] >= 0).all() and (d["boxes"][:, 2:] <= SIZE).all()
@@ -72,7 +78,7 @@ def _step_and_detect(model: nn.Module) -> list[dict[str, torch.Tensor]]:
     return out
 
 
-def test_the_four_heads_are_registered() -> None:
+def test_the_five_heads_are_registered() -> None:
     assert set(HEADS) <= set(list_heads())
     assert {build_model("resnet18", neck="fpn_lite", head=h, num_classes=2, pretrained=False).task
             for h in ("fcos", "ssdlite")} == {"detection"}  # fmt: skip
@@ -95,7 +101,7 @@ def test_each_head_on_resnet18_fpn_lite_trains_detects_and_reloads(head: str, tm
     "backbone, neck",
     [("resnet18", "pan"), ("timm/convnext_atto", "fpn_lite"), ("mobilenet_v3_large", "fpn_lite")],
 )
-@pytest.mark.parametrize("head", ["fcos", "retinanet"])
+@pytest.mark.parametrize("head", ["fcos", "retinanet", "yolo"])
 def test_dense_heads_on_other_backbones_and_pan(backbone: str, neck: str, head: str) -> None:
     _step_and_detect(_model(backbone, head, neck=neck))
 
@@ -108,8 +114,16 @@ def test_a_vit_works_through_the_simple_pyramid(head: str) -> None:
     _step_and_detect(model)
 
 
+def test_yolo_reads_levels_of_any_channels_and_refuses_a_single_stride() -> None:
+    model = _model("resnet18", "yolo", neck="identity")  # 128, 256, 512 channels: one branch per level
+    assert model.head.strides == [8, 16, 32]
+    _step_and_detect(model)
+    with pytest.raises(ValueError, match=r"one level of stride 16 .*head='fcos'"):
+        _model("timm/vit_tiny_patch16_224", "yolo", neck="identity")
+
+
 def test_uneven_channels_are_refused_with_what_works() -> None:
-    with pytest.raises(ValueError, match=r"equal channels.*neck='fpn_lite'.*head='ssdlite'"):
+    with pytest.raises(ValueError, match=r"equal channels.*neck='fpn_lite'.*head='ssdlite' or 'yolo'"):
         build_model(_backbone("resnet18"), neck="identity", head="fcos", num_classes=2)
     model = build_model(_backbone("resnet18"), neck="identity", head="ssdlite", num_classes=2)
     assert model.head.levels == [3, 4]  # ssdlite takes any channels
@@ -188,3 +202,4 @@ def test_no_hidden_resize_or_normalisation() -> None:
     with torch.no_grad():
         boxes = model(x)[0]["boxes"]
     assert (boxes[:, 2] <= 80).all() and (boxes[:, 3] <= 96).all()  # clipped to the input as given
+

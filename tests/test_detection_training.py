@@ -190,9 +190,10 @@ def _snapshot(modules) -> list[torch.Tensor]:
     return [v.detach().clone() for m in modules for v in m.state_dict().values()]
 
 
+@pytest.mark.parametrize("head", ["fcos", "yolo"])
 @pytest.mark.parametrize("bn", ["frozen", "frozen_all"])
-def test_freezing_holds_through_detection_training(bn: str) -> None:
-    model = _model()
+def test_freezing_holds_through_detection_training(bn: str, head: str) -> None:
+    model = _model(head)
     model.freeze("last_n", n=2, bn=bn)
     trainable = set(model.trainable_blocks)
     frozen = [m for b, ms in model._block_modules.items() if b not in trainable for m in ms]
@@ -264,12 +265,13 @@ def test_show_predictions_draws_predicted_and_true_boxes(tmp_path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- learning
-def test_fcos_learns_shapes_map_rises() -> None:
-    """The benchmark's short version (benchmarks/bench_detection.py generalises to mAP@0.5 >= 0.5 on new
-    images): from random weights, mAP on a handful of 48 px images rises within 16 steps."""
+@pytest.mark.parametrize("head", ["fcos", "yolo"])
+def test_dense_heads_learn_shapes_map_rises(head: str) -> None:
+    """The benchmark's short version (benchmarks/bench_detection.py generalises to new images): from
+    random weights, mAP on a handful of 48 px images rises within 16 steps."""
     shapes = SyntheticShapesDetection(8, image_size=48, num_classes=2, max_objects=2)
     images = DataLoader(shapes, batch_size=8, collate_fn=TASK.collate_fn)
-    model = build_model("resnet18", neck="fpn_lite", head="fcos", num_classes=2, pretrained=False,
+    model = build_model("resnet18", neck="fpn_lite", head=head, num_classes=2, pretrained=False,
                         neck_kwargs={"out_channels": 64})  # fmt: skip
     history = Trainer(model, epochs=16, lr=2e-3, progress=False, seed=0).fit({"train": images, "val": images})
     maps = [row["val_map_50"] for row in history]
@@ -277,7 +279,7 @@ def test_fcos_learns_shapes_map_rises() -> None:
 
 
 # ------------------------------------------------------------------------------------------ mixed precision
-@pytest.mark.parametrize("head", ["fcos", "retinanet", "fasterrcnn", "ssdlite"])
+@pytest.mark.parametrize("head", ["fcos", "retinanet", "fasterrcnn", "ssdlite", "yolo"])
 def test_each_head_trains_and_evaluates_under_bf16_autocast(head: str) -> None:
     model = _model(head)
     before = {k: v.clone() for k, v in model.state_dict().items()}

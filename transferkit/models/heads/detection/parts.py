@@ -79,7 +79,7 @@ def _shared_channels(feature_info: FeatureInfo, levels: list[int], head: str) ->
         raise ValueError(
             f"head {head!r} shares one predictor across levels, so the levels it reads need equal channels, "
             f"but levels {levels} have {[feature_info.channels[i] for i in levels]}; use neck='fpn_lite' or "
-            "neck='pan' (out_channels on every level), or head='ssdlite' (any channels)"
+            "neck='pan' (out_channels on every level), or head='ssdlite' or 'yolo' (any channels)"
         )
     return channels.pop()
 
