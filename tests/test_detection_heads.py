@@ -202,4 +202,3 @@ def test_no_hidden_resize_or_normalisation() -> None:
     with torch.no_grad():
         boxes = model(x)[0]["boxes"]
     assert (boxes[:, 2] <= 80).all() and (boxes[:, 3] <= 96).all()  # clipped to the input as given
-
