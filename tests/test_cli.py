@@ -194,7 +194,7 @@ def test_predict_top_k_and_single_file(trained: tuple[Path, Result], shapes: Pat
 
 def test_list_names_with_patterns() -> None:
     assert run("list", "necks").out.split() == ["aspp", "fpn_lite", "identity", "pan"]
-    heads = ["deeplabv3plus", "fasterrcnn", "fcn", "fcos", "linear", "retinanet", "ssdlite"]
+    heads = ["deeplabv3plus", "fasterrcnn", "fcn", "fcos", "linear", "retinanet", "ssdlite", "yolo"]
     assert run("list", "heads").out.split() == heads
     found = run("list", "backbones", "resnet1").out.split()
     assert "torchvision/resnet18" in found and all("resnet1" in name for name in found)

@@ -150,7 +150,16 @@ def test_registry_lists_with_patterns() -> None:
     registry.register("a_two")(object)
     assert registry.list() == ["a_two", "b_one"] and registry.list("b*") == ["b_one"]
     assert tk.list_necks() == ["aspp", "fpn_lite", "identity", "pan"]
-    assert tk.list_heads() == ["deeplabv3plus", "fasterrcnn", "fcn", "fcos", "linear", "retinanet", "ssdlite"]
+    assert tk.list_heads() == [
+        "deeplabv3plus",
+        "fasterrcnn",
+        "fcn",
+        "fcos",
+        "linear",
+        "retinanet",
+        "ssdlite",
+        "yolo",
+    ]
     assert tk.list_backbones("convnext_at*") == [
         "timm/convnext_atto",
         "timm/convnext_atto_ols",

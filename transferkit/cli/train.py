@@ -75,7 +75,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--neck", help="identity (default; fpn_lite for detection heads), fpn_lite, pan, aspp")
     train.add_argument(
         "--head",
-        help="linear (classification), fcn (segmentation), fcos/retinanet/... (detection); default: from "
+        help="linear (classification), fcn (segmentation), fcos/yolo/retinanet/... (detection); default: from "
         "--data's layout (linear; fcn for images + masks; fcos for images + annotations)",
     )
     train.add_argument(

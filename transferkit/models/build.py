@@ -85,7 +85,7 @@ def build_model(
             ``"timm/..."``, a registered name, or an ``nn.Module`` with ``feature_info`` (and ``blocks``).
         neck: ``"identity"``, ``"fpn_lite"``, ``"pan"`` or ``"aspp"`` (see ``list_necks()``).
         head: ``"linear"`` (classification), ``"fcn"`` or ``"deeplabv3plus"`` (segmentation), ``"fcos"``,
-            ``"retinanet"``, ``"fasterrcnn"`` or ``"ssdlite"`` (detection) (see ``list_heads()``).
+            ``"retinanet"``, ``"fasterrcnn"``, ``"ssdlite"`` or ``"yolo"`` (detection) (see ``list_heads()``).
         num_classes: Output classes, >= 1.
         pretrained: ``True`` (the source's default weights), ``False``, a weights tag
             (``"IMAGENET1K_V2"``, ``"a1_in1k"``) or a path to a ``.safetensors``/``.pth``/``.pt`` file
