@@ -57,7 +57,7 @@ def test_segmentation_and_detection_transforms_take_flip() -> None:
     torch.manual_seed(0)
     assert not any(joint(image, mask)[0][0, 16, -1] > 0 for _ in range(30))
     assert v2.RandomHorizontalFlip not in _steps(joint)
-    boxes = build_detection_transforms(DEFAULT_DATA_CONFIG, True, 32, flip=False)
+    boxes = build_detection_transforms(DEFAULT_DATA_CONFIG, True, 32, flip=False, scale_range=(1.0, 1.0))
     target = {"boxes": [[0.0, 0.0, 8.0, 32.0]], "labels": [1]}
     torch.manual_seed(0)
     assert all(boxes(image, target)[1]["boxes"].tolist() == [[0.0, 0.0, 8.0, 32.0]] for _ in range(30))

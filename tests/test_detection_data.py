@@ -178,7 +178,7 @@ def test_val_may_not_add_a_class(tmp_path: Path) -> None:
 
 # ------------------------------------------------------------------------------- transforms, collate
 def test_train_transform_flips_and_resizes_boxes_with_the_image() -> None:
-    t = build_detection_transforms(DEFAULT_DATA_CONFIG, train=True, image_size=32)
+    t = build_detection_transforms(DEFAULT_DATA_CONFIG, train=True, image_size=32, scale_range=(1.0, 1.0))
     image = Image.new("RGB", (64, 64))
     image.paste((255, 255, 255), (0, 0, 16, 64))  # a white band at the left edge
     seen = set()
@@ -193,7 +193,7 @@ def test_train_transform_flips_and_resizes_boxes_with_the_image() -> None:
 
 
 def test_boxes_too_small_after_resize_are_dropped_in_training() -> None:
-    t = build_detection_transforms(DEFAULT_DATA_CONFIG, train=True, image_size=32)
+    t = build_detection_transforms(DEFAULT_DATA_CONFIG, train=True, image_size=32, scale_range=(1.0, 1.0))
     _, target = t(
         Image.new("RGB", (320, 320)), {"boxes": [[0.0, 0.0, 5.0, 5.0], [0, 0, 100, 100]], "labels": [0, 1]}
     )

@@ -113,7 +113,7 @@ def _train(data: Path, out: Path, *extra: object) -> Result:
     [
         ("masks", "linear", "segmentation folder (train/images and train/masks), which --head linear "
          "(classification) does not read: pass --head fcn (or deeplabv3plus) for segmentation"),
-        ("coco", "linear", "pass --head fcos (or fasterrcnn, retinanet, ssdlite) for detection"),
+        ("coco", "linear", "pass --head fcos (or fasterrcnn, retinanet, ssdlite, yolo) for detection"),
         ("coco", "fcn", "which --head fcn (segmentation) does not read: pass --head fcos"),
         ("classes", "fcos", "looks like a classification folder (class folders under train/: circle, "
          "square), which --head fcos (detection) does not read: pass --head linear for classification"),

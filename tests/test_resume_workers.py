@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -97,7 +98,7 @@ def test_a_new_loader_with_new_workers_repeats_any_epoch_with_any_worker_count(f
         assert all(torch.equal(a, b) for (a, _), b in zip(fresh, epochs[2], strict=True))
 
 
-@pytest.mark.parametrize("kind", ["segmentation", "detection"])
+@pytest.mark.parametrize("kind", ["segmentation", "detection", "detection with mosaic"])
 def test_segmentation_and_detection_loaders_repeat_an_epoch_in_new_workers(kind: str, tmp_path: Path) -> None:
     from transferkit.data import (
         detection_folder_loaders,
@@ -109,9 +110,9 @@ def test_segmentation_and_detection_loaders_repeat_an_epoch_in_new_workers(kind:
     if kind == "segmentation":
         root = make_shapes_segmentation_folder(tmp_path, per_split={"train": 12}, image_size=32)
         build = segmentation_folder_loaders
-    else:
+    else:  # a mosaic draws its other images and its centre from the sample's seed too
         root = make_shapes_detection_folder(tmp_path, per_split={"train": 12}, image_size=32)
-        build = detection_folder_loaders
+        build = partial(detection_folder_loaders, mosaic=0.5 if "mosaic" in kind else 0.0)
 
     def loader():
         return build(root, batch_size=4, image_size=32, num_workers=2, seed=1)["train"]

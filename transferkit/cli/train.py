@@ -75,8 +75,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--neck", help="identity (default; fpn_lite for detection heads), fpn_lite, pan, aspp")
     train.add_argument(
         "--head",
-        help="linear (classification), fcn (segmentation), fcos/yolo/retinanet/... (detection); default: from "
-        "--data's layout (linear; fcn for images + masks; fcos for images + annotations)",
+        help="linear (classification), fcn (segmentation), fcos/yolo/retinanet/... (detection); default: "
+        "from --data's layout (linear; fcn for images + masks; fcos for images + annotations)",
     )
     train.add_argument(
         "--pretrained", type=parse_pretrained, help="true (default), false, a weights tag or a file"
@@ -122,7 +122,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "--crop-scale",
         type=parse_crop_scale,
         help=f"area range of the random crop: {CROP_SCALE_GRAMMAR} "
-        "(default 0.7 for classification, 0.5 for segmentation; detection does not crop)",
+        "(default 0.7 for classification, 0.5 for segmentation; not for detection, whose crop follows its "
+        "scale jitter)",
     )
     train.add_argument(
         "--mixup", type=_non_negative_float, help="MixUp alpha (classification; default 0: off)"

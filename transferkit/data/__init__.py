@@ -9,8 +9,9 @@
   augmentation follow from the seed, the epoch and the index, so resuming is exact with loader workers;
 - ``kinds``: ``folder_kinds``, which task's layout a dataset folder has (the loaders refuse another's);
 - ``synthetic``: ``SyntheticShapes`` and the writers that save it as such folders;
-- ``detection``: ``DetectionFolder`` (COCO or Pascal VOC), its box-aware transforms, the padding collate
-  and ``detection_folder_loaders``; ``synthetic_detection``: shapes with boxes, and their folder writer.
+- ``detection``: ``DetectionFolder`` (COCO or Pascal VOC), the padding collate and
+  ``detection_folder_loaders``; ``detection_augment``: box-aware transforms (flip, scale jitter, crop);
+  ``detection_mosaic``: ``DetectionMosaic``; ``synthetic_detection``: shapes with boxes, and their writer.
 
 Examples:
     >>> import tempfile
@@ -35,6 +36,7 @@ from .detection import (
     detection_folder_loaders,
     pad_images,
 )
+from .detection_mosaic import DetectionMosaic
 from .folders import ClassFolder, SegmentationFolder
 from .image_cache import CachedFolder, ImageCache
 from .kinds import FolderKind, folder_kinds
@@ -61,6 +63,7 @@ __all__ = [
     "CachedFolder",
     "ClassFolder",
     "DetectionFolder",
+    "DetectionMosaic",
     "EpochSampler",
     "FolderKind",
     "ImageCache",

@@ -1,4 +1,4 @@
-"""Detection data: COCO and Pascal VOC folders, box-aware transforms, and the batch collate.
+"""Detection data: COCO and Pascal VOC folders, their loaders, and the batch collate.
 
 Two layouts are read (the split folders are ``train`` and optionally ``val``), with the standard library
 only (``json``, ``xml.etree``; no pycocotools):
@@ -28,7 +28,7 @@ Examples:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,22 +37,30 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
-from torchvision import tv_tensors
-from torchvision.transforms import v2
-from torchvision.transforms.v2 import functional as TF
 
 from ..preprocessing import declare_data_config
 from .augment import check_flip
 from .check import check_dataset_files
+from .detection_augment import (
+    MIN_VISIBLE,
+    SCALE_RANGE,
+    DetectionTransform,
+    build_detection_transforms,
+    check_min_visible,
+    check_mosaic,
+    check_scale_range,
+)
 from .detection_formats import read_coco, read_voc
+from .detection_mosaic import DetectionMosaic
 from .folders import _load_rgb, _require_dir
 from .kinds import check_folder_kind
 from .loaders import _pick_data_config, _read_classes
 from .sampling import EpochSampler, sample_randomness
-from .transforms import _resolve_preprocess, _tensor_steps
+from .transforms import _resolve_preprocess
 
 __all__ = [
     "DetectionFolder",
+    "DetectionMosaic",
     "build_detection_transforms",
     "collate_detection",
     "detection_folder_loaders",
@@ -60,7 +68,6 @@ __all__ = [
 ]
 
 Target = dict[str, Tensor]
-DetectionTransform = Callable[[Image.Image, dict[str, Any]], tuple[Tensor, Target]]
 _LAYOUT = (
     "root/train/images/* with root/train/annotations.json (COCO) or root/train/annotations/<stem>.xml "
     "(Pascal VOC), and optionally the same under root/val/"
@@ -97,69 +104,6 @@ def collate_detection(batch: Sequence[tuple[Tensor, Target]]) -> tuple[Tensor, l
     return pad_images(images), list(targets)
 
 
-# ------------------------------------------------------------------------------------------ transforms
-class _BoxTransform:
-    """A v2 pipeline over ``(image, {"boxes": BoundingBoxes, "labels"})``, returning plain tensors."""
-
-    def __init__(self, transform: v2.Compose) -> None:
-        self.transform = transform
-
-    def __call__(self, image: Image.Image, target: Mapping[str, Any]) -> tuple[Tensor, Target]:
-        pixels = TF.to_image(image)
-        boxes = tv_tensors.BoundingBoxes(
-            torch.as_tensor(target["boxes"], dtype=torch.float32).reshape(-1, 4),
-            format="XYXY",
-            canvas_size=tuple(pixels.shape[-2:]),
-        )
-        labels = torch.as_tensor(target["labels"], dtype=torch.int64)
-        pixels, out = self.transform(pixels, {"boxes": boxes, "labels": labels})
-        return pixels, {"boxes": out["boxes"].float(), "labels": out["labels"].long()}
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.transform})"
-
-
-def build_detection_transforms(
-    data_config: Mapping[str, Any], train: bool, image_size: int | None = None, *, flip: bool = True
-) -> DetectionTransform:
-    """Joint image + boxes transforms for detection, normalised once from the backbone's ``data_config``.
-
-    Both resize the image to the config's input size (``image_size`` square if given), boxes with it, as a
-    fixed resize that every batch shares. Train adds a light colour jitter and a horizontal flip (unless
-    ``flip=False``), then drops boxes the flip or resize made smaller than a pixel
-    (``SanitizeBoundingBoxes``).
-
-    Args:
-        data_config: The backbone's ``model.data_config``.
-        train: Whether to build the augmenting training pipeline.
-        image_size: Square side that overrides ``input_size``.
-        flip: Random horizontal flips (boxes flipped with the image).
-
-    Returns:
-        ``(PIL image, {"boxes": [M, 4] xyxy pixels, "labels": [M]}) -> (float [3, H, W], target)``.
-
-    Examples:
-        >>> from transferkit.data import DEFAULT_DATA_CONFIG
-        >>> t = build_detection_transforms(DEFAULT_DATA_CONFIG, train=False, image_size=32)
-        >>> image, target = t(Image.new("RGB", (64, 48)), {"boxes": [[0, 0, 32, 24]], "labels": [1]})
-        >>> image.shape, target["boxes"].tolist()
-        (torch.Size([3, 32, 32]), [[0.0, 0.0, 16.0, 16.0]])
-    """
-    pre = _resolve_preprocess(data_config, image_size)
-    resize, flips = v2.Resize(pre.size, interpolation=pre.interpolation, antialias=True), check_flip(flip)
-    if train:
-        steps = [
-            v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.02),
-            *([v2.RandomHorizontalFlip()] if flips else []),
-            resize,
-            v2.ClampBoundingBoxes(),
-            v2.SanitizeBoundingBoxes(min_size=1.0),
-        ]
-    else:
-        steps = [resize, v2.ClampBoundingBoxes()]
-    return _BoxTransform(v2.Compose([*steps, *_tensor_steps(pre)]))
-
-
 class DetectionFolder(Dataset):
     """Images with boxes from one split folder, COCO (``annotations.json``) or VOC (``annotations/``).
 
@@ -169,6 +113,8 @@ class DetectionFolder(Dataset):
             `build_detection_transforms`. Without it items are ``(PIL image, target)``.
         classes: Class names by index, e.g. the train split's (a split may lack some, not add one).
             Default: the COCO categories in id order, or the sorted VOC object names.
+        mosaic: Tiles an item with three other random items of the folder (`DetectionMosaic`), before
+            ``transform``; drawn, like the transform's randomness, from the sample's seed.
 
     Raises:
         FileNotFoundError: The folder lacks ``images/`` or any annotations, or an image file is missing.
@@ -184,6 +130,9 @@ class DetectionFolder(Dataset):
         >>> image, target = ds[0]
         >>> image.size, target["boxes"].shape[1], target["labels"].dtype
         ((64, 64), 4, torch.int64)
+        >>> tiled = DetectionFolder(root / "train", mosaic=DetectionMosaic((48, 48), p=1.0))
+        >>> tiled[0][0].size  # four images in one
+        (48, 48)
     """
 
     def __init__(
@@ -191,6 +140,8 @@ class DetectionFolder(Dataset):
         root: str | Path,
         transform: DetectionTransform | None = None,
         classes: Sequence[str] | None = None,
+        *,
+        mosaic: DetectionMosaic | None = None,
     ) -> None:
         root = Path(root)
         _require_dir(root / "images", _LAYOUT)
@@ -200,6 +151,7 @@ class DetectionFolder(Dataset):
             raise FileNotFoundError(f"{root} has {what}; the layout is {_LAYOUT}")
         self.samples, self.classes = (read_coco if coco else read_voc)(root, classes)
         self.root, self.format, self.transform = root, "coco" if coco else "voc", transform
+        self.mosaic = mosaic
         if not self.samples:
             raise ValueError(f"{root} holds no images")
 
@@ -207,6 +159,17 @@ class DetectionFolder(Dataset):
         return len(self.samples)
 
     def __getitem__(self, index: int) -> tuple[Any, Target]:
+        if self.transform is None and self.mosaic is None:
+            return self._load(index)
+        with sample_randomness(index):  # an EpochSampler's index seeds the augmentation
+            shown = [index] if self.mosaic is None else self.mosaic.pick(index, len(self))
+            if self.mosaic is not None and len(shown) > 1:
+                image, target = self.mosaic([self._load(i) for i in shown])
+            else:
+                image, target = self._load(index)
+            return (image, target) if self.transform is None else self.transform(image, target)
+
+    def _load(self, index: int) -> tuple[Image.Image, Target]:
         path, boxes, labels, declared = self.samples[index]
         image = _load_rgb(path)
         if declared is not None and image.size != tuple(declared):
@@ -214,11 +177,7 @@ class DetectionFolder(Dataset):
                 f"image {path} is {image.size[0]}x{image.size[1]} but its annotation says "
                 f"{declared[0]}x{declared[1]}; the boxes would not fit it"
             )
-        target = {"boxes": boxes.clone(), "labels": labels.clone()}
-        if self.transform is None:
-            return image, target
-        with sample_randomness(index):  # an EpochSampler's index seeds the augmentation
-            return self.transform(image, target)
+        return image, {"boxes": boxes.clone(), "labels": labels.clone()}
 
 
 # --------------------------------------------------------------------------------------------- loaders
@@ -233,6 +192,9 @@ def detection_folder_loaders(
     seed: int = 0,
     augment: bool | str = True,
     flip: bool = True,
+    scale_range: tuple[float, float] = SCALE_RANGE,
+    min_visible: float = MIN_VISIBLE,
+    mosaic: float = 0.0,
 ) -> dict[str, DataLoader]:
     """Loaders for a detection folder, COCO or VOC (see the module docstring for both layouts).
 
@@ -245,8 +207,16 @@ def detection_folder_loaders(
         num_workers: DataLoader worker processes.
         seed: Seed of the train split's shuffling and augmentation, per epoch and sample as in
             `image_folder_loaders`.
-        augment: ``True``/``"light"`` (flip and colour jitter) or ``False``/``"none"`` (val's transform).
+        augment: ``True``/``"light"`` (flip, scale jitter, crop and colour jitter: see
+            `build_detection_transforms`) or ``False``/``"none"`` (val's transform).
         flip: Whether the augmenting train split flips images (and their boxes) horizontally.
+        scale_range: ``(min, max)`` zoom of the training resize before the crop (`SCALE_RANGE`); ``(1, 1)``
+            is a fixed resize without crop.
+        min_visible: Fraction of a box's area that must stay in view of a crop or a mosaic's quadrant for
+            the box to be kept (`MIN_VISIBLE`); kept boxes are clipped to what is in view.
+        mosaic: Probability that a training sample is a mosaic of four (`DetectionMosaic`); 0, the
+            default, never. A mosaic shrinks each image to between a quarter and three quarters of its
+            side, so it suits sets of large objects and longer training.
 
     Returns:
         ``{"train": loader}`` plus ``"val"`` when ``root/val`` exists; batches are ``(images [B, 3, H, W],
@@ -254,7 +224,9 @@ def detection_folder_loaders(
 
     Raises:
         FileNotFoundError: ``root/train`` or its ``images/`` or annotations are missing.
-        ValueError: As `DetectionFolder`, or an ``augment`` other than the geometric choices.
+        ValueError: As `DetectionFolder`, an ``augment`` other than the geometric choices, a
+            ``scale_range``, ``min_visible`` or ``mosaic`` out of range, or a ``mosaic`` with
+            ``augment=False``.
         TypeError: A ``flip`` that is not a bool.
 
     Examples:
@@ -270,6 +242,13 @@ def detection_folder_loaders(
     if augment not in (True, False, "light", "none"):
         raise ValueError(f"augment for detection is True/'light' or False/'none', got {augment!r}")
     check_flip(flip)
+    check_scale_range(scale_range)
+    check_min_visible(min_visible)
+    if check_mosaic(mosaic) and augment in (False, "none"):
+        raise ValueError(
+            f"mosaic={mosaic} is an augmentation, but augment={augment!r} turns augmentation off; pass "
+            "mosaic=0 or augment=True"
+        )
     root, config = Path(root), _pick_data_config(model, data_config)
     _require_dir(root / "train", _LAYOUT)
     check_folder_kind(root, "detection")
@@ -280,8 +259,16 @@ def detection_folder_loaders(
             continue
         train = split == "train"
         augmenting = train and augment in (True, "light")
-        transform = build_detection_transforms(config, augmenting, image_size, flip=flip)
-        dataset = DetectionFolder(root / split, transform, classes=classes)
+        transform = build_detection_transforms(
+            config, augmenting, image_size, flip=flip, scale_range=scale_range, min_visible=min_visible
+        )
+        tiles = None
+        if augmenting and mosaic > 0:
+            pre = _resolve_preprocess(config, image_size)
+            tiles = DetectionMosaic(
+                pre.size, mosaic, min_visible=min_visible, interpolation=pre.interpolation
+            )
+        dataset = DetectionFolder(root / split, transform, classes=classes, mosaic=tiles)
         declare_data_config(dataset, config, image_size)
         classes = dataset.classes  # val uses the train split's indices
         loaders[split] = DataLoader(
