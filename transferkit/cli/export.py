@@ -1,5 +1,8 @@
 """``transferkit export``: a run folder (or ``hf-hub:org/name``) to ONNX, ``torch.export`` or TorchScript.
 
+A detection run's file holds the decoding and NMS and gives fixed-size outputs, which the command states
+after the input (`transferkit.io.export_detection`).
+
 An existing ``--out`` file is replaced only with ``--overwrite``, and then whole (the export is written
 atomically); a symbolic link there is always refused, so the export never writes the file a link points
 to.
@@ -12,6 +15,7 @@ from pathlib import Path
 
 from ..atomic import refuse_symlink
 from ..io.export import EXPORT_FORMATS
+from ..io.export_detection import describe_outputs
 from ..io.export_spec import describe_preprocessing, read_preprocessing
 from .options import _positive_int
 from .runs import _load_run, _say
@@ -61,4 +65,6 @@ def _cmd_export(args: argparse.Namespace) -> int:
     )
     spec = read_preprocessing(out)  # what the file itself states
     _say(f"wrote {out}: {EXPORT_FORMATS[out.suffix.lower()]}; its input: {describe_preprocessing(spec)}")
+    if "outputs" in spec:  # a detection file: boxes, scores, labels and a count
+        _say(f"its outputs: {describe_outputs(spec)}")
     return 0

@@ -11,6 +11,10 @@ An ONNX model with over 1.5 GB of weights keeps them in ``NAME.onnx.data`` besid
 file names; both are exported under their final names into a temporary folder beside the target and
 renamed into place, the data file first.
 
+A detection model's file holds its decoding and NMS too and gives fixed-size outputs (``boxes``,
+``scores``, ``labels``, ``count``); `transferkit.io.export_detection` says which heads export to which
+formats, and when the batch size is fixed.
+
 Examples:
     >>> model = build_model("resnet18", num_classes=2, pretrained=False)
     >>> export(model, "model.onnx", input_size=(64, 64))  # doctest: +SKIP
@@ -25,7 +29,7 @@ from __future__ import annotations
 import os
 import tempfile
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +38,14 @@ import torch
 from ..atomic import atomic_write, refuse_symlink
 from ..errors import ExportError
 from ..tasks import get_task
+from .export_detection import (
+    DetectionExport,
+    check_detection_format,
+    detection_formats,
+    detection_spec,
+    export_detection_onnx,
+    export_detection_torchscript,
+)
 from .export_spec import PREPROCESSING_KEY, extra_files, metadata_text, preprocessing_spec
 
 if TYPE_CHECKING:
@@ -44,6 +56,7 @@ __all__ = ["EXPORT_FORMATS", "ExportError", "export"]
 EXPORT_FORMATS = {".onnx": "ONNX (torch.onnx)", ".pt2": "torch.export program", ".ts": "TorchScript"}
 _MAX_BATCH = 4096
 Spec = dict[str, Any]  # `transferkit.io.export_spec.preprocessing_spec`
+Exporter = Callable[[torch.nn.Module, torch.Tensor, Path, int | None, Spec], None]  # one of _EXPORTERS
 
 
 def export(
@@ -54,7 +67,8 @@ def export(
     opset: int | None = None,
     normalize_in_graph: bool = False,
 ) -> Path:
-    """Writes ``model`` to ``path`` in the format its suffix names; the batch size stays dynamic.
+    """Writes ``model`` to ``path`` in the format its suffix names; the batch size stays dynamic (but for
+    torchvision's detection heads: `transferkit.io.export_detection`).
 
     Args:
         model: The model to export.
@@ -78,8 +92,9 @@ def export(
     Raises:
         ValueError: An unknown suffix.
         FileExistsError: ``path`` (or the ONNX data file beside it) is a symbolic link; nothing is written.
-        ExportError: The task's models cannot be exported (detection), or the exporter failed for this
-            model (the message says which and what to try).
+        ExportError: The model's head cannot be exported to this format (torchvision's detection heads
+            export to ONNX only), or the exporter failed for this model (the message says which and what
+            to try). Nothing is written.
 
     Examples:
         >>> path = export(model, "runs/ab/model.onnx", input_size=(224, 224))  # doctest: +SKIP
@@ -95,19 +110,32 @@ def export(
             f"cannot export to {path}: unknown suffix {path.suffix!r}; use one of {sorted(EXPORT_FORMATS)} "
             f"({', '.join(EXPORT_FORMATS.values())})"
         )
-    refusal = get_task(model.task).export_refusal
-    if refusal is not None:
-        raise ExportError(f"cannot export this {model.task} model to {path}: {refusal}.")
+    was_training = model.training  # before a wrapper's eval() reaches the model
+    detections = get_task(model.task).export_post_processing
+    if detections:
+        check_detection_format(model, path)
     refuse_symlink(path, "export file")
     if suffix == ".onnx":
         refuse_symlink(_onnx_data(path), "export file")
     height, width = tuple(input_size) if input_size is not None else model.data_config["input_size"][-2:]
     spec = preprocessing_spec(model, (height, width), normalize_in_graph=normalize_in_graph)
+    exporter: Exporter = _EXPORTERS[suffix]
+    formats = tuple(EXPORT_FORMATS)
+    network: torch.nn.Module = model
+    if detections:  # the post-processing goes into the file too (`transferkit.io.export_detection`)
+        spec, formats = detection_spec(model, spec), detection_formats(model)
+        stats = (spec["mean"], spec["std"]) if normalize_in_graph else (None, None)
+        network = DetectionExport(model, (height, width), *stats).eval()
+        exporter = {".onnx": export_detection_onnx, ".ts": export_detection_torchscript}.get(suffix, exporter)
+    elif normalize_in_graph:
+        network = _Normalized(model, spec["mean"], spec["std"]).eval()
     device = next(model.parameters()).device
-    example = torch.randn(2, model.config.get("in_chans", 3), height, width, device=device)
-    network = _Normalized(model, spec["mean"], spec["std"]).eval() if normalize_in_graph else model
+    network.to(device)  # a wrapper's mean and std buffers
+    batch = spec["input"]["shape"][0]  # "N", or the batch size a file takes
+    example = torch.randn(
+        2 if batch == "N" else batch, model.config.get("in_chans", 3), height, width, device=device
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
-    was_training = model.training
     model.eval()
     try:
         with torch.no_grad(), warnings.catch_warnings():
@@ -115,17 +143,20 @@ def export(
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
             # PyTorch marks TorchScript deprecated (in favour of .pt2); the user asked for .ts by name.
             warnings.filterwarnings("ignore", category=FutureWarning, message=r"`torch\.jit\.")
-            _EXPORTERS[suffix](network, example, path, opset, spec)
+            # torchvision's shape function for NMS calls torch by a deprecated name: nothing for a user to do
+            warnings.filterwarnings("ignore", category=FutureWarning, message="`create_unbacked_symint`")
+            exporter(network, example, path, opset, spec)
     except ImportError as err:
         raise ImportError(
             f'exporting to {suffix} needs {err.name or "onnx"}: pip install "transferkit[export]" '
             '(onnx, onnxscript, onnxruntime), or pip install -e ".[export]" in a source checkout'
         ) from err
     except (RuntimeError, TypeError, ValueError, AssertionError) as err:
-        others = ", ".join(s for s in EXPORT_FORMATS if s != suffix)
+        others = ", ".join(s for s in formats if s != suffix)
         raise ExportError(
             f"{EXPORT_FORMATS[suffix]} export of {model.config.get('backbone', type(model).__name__)} to "
-            f"{path} failed: {type(err).__name__}: {_first_line(err)}. Try another format ({others})."
+            f"{path} failed: {type(err).__name__}: {_first_line(err)}."
+            + (f" Try another format ({others})." if others else "")
         ) from err
     finally:
         model.train(was_training)

@@ -223,8 +223,9 @@ class Task:
     # ------------------------------------------------------------------------ what the loop calls
     has_val_loss: bool = True  # False: evaluation reports only the metric (detection models in eval mode)
     cacheable: bool = True  # False: Trainer(cache_features=True) is refused for this task
-    # Why `model.export` cannot write this task's models (None: it can); the refusal quotes it.
-    export_refusal: str | None = None
+    # Whether exported files run the head's post-processing too, with fixed-size outputs (detection:
+    # decoding and NMS, `transferkit.io.export_detection`) instead of the head's output (``logits``).
+    export_post_processing: bool = False
     # Evaluation keeps the aspect ratio and crops the centre (True), or resizes the whole image (False);
     # see `transferkit.data.evaluation_geometry`. Export states it in the file's preprocessing.
     eval_center_crop: bool = True

@@ -111,11 +111,7 @@ class DetectionTask(Task):
     eval_center_crop = False  # the whole image is resized: no box is cut off
     has_val_loss = False
     cacheable = False
-    export_refusal = (
-        "the detection heads' post-processing (score threshold, NMS) returns a different number of boxes "
-        "per image, which ONNX, torch.export and TorchScript tracing cannot capture from one example; "
-        "share the saved run folder (model.save / push_to_hub, then load_model) instead"
-    )
+    export_post_processing = True  # boxes, scores, labels and a count, of fixed size
     collate_fn = staticmethod(collate_detection)
 
     def as_batch(self, inputs: Any) -> Any:

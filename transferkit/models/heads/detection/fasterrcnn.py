@@ -103,6 +103,7 @@ class FasterRCNNHead(DetectionHead):
         pool = MultiScaleRoIAlign([str(i) for i in range(len(strides))], output_size=7, sampling_ratio=2)
         pool.scales = [1.0 / s for s in strides]  # instead of rounding feature size / first batch's size
         pool.map_levels = LevelMapper(int(math.log2(strides[0])), int(math.log2(strides[-1])))
+        self.detections_per_img = int(detections_per_img)
         self.roi_heads = RoIHeads(
             pool,
             TwoMLPHead(channels * 7 * 7, representation_size),

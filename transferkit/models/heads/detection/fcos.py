@@ -65,6 +65,7 @@ class FCOSHead(_DenseHead):
                 f"channels, at least 64, got {channels}; use neck_kwargs={{'out_channels': 128}} (or 64)"
             )
         generator = AnchorGenerator(tuple((s,) for s in self.strides), ((1.0,),) * len(self.strides))
+        self.detections_per_img = int(detections_per_img)
         self.detector = tv_fcos.FCOS(
             _Unused(channels),
             num_classes,

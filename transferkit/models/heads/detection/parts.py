@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.image_list import ImageList
+from torchvision.ops import nms
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
 from ...features import FeatureInfo
@@ -90,10 +91,10 @@ def _targets_in(targets: Detections, offset: int) -> Detections:
 
 
 class DetectionHead(nn.Module):
-    """What the four detection heads share: level selection, extra levels, the train/eval contract.
+    """What the detection heads share: level selection, extra levels, the train/eval contract.
 
-    Subclasses set ``levels``, ``strides`` (of every map the detector sees) and ``extra`` in their
-    ``__init__`` and implement ``losses`` and ``detect``.
+    Subclasses set ``levels``, ``strides`` (of every map the detector sees), ``extra`` and
+    ``detections_per_img`` in their ``__init__`` and implement ``losses`` and ``detect``.
     """
 
     task = "detection"
@@ -101,6 +102,15 @@ class DetectionHead(nn.Module):
     levels: list[int]  # the feature levels read
     strides: list[int]  # of every map the detector sees, the extra levels' included
     extra: nn.Module | None  # torchvision's extra FPN block (P6/P7, max-pool), or None
+    detections_per_img: int  # D, the rows per image of `detect_fixed`
+    # Why an exported file of this head takes one image at a time and only ONNX holds it; None where
+    # `detect_fixed` treats the whole batch at once (any batch size, every format). Export quotes it.
+    export_limit: str | None = (
+        "torchvision's post-processing loops over the images in Python and branches on the number of "
+        "boxes: the ONNX exporter captures it for one image at a time (a file of batch size 1), torch.export "
+        "cannot capture it, and a TorchScript trace would keep the traced number of images without a word; "
+        "head='yolo' (batched post-processing) exports to .onnx, .pt2 and .ts with any batch size"
+    )
     # The torchvision detector whose parts the subclass uses (FCOS, RetinaNet, SSD, FasterRCNN); torchvision
     # has no type information, so its classes are Any to mypy.
     detector: Any
@@ -124,6 +134,32 @@ class DetectionHead(nn.Module):
                     "for detections"
                 )
             return self.losses(maps, size, _targets_in(targets, self.label_offset))
+        return self._detections(maps, size)
+
+    def detect_fixed(self, features: list[Tensor], input_size: tuple[int, int]) -> tuple[Tensor, ...]:
+        """Detections as fixed-size tensors, as an exported file gives them: boxes ``[B, D, 4]``, scores
+        ``[B, D]``, labels ``[B, D]`` (int64) and a count ``[B]``; the first ``count`` rows of each image
+        are its detections (those of ``forward`` in eval mode), best first, the rest zero.
+        ``D = detections_per_img``.
+
+        Examples:
+            >>> from transferkit.models.heads.detection import FCOSHead
+            >>> head = FCOSHead(FeatureInfo((64, 64), (8, 16)), num_classes=3, detections_per_img=5).eval()
+            >>> feats = [torch.randn(2, 64, 8, 8), torch.randn(2, 64, 4, 4)]
+            >>> boxes, scores, labels, count = head.detect_fixed(feats, (64, 64))
+            >>> boxes.shape, scores.shape, labels.shape, count.shape
+            (torch.Size([2, 5, 4]), torch.Size([2, 5]), torch.Size([2, 5]), torch.Size([2]))
+        """
+        size = (int(input_size[0]), int(input_size[1]))
+        rows = self.detections_per_img
+        images = [
+            (_padded(d["boxes"], rows), _padded(d["scores"], rows), _padded(d["labels"], rows),
+             torch.ones_like(d["labels"]).sum())  # a sum, not len(): a trace keeps it data-dependent
+            for d in self._detections(self._pyramid(features), size)
+        ]  # fmt: skip
+        return tuple(torch.stack(parts) for parts in zip(*images))
+
+    def _detections(self, maps: list[Tensor], size: tuple[int, int]) -> Detections:
         return [{**d, "labels": d["labels"] - self.label_offset} for d in self.detect(maps, size)]
 
     def losses(self, maps: list[Tensor], size: tuple[int, int], targets: Detections) -> dict[str, Tensor]:
@@ -131,6 +167,35 @@ class DetectionHead(nn.Module):
 
     def detect(self, maps: list[Tensor], size: tuple[int, int]) -> Detections:
         raise NotImplementedError
+
+
+def _padded(rows: Tensor, count: int) -> Tensor:
+    """``rows`` (at most ``count`` of them) followed by zero rows up to ``count``, without reading its length
+    (which a trace would keep as a constant)."""
+    return torch.cat([rows, rows.new_zeros(count, *rows.shape[1:])])[:count]
+
+
+def _class_wise_nms(
+    boxes: Tensor, scores: Tensor, images: Tensor, labels: Tensor, size: tuple[int, int], iou_threshold: float
+) -> Tensor:
+    """NMS within each (image, class) of a batch, in one `torchvision.ops.nms` call: the kept indices, best
+    first. ``boxes`` ``[K, 4]`` lie inside the ``size`` (H, W) image; ``images`` and ``labels`` are ``[K]``.
+
+    As `torchvision.ops.batched_nms` keeps classes apart by moving their boxes, each box moves right by
+    ``label`` image widths and down by ``image`` image heights, so boxes of different images or classes
+    never overlap; moving along two axes keeps the coordinates small. Unlike ``batched_nms`` it does not
+    branch on the number of boxes, which torch.export cannot capture.
+    """
+    step = boxes.new_tensor([size[1] + 1, size[0] + 1])
+    shift = (torch.stack([labels, images], dim=1).to(boxes) * step).repeat(1, 2)
+    # torchvision's shape function for nms promises at least two kept boxes, which a torch.export program
+    # asserts when it runs: two boxes apart from all others (left of and above the images) and scored below
+    # them all are always kept, and kept last
+    apart = boxes.new_tensor([[-4.0, -4.0, -3.0, -3.0], [-2.0, -2.0, -1.0, -1.0]])
+    kept = nms(
+        torch.cat([boxes + shift, apart]), torch.cat([scores, scores.new_tensor([-2.0, -1.0])]), iou_threshold
+    )
+    return kept[:-2]
 
 
 def _images(maps: list[Tensor], size: tuple[int, int]) -> ImageList:

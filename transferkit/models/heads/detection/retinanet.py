@@ -67,6 +67,7 @@ class RetinaNetHead(_DenseHead):
         sizes = tuple(tuple(anchor_scale * s * 2 ** (i / 3) for i in range(3)) for s in self.strides)
         generator = AnchorGenerator(sizes, (tuple(aspect_ratios),) * len(sizes))
         head = tv_retinanet.RetinaNetHead(channels, generator.num_anchors_per_location()[0], num_classes)
+        self.detections_per_img = int(detections_per_img)
         self.detector = tv_retinanet.RetinaNet(
             _Unused(channels),
             num_classes,

@@ -85,6 +85,7 @@ class SSDLiteHead(DetectionHead):
             num_classes + 1,
             norm,
         )
+        self.detections_per_img = int(detections_per_img)
         self.detector = tv_ssd.SSD(
             _Unused(),
             generator,

@@ -20,11 +20,11 @@ import math
 
 import torch
 from torch import Tensor, nn
-from torchvision.ops import Conv2dNormActivation, batched_nms
+from torchvision.ops import Conv2dNormActivation
 
 from ...features import FeatureInfo
 from ..registry import HEADS
-from .parts import DetectionHead, Detections, detection_levels
+from .parts import DetectionHead, Detections, _class_wise_nms, detection_levels
 from .yolo_loss import cell_points, decode, yolo_losses
 
 __all__ = ["YOLOHead"]
@@ -79,6 +79,8 @@ class YOLOHead(DetectionHead):
         >>> boxes.shape, scores.shape, labels.shape, count.shape
         (torch.Size([2, 100, 4]), torch.Size([2, 100]), torch.Size([2, 100]), torch.Size([2]))
     """
+
+    export_limit = None  # the post-processing treats the whole batch at once: any batch size, every format
 
     def __init__(
         self,
@@ -135,8 +137,10 @@ class YOLOHead(DetectionHead):
         """Class logits ``[B, A, C]``, box logits ``[B, A, 4, R]``, distances in strides ``[B, A, 4]``,
         the cell centres ``[A, 2]`` and strides ``[A]``."""
         batch = maps[0].shape[0]
-        class_logits = torch.cat([b(m).flatten(2).mT for b, m in zip(self.class_branches, maps)], dim=1)
-        box_logits = torch.cat([b(m).flatten(2).mT for b, m in zip(self.box_branches, maps)], dim=1)
+        class_logits = torch.cat([b(m).flatten(2) for b, m in zip(self.class_branches, maps)], dim=2)
+        box_logits = torch.cat([b(m).flatten(2) for b, m in zip(self.box_branches, maps)], dim=2)
+        # transpose, not .mT, and no in-place &= below: the TorchScript-based ONNX exporter knows neither
+        class_logits, box_logits = class_logits.transpose(1, 2), box_logits.transpose(1, 2)
         box_logits = box_logits.reshape(batch, -1, 4, self.reg_max)
         if self.reg_max > 1:
             distances = box_logits.float().softmax(-1) @ self.bins
@@ -174,15 +178,15 @@ class YOLOHead(DetectionHead):
         candidates = scores.shape[1]
         picked = (scores >= self.score_thresh).flatten().nonzero().squeeze(1)
         image = torch.arange(batch, device=boxes.device)[:, None].expand(-1, candidates).flatten()
-        kept = batched_nms(
+        kept = _class_wise_nms(
             boxes.reshape(-1, 4)[picked], scores.flatten()[picked],
-            (image * classes + labels.flatten())[picked], self.nms_thresh,
+            image[picked], labels.flatten()[picked], size, self.nms_thresh,
         )  # fmt: skip
         keep = torch.zeros(batch * candidates, dtype=torch.bool, device=boxes.device)
         keep[picked[kept]] = True
         keep = keep.view(batch, candidates)
         rank = keep.long().cumsum(1) - 1  # candidates are best first, so the kept ones stay in order
-        keep &= rank < self.detections_per_img
+        keep = keep & (rank < self.detections_per_img)
         slot = torch.where(keep, rank, torch.full_like(rank, self.detections_per_img))
         width = self.detections_per_img + 1  # the last column takes what is dropped
         out_boxes = boxes.new_zeros(batch, width, 4).scatter(1, slot[..., None].expand(-1, -1, 4), boxes)
