@@ -17,11 +17,12 @@ import torch
 from .. import build_model
 from ..data import make_shapes_folder
 from ..tasks import get_task
+from .data_kind import DEFAULT_HEADS, _heads_of, _task_of
 from .demo_common import DemoSettings, fresh_demo_data, mark_demo_data, train_and_reload
 from .demo_detection import run_detection_demo
 from .evaluate import _metric_lines
 from .lock import locked_run_folder
-from .options import _positive_int, parse_freeze
+from .options import UsageError, _positive_int, parse_freeze
 from .predict import predict_files
 from .runs import _count, _describe_data, _say
 
@@ -47,7 +48,11 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument(
         "--task", choices=("classification", "detection"), default="classification",
-        help="classification (default: class folders) or detection (boxes, FCOS)",
+        help="classification (default: class folders) or detection (boxes, FCOS unless --head says)",
+    )  # fmt: skip
+    demo.add_argument(
+        "--head", default=None,
+        help="with --task detection: fcos (default), yolo, retinanet, fasterrcnn or ssdlite",
     )  # fmt: skip
     demo.set_defaults(func=_cmd_demo)
 
@@ -58,7 +63,44 @@ def _unfrozen_at(history: list[dict[str, Any]]) -> list[int]:
     return [row["epoch"] + 1 for prev, row in pairs if row["trainable_blocks"] > prev["trainable_blocks"]]
 
 
+def demo_head(task: str, head: str | None) -> str:
+    """The head the ``task`` demo trains: ``head`` when it is one of the task's, else its default.
+
+    Raises:
+        UsageError: ``head`` is unknown, or a head of another task; the message names the task's heads
+            (or the ``--task`` that trains it).
+
+    Examples:
+        >>> demo_head("detection", None), demo_head("detection", "yolo")
+        ('fcos', 'yolo')
+    """
+    if head is None:
+        return DEFAULT_HEADS[task]
+    heads = _heads_of(task)
+    if head in heads:
+        return head
+    try:
+        other = _task_of(head)
+    except ValueError as err:  # an unknown name: the registry's message names the closest ones
+        raise UsageError("transferkit demo", f"--head {head}: {err}") from None
+    if task == "classification" and other == "detection":
+        fix = f"pass --task detection to train {head}"
+    else:
+        fix = f"the {task} demo trains {_one_of(heads)}"
+    raise UsageError("transferkit demo", f"--head {head} is a {other} head, not a {task} one: {fix}")
+
+
+def _one_of(heads: list[str]) -> str:
+    """``fcos (default), fasterrcnn, retinanet, ssdlite or yolo``; a lone head as it is."""
+    first, *others = heads
+    if not others:
+        return first
+    listed = ", ".join(others[:-1]) + (" or " if others[:-1] else "") + others[-1]
+    return f"{first} (default)" + (", " if others[:-1] else " or ") + listed
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
+    args.head = demo_head(args.task, args.head)  # checked before the folder is touched
     with locked_run_folder(Path(args.out), command="transferkit demo"):  # one demo per folder at a time
         if args.task == "detection":  # the demo's own --task option; each demo is a module of its own
             return run_detection_demo(args)

@@ -1,9 +1,9 @@
 """``transferkit demo --task detection``: the offline end-to-end run for boxes, explained step by step.
 
-It writes a COCO-style folder of generated shapes (several per image, each with its box), trains FCOS on
-a randomly initialised resnet18 + FPN-lite, reloads the saved run folder, evaluates its COCO mAP and
-draws its boxes over a few val images, through the same code as ``eval`` and ``predict``.
-`DETECTION_DEMO` holds its two sizes.
+It writes a COCO-style folder of generated shapes (several per image, each with its box), trains a
+detection head (FCOS unless ``--head`` names another: `HEAD_PARTS`) on a randomly initialised resnet18 +
+FPN-lite, reloads the saved run folder, evaluates its COCO mAP and draws its boxes over a few val
+images, through the same code as ``eval`` and ``predict``. `DETECTION_DEMO` holds its two sizes.
 """
 
 from __future__ import annotations
@@ -24,7 +24,21 @@ from .predict import predict_files
 from .runs import _count, _describe_data, _say
 
 DETECTION_CLASSES = 3
-DETECTION_HEAD = "fcos"
+DETECTION_HEAD = "fcos"  # without --head
+# what the demo says of each head: what it is built from, and what its loss adds up
+HEAD_PARTS = {
+    "fcos": ("torchvision's FCOS parts", "FCOS's classification + box + centre-ness"),
+    "retinanet": ("torchvision's RetinaNet parts", "RetinaNet's focal classification + box regression"),
+    "fasterrcnn": (
+        "torchvision's Faster R-CNN parts: RPN proposals, then RoI heads",
+        "the RPN's objectness + box and the RoI heads' classification + box",
+    ),
+    "ssdlite": ("torchvision's SSDLite parts", "SSD's classification (hard negatives mined) + box"),
+    "yolo": (
+        "transferkit's anchor-free YOLO head: decoupled branches, DFL boxes, task-aligned targets",
+        "the YOLO head's BCE classification + complete-IoU box + DFL",
+    ),
+}
 # per_class is images per split here: every image holds one to three shapes
 DETECTION_DEMO = {
     "full": DemoSettings({"train": 768, "val": 64}, image_size=64, epochs=8, freeze="none", batch_size=16),
@@ -36,12 +50,14 @@ def run_detection_demo(args: argparse.Namespace) -> int:
     """The detection demo: data, model, training, evaluation, boxes; returns the exit status."""
     started = time.perf_counter()
     settings = DETECTION_DEMO["quick" if args.quick else "full"]
+    head = getattr(args, "head", None) or DETECTION_HEAD
+    built_from, loss = HEAD_PARTS.get(head, (f"the {head} head's parts", f"the {head} head's loss parts"))
     epochs = args.epochs or settings.epochs
     out = Path(args.out)
     data = out / "data"
     counts = settings.per_class
     _say(
-        f"transferkit demo --task detection: train {DETECTION_HEAD} on boxes of synthetic shapes, offline, "
+        f"transferkit demo --task detection: train {head} on boxes of synthetic shapes, offline, "
         f"on the {'GPU' if torch.cuda.is_available() else 'CPU'}; everything goes to {out}/",
         "",
         f"[1/5] data: writing a COCO-style folder ({settings.image_size}px PNGs with one to three shapes "
@@ -54,7 +70,7 @@ def run_detection_demo(args: argparse.Namespace) -> int:
     mark_demo_data(data)
 
     torch.manual_seed(args.seed)
-    model = build_model("resnet18", neck="fpn_lite", head=DETECTION_HEAD, num_classes=DETECTION_CLASSES,
+    model = build_model("resnet18", neck="fpn_lite", head=head, num_classes=DETECTION_CLASSES,
                         pretrained=False)  # fmt: skip
     task = get_task(model.task)
     loaders = task.folder_loaders(
@@ -65,12 +81,12 @@ def run_detection_demo(args: argparse.Namespace) -> int:
     _say(
         "",
         "[2/5] model: resnet18 backbone (random init, pretrained=False: nothing is downloaded) + fpn_lite "
-        f"neck + {DETECTION_HEAD} head (torchvision's FCOS parts; anchors sized from the strides "
-        f"{model.head.strides}); with random weights BatchNorm trains (pretrained detectors keep it frozen):",
+        f"neck + {head} head ({built_from}; sized from the strides {model.head.strides}); with random "
+        "weights BatchNorm trains (pretrained detectors keep it frozen):",
         model.freeze_summary(),
         "",
         f"[3/5] training {_count(epochs, 'epoch')} on {_describe_data(loaders, classes)}; flips and colour "
-        "jitter move the boxes with the images; the loss is FCOS's classification + box + centre-ness",
+        f"jitter move the boxes with the images; the loss is {loss}",
     )
     history, plots, reloaded, meta, metrics, count = train_and_reload(
         model,
@@ -112,7 +128,7 @@ def run_detection_demo(args: argparse.Namespace) -> int:
         "Next steps:",
         f"  transferkit eval --model {out} --data {data}",
         f"  transferkit predict --model {out} {data / 'val' / 'images'}",
-        "  transferkit train --head fcos --data YOUR_FOLDER --backbone resnet18 --out runs/boxes",
+        f"  transferkit train --head {head} --data YOUR_FOLDER --backbone resnet18 --out runs/boxes",
         "      YOUR_FOLDER holds train/images/* with train/annotations.json (COCO) or",
         "      train/annotations/*.xml (Pascal VOC), and the same under val/; see docs/detection.md",
     )
