@@ -85,8 +85,8 @@ def run_detection_demo(args: argparse.Namespace) -> int:
         "weights BatchNorm trains (pretrained detectors keep it frozen):",
         model.freeze_summary(),
         "",
-        f"[3/5] training {_count(epochs, 'epoch')} on {_describe_data(loaders, classes)}; flips and colour "
-        f"jitter move the boxes with the images; the loss is {loss}",
+        f"[3/5] training {_count(epochs, 'epoch')} on {_describe_data(loaders, classes)}; flips, zooms and "
+        f"crops move the boxes with the images; the loss is {loss}",
     )
     history, plots, reloaded, meta, metrics, count = train_and_reload(
         model,
