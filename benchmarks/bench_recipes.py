@@ -17,6 +17,9 @@ Recipes (B = the backbone's blocks, 17 for EfficientNet-Lite0; E = epochs):
 - ``two_phase``: the head alone for the first half of the epochs, then everything, the backbone at
   ``backbone_lr_mult`` (0.1) times ``lr`` and ``layer_decay`` 0.8 per block towards the stem (one
   optimizer and one cosine schedule over both phases), every norm layer fixed (``bn="frozen_all"``).
+- ``lora``, ``bitfit``, ``norm``: ``model.freeze(policy)``: the parameter-efficient policies (LoRA with
+  its defaults, r=8 and alpha=16 on the ungrouped convolutions of the top third of the blocks; every
+  bias; the norm layers' affine parameters), the pretrained weights unchanged, the head beside them.
 - ``default``: ``Trainer(model, epochs=E)`` and nothing else: transferkit's default (``recipe="auto"``:
   without validation data, the same as ``lp_ft``); also at fixed rates (``Trainer(model, lr=lr)``: the
   fine-tune phase's rate), the table that ``lr_find``'s suggestion is checked against.
@@ -60,7 +63,20 @@ import real_weights  # noqa: E402
 from transferkit import Trainer, build_model  # noqa: E402
 
 TASKS = real_weights.TASKS  # name: (data builder, training images per class, where it lies from ImageNet)
-RECIPES = ("probe", "lp_ft", "full", "last_n", "third", "two_phase", "default", "fastai")
+RECIPES = (
+    "probe",
+    "lp_ft",
+    "full",
+    "last_n",
+    "third",
+    "two_phase",
+    "lora",
+    "bitfit",
+    "norm",
+    "default",
+    "fastai",
+)
+PEFT = ("lora", "bitfit", "norm")
 # the learning rates each recipe runs at (the head's, or the fine-tune phase's); None: the recipe's own
 LRS: dict[str, tuple[float | None, ...]] = {
     "probe": (None,),
@@ -69,6 +85,7 @@ LRS: dict[str, tuple[float | None, ...]] = {
     "last_n": (1e-3, 1e-4),
     "third": (1e-3, 1e-4),
     "two_phase": (3e-3, 1e-3),
+    **dict.fromkeys(PEFT, (1e-3, 3e-3)),
     "default": (None, 3e-4, 3e-3),  # None: no lr given (1e-3 for the fine-tune phase)
     "fastai": (None,),  # fastai's own: fine_tune(epochs, base_lr=2e-3)
 }
@@ -111,6 +128,9 @@ def configure(recipe: str, model: Any, epochs: int) -> dict[str, Any]:
         return {}
     if recipe == "third":
         model.freeze("last_n", n=round(blocks / 3))
+        return {}
+    if recipe in PEFT:
+        model.freeze(recipe)
         return {}
     if recipe == "two_phase":
         model.freeze("gradual", n=0, step=blocks, every=max(1, epochs // 2), bn="frozen_all")
@@ -158,6 +178,7 @@ def run_one(
     history = trainer.fit({"train": train})
     seconds = time.perf_counter() - started
     acc = trainer.evaluate(test)["acc"]
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)  # the last phase's
     tuned = [row for row in history if row.get("phase", "finetune") == "finetune"] or history
     used = tuned[0]["lr"]  # the head's rate in the first (fine-tune) epoch: what "auto" chose
     return {
@@ -168,6 +189,7 @@ def run_one(
         "seed": seed,
         "acc": acc,
         "seconds": seconds,
+        "trainable": trainable,
     }
 
 
@@ -193,6 +215,7 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "acc": statistics.mean(accs),
                 "acc_sd": statistics.stdev(accs) if len(accs) > 1 else 0.0,
                 "seconds": statistics.mean(r["seconds"] for r in same),
+                "trainable": same[0].get("trainable"),
             }
         )
     return rows
@@ -204,8 +227,8 @@ def table(rows: list[dict[str, Any]]) -> str:
     for row in rows:
         best[row["task"]] = max(best.get(row["task"], 0.0), row["acc"])
     lines = [
-        "| task | recipe | lr | seeds | test acc (mean +- sd) | behind best | seconds |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| task | recipe | lr | seeds | test acc (mean +- sd) | behind best | seconds | trains |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         acc = f"{r['acc']:.3f} +- {r['acc_sd']:.3f}"
@@ -213,9 +236,16 @@ def table(rows: list[dict[str, Any]]) -> str:
         behind = 100 * (best[r["task"]] - r["acc"])
         lines.append(
             f"| {r['task']} | {r['recipe']} | {lr_text(r)} | {r['seeds']} | {acc} | {behind:.1f} | "
-            f"{r['seconds']:.1f} |"
+            f"{r['seconds']:.1f} | {_count(r.get('trainable'))} |"
         )
     return "\n".join(lines)
+
+
+def _count(n: int | None) -> str:
+    """``4.0 M``, ``52 k``: a parameter count (the last phase's trainable ones), ``-`` when not measured."""
+    if n is None:
+        return "-"
+    return f"{n / 1e6:.1f} M" if n >= 1e6 else f"{n / 1e3:.0f} k"
 
 
 def acceptance(rows: list[dict[str, Any]]) -> list[str]:

@@ -10,14 +10,19 @@ from typing import Any
 
 from torch import nn
 
+from .peft import LORA_DEFAULTS, PEFT_POLICIES, check_adapters
+
 __all__ = ["FreezeState", "POLICIES", "Table", "block_modules", "is_norm", "param_groups", "summary_table"]
 
-# The arguments each policy takes, with their defaults.
-POLICIES: dict[str, dict[str, int]] = {
+# The arguments each policy takes, with their defaults; the parameter-efficient ones are in `peft`.
+POLICIES: dict[str, dict[str, Any]] = {
     "none": {},
     "all": {},
     "last_n": {"n": -1},
     "gradual": {"n": 0, "step": 1, "every": 1},
+    "lora": LORA_DEFAULTS,
+    "bitfit": {},
+    "norm": {},
 }
 # frozen: norm layers of frozen blocks stay in eval mode; train: they update their statistics (fastai);
 # frozen_all: every backbone norm layer keeps its statistics and affine parameters, as torchvision's
@@ -35,10 +40,12 @@ class FreezeState:
     every: int | None = None
     bn: str = "frozen"
     epoch: int = 0
+    adapters: dict[str, Any] | None = None  # LoRA's settings while the model carries adapters
 
     @classmethod
-    def make(cls, policy: str, num_blocks: int, bn: str, **args: int | None) -> FreezeState:
-        """Validate a policy and its arguments against a backbone of ``num_blocks`` blocks."""
+    def make(cls, policy: str, num_blocks: int, bn: str, **args: Any) -> FreezeState:
+        """Validate a policy and its arguments against a backbone of ``num_blocks`` blocks (LoRA's
+        ``targets`` stay as given: `TransferModel.freeze` resolves them against the backbone)."""
         if not isinstance(policy, str) or policy not in POLICIES:
             raise ValueError(f"unknown freeze policy {policy!r}; valid policies: {', '.join(POLICIES)}")
         if bn not in BN_MODES:
@@ -50,6 +57,12 @@ class FreezeState:
             takes = ", ".join(allowed) if allowed else "no arguments"
             raise ValueError(f"freeze policy {policy!r} takes {takes}; got unexpected {', '.join(extra)}")
         values = {**allowed, **given}
+        if policy == "lora":
+            return cls(policy=policy, bn=bn, adapters=check_adapters(values))
+        if policy == "norm" and bn == "frozen_all":
+            raise ValueError(
+                "policy='norm' trains the norm layers, which bn='frozen_all' fixes; use bn='frozen'"
+            )
         if policy == "last_n" and "n" not in given:
             raise ValueError(
                 f"freeze policy 'last_n' needs n, the number of blocks to train (0..{num_blocks})"
@@ -67,8 +80,17 @@ class FreezeState:
                 raise ValueError(f"{key} must be >= 1, got {values[key]}")
         return cls(policy=policy, bn=bn, **values)
 
+    @property
+    def parameter_efficient(self) -> bool:
+        """Whether the policy picks parameters inside blocks (``lora``, ``bitfit``, ``norm``)."""
+        return self.policy in PEFT_POLICIES
+
     def num_trainable(self, num_blocks: int) -> int:
-        """How many of the last blocks train at ``self.epoch``."""
+        """How many of the last blocks train at ``self.epoch`` (block policies only)."""
+        if self.parameter_efficient:
+            raise ValueError(
+                f"freeze policy {self.policy!r} trains parameters inside blocks, not whole blocks"
+            )
         if self.policy == "none":
             return num_blocks
         if self.policy == "all":
@@ -91,8 +113,11 @@ class FreezeState:
         """Whether a module of a block stays in eval mode through ``train()``.
 
         Frozen blocks stay in eval mode (their norm layers too unless ``bn="train"``); under
-        ``bn="frozen_all"`` the norm layers of trainable blocks do as well.
+        ``bn="frozen_all"`` the norm layers of trainable blocks do as well. Under a parameter-efficient
+        policy every norm layer keeps its statistics (the base stays as it was) unless ``bn="train"``.
         """
+        if norm and self.parameter_efficient:
+            return self.bn != "train"
         if norm:
             return self.bn == "frozen_all" or (self.bn == "frozen" and not block_trains)
         return not block_trains
@@ -104,7 +129,7 @@ class FreezeState:
     def from_dict(cls, state: dict[str, Any], num_blocks: int) -> FreezeState:
         """What `to_dict` returned, validated against a backbone of ``num_blocks`` blocks."""
         state = dict(state)
-        unknown = sorted(set(state) - {"policy", "n", "step", "every", "bn", "epoch"})
+        unknown = sorted(set(state) - {"policy", "n", "step", "every", "bn", "epoch", "adapters"})
         if unknown:
             raise ValueError(
                 f"not a freeze state: unexpected keys {', '.join(unknown)}; "
@@ -113,9 +138,18 @@ class FreezeState:
         epoch = state.get("epoch", 0)
         if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
             raise ValueError(f"freeze state epoch must be an int >= 0, got {epoch!r}")
-        args = {k: state.get(k) for k in ("n", "step", "every")}
-        freeze = cls.make(state.get("policy", "none"), num_blocks, state.get("bn", "frozen"), **args)
-        freeze.epoch = epoch
+        adapters = state.get("adapters")
+        adapters = None if adapters is None else check_adapters(adapters)
+        if adapters is not None and not adapters["targets"]:
+            raise ValueError("a freeze state with LoRA adapters must name their layers (targets)")
+        policy = state.get("policy", "none")
+        args: dict[str, Any] = {k: state.get(k) for k in ("n", "step", "every")}
+        if policy == "lora":
+            if adapters is None:
+                raise ValueError("freeze policy 'lora' needs its adapters' settings")
+            args = dict(adapters)
+        freeze = cls.make(policy, num_blocks, state.get("bn", "frozen"), **args)
+        freeze.epoch, freeze.adapters = epoch, adapters
         return freeze
 
 
@@ -264,11 +298,12 @@ class Table(str):
         return f"<table><thead>{row('th', self.header)}</thead><tbody>{body}</tbody></table>"
 
 
-def summary_table(rows: list[tuple[str, int, bool, str]]) -> Table:
-    """A `Table` of ``(block, params, trainable, norm mode)`` rows with a total line."""
+def summary_table(rows: list[tuple[str, int, int, str]]) -> Table:
+    """A `Table` of ``(block, params, trainable params, norm mode)`` rows with a total line; a row's
+    trainable cell says ``yes``, ``no``, or how many of its parameters train."""
     header = ("block", "params", "trainable", "norm mode")
-    body = [(b, f"{n:,}", "yes" if t else "no", m) for b, n, t, m in rows]
-    trainable = sum(n for _, n, t, _ in rows if t)
+    body = [(b, f"{n:,}", "yes" if t == n else "no" if t == 0 else f"{t:,}", m) for b, n, t, m in rows]
+    trainable = sum(t for _, _, t, _ in rows)
     total = sum(n for _, n, _, _ in rows)
     body.append(("total", f"{total:,}", f"{trainable:,}", ""))
     widths = [max(len(r[i]) for r in [header, *body]) for i in range(4)]

@@ -144,15 +144,15 @@ def load_model(directory: str | os.PathLike[str], map_location: str | torch.devi
     except (ValueError, TypeError, NotImplementedError) as err:
         raise ValueError(f"{source} describes a model transferkit cannot build: {err}") from err
     model.config["pretrained"] = config.get("pretrained", True)
-    _load_state(model, state, weights_path)
     freeze = metadata.get("freeze_state")
-    if freeze:
+    if freeze:  # first: LoRA adapters in it add the tensors the weights file holds for them
         try:
             model.load_freeze_state(read_json(weights_path, freeze))
         except (ValueError, TypeError, KeyError) as err:
             raise ValueError(
                 f"{weights_path}: its freeze state is damaged ({err}); save the model again"
             ) from None
+    _load_state(model, state, weights_path)
     return model.to(map_location)
 
 

@@ -16,6 +16,7 @@ from ..tasks import get_task
 from .classes import check_class_names
 from .features import FeatureInfo
 from .freeze import FreezeState, Table, block_modules, is_norm, param_groups, summary_table
+from .peft import PEFT_POLICIES, add_lora, has_lora, merge_lora, resolve_targets, trainable_names
 
 __all__ = ["TransferModel"]
 
@@ -139,7 +140,10 @@ class TransferModel(nn.Module):
 
     @property
     def trainable_blocks(self) -> list[str]:
-        """Names of the blocks that train now."""
+        """Names of the blocks that train now (under ``lora``, ``bitfit``, ``norm``: that train in part)."""
+        if self._freeze.parameter_efficient:
+            chosen = trainable_names(self.backbone, self._freeze.policy)
+            return [b for b, ps in _blocks_of(self.backbone).items() if chosen.intersection(ps)]
         k = self._freeze.num_trainable(len(self.blocks))
         return self.blocks[len(self.blocks) - k :]
 
@@ -151,13 +155,20 @@ class TransferModel(nn.Module):
         step: int | None = None,
         every: int | None = None,
         bn: str | None = None,
+        r: int | None = None,
+        alpha: float | None = None,
+        targets: Sequence[str] | str | None = None,
+        dropout: float | None = None,
     ) -> None:
-        """Freeze backbone blocks; the neck and head always train.
+        """Freeze backbone blocks, or all but a few parameters; the neck and head always train.
 
         Args:
             policy: ``"all"`` (the whole backbone), ``"last_n"`` (only the last ``n`` blocks train),
-                ``"gradual"`` (the last ``n + step * (epoch // every)`` train; see `apply_schedule`)
-                or ``"none"``.
+                ``"gradual"`` (the last ``n + step * (epoch // every)`` train; see `apply_schedule`),
+                ``"none"``; or a parameter-efficient one, which keeps every pretrained weight as it is:
+                ``"lora"`` (low-rank adapters on ``targets``, through the ``peft`` extra; see `merge`),
+                ``"bitfit"`` (the backbone's biases train) or ``"norm"`` (its norm layers' affine
+                parameters train).
             n: Blocks that train (``last_n``), or at epoch 0 (``gradual``, default 0).
             step: Blocks unfrozen per stage (``gradual``, default 1).
             every: Epochs per stage (``gradual``, default 1).
@@ -165,15 +176,69 @@ class TransferModel(nn.Module):
                 fixed) through any ``train()``; ``"train"`` lets them update their statistics;
                 ``"frozen_all"`` fixes every backbone norm layer (statistics and affine parameters), as
                 torchvision's detectors do. Default: the task's (``frozen_all`` for detection with
-                pretrained weights, else ``frozen``).
+                pretrained weights, else ``frozen``); ``frozen`` under the parameter-efficient
+                policies, where every norm layer keeps its statistics.
+            r: LoRA's rank (default 8).
+            alpha: LoRA's scale numerator: the update is ``alpha / r * B @ A`` (default 16).
+            targets: The layers LoRA adapts, by name or name ending (``["qkv", "fc1", "fc2"]``).
+                Default: a transformer's attention and MLP linears; a CNN's convolutions in its top
+                third of blocks.
+            dropout: Dropout on LoRA's input (default 0).
 
         Raises:
-            ValueError: an unknown policy, an argument the policy does not take, or ``n`` outside
-                ``[0, len(model.blocks)]``.
+            ValueError: an unknown policy, an argument the policy does not take, ``n`` outside
+                ``[0, len(model.blocks)]``, or LoRA targets that pick no layer.
+            ImportError: ``policy="lora"`` without the ``peft`` package.
+
+        Examples:
+            >>> model = build_model("resnet18", num_classes=2, pretrained=False)
+            >>> model.freeze("bitfit")
+            >>> sum(p.numel() for p in model.backbone.parameters() if p.requires_grad)
+            4800
         """
-        bn = self._default_bn() if bn is None else bn
-        self._freeze = FreezeState.make(policy, len(self.blocks), bn, n=n, step=step, every=every)
+        if bn is None:
+            bn = "frozen" if policy in PEFT_POLICIES else self._default_bn()
+        lora = {"r": r, "alpha": alpha, "targets": targets, "dropout": dropout}
+        state = FreezeState.make(policy, len(self.blocks), bn, n=n, step=step, every=every, **lora)
+        if state.adapters is not None:
+            state.adapters["targets"] = resolve_targets(self.backbone, targets, _blocks_of(self.backbone))
+        self._set_adapters(state, self._freeze.adapters if state.adapters is None else state.adapters)
+        self._freeze = state
         self._freeze_chosen = True  # the Trainer's default recipe never overrides it
+        self._apply_freeze()
+
+    def _set_adapters(self, state: FreezeState, adapters: dict[str, Any] | None) -> None:
+        """Give the backbone ``adapters`` (LoRA settings; None: none) and record them in ``state``."""
+        current = self._freeze.adapters if has_lora(self.backbone) else None
+        if current is not None and adapters != current:
+            raise ValueError(
+                f"the model already carries LoRA adapters ({ {k: current[k] for k in ('r', 'alpha')} } on "
+                f"{len(current['targets'])} layers); call model.merge() first to fold them in, or build "
+                "the model again"
+            )
+        if current is None and adapters is not None:
+            add_lora(self.backbone, adapters)
+            self._block_modules = block_modules(self.backbone, _blocks_of(self.backbone))
+        state.adapters = adapters
+
+    def merge(self) -> None:
+        """Fold the LoRA adapters into the backbone's weights and remove them: the same outputs, no extra
+        cost in inference or export. A ``lora`` policy becomes ``all`` (the backbone frozen).
+
+        Raises:
+            ValueError: the model carries no adapters.
+
+        Examples:
+            >>> model.freeze("lora", r=4)  # doctest: +SKIP
+            >>> model.merge()  # doctest: +SKIP
+        """
+        if not has_lora(self.backbone):
+            raise ValueError("the model carries no LoRA adapters to merge; freeze(policy='lora') adds them")
+        merge_lora(self.backbone)
+        self._block_modules = block_modules(self.backbone, _blocks_of(self.backbone))
+        if self._freeze.policy == "lora":
+            self._freeze = FreezeState.make("all", len(self.blocks), self._freeze.bn)
+        self._freeze.adapters = None
         self._apply_freeze()
 
     def _default_bn(self) -> str:
@@ -201,16 +266,21 @@ class TransferModel(nn.Module):
             ValueError: the state does not come from `freeze_state`, or does not fit this backbone
                 (for example ``n`` larger than ``len(model.blocks)``).
         """
-        self._freeze = FreezeState.from_dict(state, len(self.blocks))
+        freeze = FreezeState.from_dict(state, len(self.blocks))
+        self._set_adapters(freeze, freeze.adapters)
+        self._freeze = freeze
         self._freeze_chosen = True
         self._apply_freeze()
 
     def _apply_freeze(self) -> None:
         trainable = set(self.trainable_blocks)
         named = dict(self.backbone.named_parameters())
+        chosen = (
+            trainable_names(self.backbone, self._freeze.policy) if self._freeze.parameter_efficient else None
+        )
         for block, params in _blocks_of(self.backbone).items():
             for name in params:
-                named[name].requires_grad_(block in trainable)
+                named[name].requires_grad_(block in trainable if chosen is None else name in chosen)
         if self._freeze.bn == "frozen_all":  # as FrozenBatchNorm2d: the affine parameters stay too
             for norm in filter(is_norm, self.backbone.modules()):
                 norm.requires_grad_(False)
@@ -269,11 +339,13 @@ class TransferModel(nn.Module):
             norms = [m for m in self._block_modules[block] if is_norm(m)]
             frozen_norms = self._freeze.keeps_eval(block in trainable, norm=True)
             mode = "-" if not norms else "eval (frozen)" if frozen_norms else "train"
-            rows.append((block, sum(named[p].numel() for p in params), block in trainable, mode))
+            trains = sum(named[p].numel() for p in params if named[p].requires_grad)
+            rows.append((block, sum(named[p].numel() for p in params), trains, mode))
         for part in ("neck", "head"):
             module = getattr(self, part)
             mode = "train" if any(is_norm(m) for m in module.modules()) else "-"
-            rows.append((part, sum(p.numel() for p in module.parameters()), True, mode))
+            count = sum(p.numel() for p in module.parameters())
+            rows.append((part, count, count, mode))
         return summary_table(rows)
 
     def save(self, directory: str | os.PathLike[str]) -> Path:

@@ -72,7 +72,8 @@ class PrefixCaches:
 
     def boundary(self) -> int:
         """Index of the first trainable block: the frozen prefix is the blocks before it."""
-        return len(self.model.blocks) - len(self.model.trainable_blocks)
+        trainable = set(self.model.trainable_blocks)
+        return next((i for i, b in enumerate(self.model.blocks) if b in trainable), len(self.model.blocks))
 
     def check(self, train: Any, start: int, epochs: int) -> None:
         """Fail before training when caching cannot work: bad loader, norm layers, unsplittable backbone."""
