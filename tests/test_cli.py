@@ -286,6 +286,10 @@ def test_help_and_version_exit_zero(capsys: pytest.CaptureFixture[str]) -> None:
         ("gradual", "gradual", {}),
         ("gradual:2", "gradual", {"n": 2}),
         ("gradual:0:2:3", "gradual", {"n": 0, "step": 2, "every": 3}),
+        ("lora", "lora", {}),
+        ("lora:4:8", "lora", {"r": 4, "alpha": 8}),
+        ("bitfit", "bitfit", {}),
+        ("norm", "norm", {}),
     ],
 )
 def test_parse_freeze(text: str, policy: str, kwargs: dict[str, int]) -> None:
@@ -293,7 +297,9 @@ def test_parse_freeze(text: str, policy: str, kwargs: dict[str, int]) -> None:
     assert (spec.policy, spec.kwargs, spec.text) == (policy, kwargs, text)
 
 
-@pytest.mark.parametrize("text", ["last_n", "last_n:1:2", "gradual:1:1:1:1", "gradual:x", "all:2", "top3"])
+@pytest.mark.parametrize(
+    "text", ["last_n", "last_n:1:2", "gradual:1:1:1:1", "gradual:x", "all:2", "top3", "lora:4:8:1", "bitfit:2"]
+)
 def test_parse_freeze_rejects(text: str) -> None:
     with pytest.raises(argparse.ArgumentTypeError):
         parse_freeze(text)

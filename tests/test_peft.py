@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 from pathlib import Path
 
@@ -179,3 +180,15 @@ def test_lora_feature_cache_serves_the_frozen_prefix() -> None:
     history = trainer.fit(loader)
     assert trainer._cache.boundary() == model.blocks.index("layer3.1")
     assert history[-1]["trainable_blocks"] == 3
+
+
+def test_cli_freeze_specs_apply_the_policies() -> None:
+    from transferkit.cli import parse_freeze
+
+    model = _resnet()
+    parse_freeze("bitfit").apply(model)
+    assert model.freeze_state()["policy"] == "bitfit"
+    if importlib.util.find_spec("peft") is not None:
+        parse_freeze("lora:2:4").apply(model)
+        adapters = model.freeze_state()["adapters"]
+        assert (adapters["r"], adapters["alpha"]) == (2, 4)

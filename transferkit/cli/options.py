@@ -15,7 +15,7 @@ from ..data.augment import check_crop_scale
 from ..models.model import TransferModel
 
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt")
-FREEZE_GRAMMAR = "auto, all, none, last_n:K or gradual[:N[:STEP[:EVERY]]]"
+FREEZE_GRAMMAR = "auto, all, none, last_n:K, gradual[:N[:STEP[:EVERY]]], lora[:R[:ALPHA]], bitfit or norm"
 CROP_SCALE_GRAMMAR = (
     "MIN or MIN,MAX with 0 < MIN <= MAX <= 1 (fractions of the image's area), e.g. 0.5 or 0.5,1"
 )
@@ -48,9 +48,7 @@ class FreezeSpec(NamedTuple):
         ``auto`` leaves it to the Trainer's default recipe (`transferkit.training.recipe`)."""
         if self.policy == "auto":
             return
-        model.freeze(
-            self.policy, n=self.kwargs.get("n"), step=self.kwargs.get("step"), every=self.kwargs.get("every")
-        )
+        model.freeze(self.policy, **self.kwargs)
 
 
 def parse_pretrained(text: str) -> bool | str:
@@ -83,7 +81,8 @@ def parse_pretrained(text: str) -> bool | str:
 
 
 def parse_freeze(text: str) -> FreezeSpec:
-    """``--freeze``: ``auto``, ``all``, ``none``, ``last_n:K`` or ``gradual[:N[:STEP[:EVERY]]]``.
+    """``--freeze``: ``auto``, ``all``, ``none``, ``last_n:K``, ``gradual[:N[:STEP[:EVERY]]]``,
+    ``lora[:R[:ALPHA]]`` (rank and scale of the adapters, default 8 and 16), ``bitfit`` or ``norm``.
 
     The numbers are checked against the backbone (``K <= len(model.blocks)``) by ``model.freeze``.
 
@@ -95,7 +94,16 @@ def parse_freeze(text: str) -> FreezeSpec:
         FreezeSpec(policy='gradual', kwargs={'n': 2, 'step': 1, 'every': 3}, text='gradual:2:1:3')
     """
     policy, *numbers = text.strip().split(":")
-    names = {"auto": (), "all": (), "none": (), "last_n": ("n",), "gradual": ("n", "step", "every")}
+    names = {
+        "auto": (),
+        "all": (),
+        "none": (),
+        "last_n": ("n",),
+        "gradual": ("n", "step", "every"),
+        "lora": ("r", "alpha"),
+        "bitfit": (),
+        "norm": (),
+    }
     if policy not in names:
         raise argparse.ArgumentTypeError(f"unknown freeze policy {policy!r}; use {FREEZE_GRAMMAR}")
     if policy == "last_n" and len(numbers) != 1:
