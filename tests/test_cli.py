@@ -193,7 +193,7 @@ def test_predict_top_k_and_single_file(trained: tuple[Path, Result], shapes: Pat
 
 
 def test_list_names_with_patterns() -> None:
-    assert run("list", "necks").out.split() == ["aspp", "fpn_lite", "identity", "pan"]
+    assert run("list", "necks").out.split() == ["aspp", "fpn_lite", "identity", "pan", "simple_pyramid"]
     heads = ["deeplabv3plus", "fasterrcnn", "fcn", "fcos", "linear", "retinanet", "ssdlite", "yolo"]
     assert run("list", "heads").out.split() == heads
     found = run("list", "backbones", "resnet1").out.split()
@@ -298,7 +298,8 @@ def test_parse_freeze(text: str, policy: str, kwargs: dict[str, int]) -> None:
 
 
 @pytest.mark.parametrize(
-    "text", ["last_n", "last_n:1:2", "gradual:1:1:1:1", "gradual:x", "all:2", "top3", "lora:4:8:1", "bitfit:2"]
+    "text",
+    ["last_n", "last_n:1:2", "gradual:1:1:1:1", "gradual:x", "all:2", "top3", "lora:4:8:1", "bitfit:2"],
 )
 def test_parse_freeze_rejects(text: str) -> None:
     with pytest.raises(argparse.ArgumentTypeError):

@@ -109,8 +109,8 @@ def test_dense_heads_on_other_backbones_and_pan(backbone: str, neck: str, head: 
 @pytest.mark.parametrize("head", ["fcos", "fasterrcnn"])
 def test_a_vit_works_through_the_simple_pyramid(head: str) -> None:
     model = _model("timm/vit_tiny_patch16_224", head, neck="identity")
-    assert model.head.levels == [2]  # one level of stride 16; the head adds the coarser ones
-    assert model.head.strides == ([16, 32, 64] if head == "fcos" else [16, 32])
+    assert model.config["neck"] == "simple_pyramid"  # built in place of identity: one stride, 16
+    assert model.head.strides == ([8, 16, 32, 64, 128] if head == "fcos" else [4, 8, 16, 32, 64])
     _step_and_detect(model)
 
 
@@ -118,8 +118,9 @@ def test_yolo_reads_levels_of_any_channels_and_refuses_a_single_stride() -> None
     model = _model("resnet18", "yolo", neck="identity")  # 128, 256, 512 channels: one branch per level
     assert model.head.strides == [8, 16, 32]
     _step_and_detect(model)
-    with pytest.raises(ValueError, match=r"one level of stride 16 .*head='fcos'"):
-        _model("timm/vit_tiny_patch16_224", "yolo", neck="identity")
+    shallow = create_backbone("resnet18", pretrained=False, out_indices=(1, 2))  # strides 4 and 8
+    with pytest.raises(ValueError, match=r"one level of stride 8 .*neck='simple_pyramid'.*head='fcos'"):
+        build_model(shallow, neck="identity", head="yolo", num_classes=2)
 
 
 def test_uneven_channels_are_refused_with_what_works() -> None:

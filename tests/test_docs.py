@@ -53,7 +53,7 @@ MAX_EPOCHS = 2
 # The models whose pretrained weights the docs load; a block that needs another one fails with
 # PretrainedUnavailableError naming it (add it here).
 TORCHVISION_WEIGHTS = ("resnet18",)
-TIMM_WEIGHTS = ("convnext_atto",)
+TIMM_WEIGHTS = ("convnext_atto", "vit_tiny_patch16_224")
 FAKE_COMMIT = "0123456789abcdef0123456789abcdef01234567"
 _WEIGHTS_HOME: list[Path] = []
 

@@ -149,7 +149,7 @@ def test_registry_lists_with_patterns() -> None:
     registry.register("b_one")(object)
     registry.register("a_two")(object)
     assert registry.list() == ["a_two", "b_one"] and registry.list("b*") == ["b_one"]
-    assert tk.list_necks() == ["aspp", "fpn_lite", "identity", "pan"]
+    assert tk.list_necks() == ["aspp", "fpn_lite", "identity", "pan", "simple_pyramid"]
     assert tk.list_heads() == [
         "deeplabv3plus",
         "fasterrcnn",

@@ -115,6 +115,10 @@ def check(
     try:
         with no_hang():
             call(**values)
+    except FileNotFoundError as err:  # a weights file that is not there: the message names its path
+        named = [n for n in suspects if isinstance(values[n], str) and values[n] in str(err)]
+        assert named, f"FileNotFoundError names none of {suspects} for {values}: {err}"
+        return False
     except (ValueError, TypeError) as err:
         message = str(err)
         if isinstance(err, KeyError) and not type(err).__module__.startswith("transferkit"):

@@ -132,7 +132,7 @@ def list_necks(pattern: str = "*") -> list[str]:
 
     Examples:
         >>> list_necks()
-        ['aspp', 'fpn_lite', 'identity', 'pan']
+        ['aspp', 'fpn_lite', 'identity', 'pan', 'simple_pyramid']
     """
     return NECKS.list(pattern)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import math
 from pathlib import Path
-from typing import Any, NamedTuple, NoReturn
+from typing import Any, NamedTuple, NoReturn, cast
 
 from ..data.augment import check_crop_scale
 from ..models.model import TransferModel
@@ -48,7 +48,7 @@ class FreezeSpec(NamedTuple):
         ``auto`` leaves it to the Trainer's default recipe (`transferkit.training.recipe`)."""
         if self.policy == "auto":
             return
-        model.freeze(self.policy, **self.kwargs)
+        model.freeze(self.policy, **cast(dict[str, Any], self.kwargs))  # ints for n, step, every, r, alpha
 
 
 def parse_pretrained(text: str) -> bool | str:

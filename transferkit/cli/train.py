@@ -72,7 +72,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     train = commands.add_parser("train", help="fine-tune a backbone on an image folder")
     train.add_argument("--data", help="root/train/<class>/*.jpg (+ root/val/...); masks for fcn")
     train.add_argument("--backbone", help="e.g. resnet18, timm/convnext_tiny (transferkit list)")
-    train.add_argument("--neck", help="identity (default; fpn_lite for detection heads), fpn_lite, pan, aspp")
+    train.add_argument(
+        "--neck", help="identity (default; fpn_lite for detection heads), fpn_lite, pan, aspp, simple_pyramid"
+    )
     train.add_argument(
         "--head",
         help="linear (classification), fcn (segmentation), fcos/yolo/retinanet/... (detection); default: "

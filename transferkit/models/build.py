@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 from torch import nn
 
@@ -14,7 +14,7 @@ from .classes import check_class_names
 from .features import FeatureInfo
 from .heads import HEADS
 from .model import TransferModel
-from .necks import NECKS
+from .necks import NECKS, IdentityNeck, SimplePyramid, SimplePyramidFirst
 
 __all__ = ["build_model"]
 
@@ -62,6 +62,33 @@ def _check_backbone(backbone: nn.Module) -> None:
         backbone.blocks = {"backbone": [n for n, _ in backbone.named_parameters()]}  # type: ignore[assignment]
 
 
+def _needs_simple_pyramid(neck_cls: Any, head_cls: Any, info: FeatureInfo) -> bool:
+    """A head that fuses several strides, on levels of one stride (a ViT's), through a neck that builds no
+    pyramid: the head would get one-stride maps, or refuse them."""
+    return (
+        getattr(head_cls, "needs_pyramid", False)
+        and len(set(info.reductions)) == 1
+        and not getattr(neck_cls, "builds_pyramid", False)
+    )
+
+
+def _build_neck(
+    neck: str, neck_cls: Any, head_cls: Any, info: FeatureInfo, neck_kwargs: dict[str, Any]
+) -> tuple[str, nn.Module]:
+    """The neck module and the name ``build_model(**config)`` rebuilds it from.
+
+    Where the head needs a pyramid and the backbone has one stride, ViTDet's simple pyramid makes it:
+    in place of ``identity`` (named ``"simple_pyramid"`` from then on), in front of any other neck
+    (which keeps its name: the same rule rebuilds it), so every neck works with every head on a ViT.
+    """
+    if not _needs_simple_pyramid(neck_cls, head_cls, info):
+        return neck, neck_cls(info, **neck_kwargs)
+    pyramid = SimplePyramid(info)
+    if neck_cls is IdentityNeck:  # takes no kwargs (checked), and passes the pyramid through
+        return "simple_pyramid", pyramid
+    return neck, SimplePyramidFirst(pyramid, neck_cls(pyramid.feature_info, **neck_kwargs))
+
+
 def build_model(
     backbone: str | nn.Module,
     *,
@@ -83,7 +110,10 @@ def build_model(
     Args:
         backbone: ``"resnet18"`` (torchvision when it has the name, else timm), ``"torchvision/..."``,
             ``"timm/..."``, a registered name, or an ``nn.Module`` with ``feature_info`` (and ``blocks``).
-        neck: ``"identity"``, ``"fpn_lite"``, ``"pan"`` or ``"aspp"`` (see ``list_necks()``).
+        neck: ``"identity"``, ``"fpn_lite"``, ``"pan"``, ``"aspp"`` or ``"simple_pyramid"`` (see
+            ``list_necks()``). On a backbone whose levels share one stride (a ViT), a head that fuses
+            several strides (``fcn``, ``deeplabv3plus``, the detectors) gets ``"simple_pyramid"`` in
+            place of ``"identity"`` (recorded in ``model.config``), and in front of any other neck.
         head: ``"linear"`` (classification), ``"fcn"`` or ``"deeplabv3plus"`` (segmentation), ``"fcos"``,
             ``"retinanet"``, ``"fasterrcnn"``, ``"ssdlite"`` or ``"yolo"`` (detection) (see ``list_heads()``).
         num_classes: Output classes, >= 1.
@@ -111,6 +141,9 @@ def build_model(
         >>> model = build_model("resnet18", neck="fpn_lite", head="fcn", num_classes=3, pretrained=False)
         >>> model(torch.randn(2, 3, 64, 64)).shape
         torch.Size([2, 3, 64, 64])
+        >>> vit = build_model("timm/vit_tiny_patch16_224", head="fcn", num_classes=3, pretrained=False)
+        >>> vit.config["neck"], vit(torch.randn(1, 3, 64, 64)).shape  # one stride: ViTDet's pyramid
+        ('simple_pyramid', torch.Size([1, 3, 64, 64]))
     """
     check_build_arguments(locals())  # types and ranges, before anything is built
     classes = check_class_names(classes, num_classes)
@@ -127,14 +160,14 @@ def build_model(
         _check_backbone(backbone)
         if output_stride is not None:
             raise ValueError("output_stride applies to backbones built by name; a module is used as it is")
-        name = f"<module {type(backbone).__name__}>"
-        built = backbone
+        name, built = f"<module {type(backbone).__name__}>", backbone
     else:
         name = resolve_name(backbone)
         built, out_indices = _named_backbone(
             name, pretrained, in_chans, out_indices, output_stride, backbone_kwargs
         )
-    neck_module = neck_cls(built.feature_info, **(neck_kwargs or {}))
+    info = cast(FeatureInfo, built.feature_info)  # checked by _check_backbone
+    neck, neck_module = _build_neck(neck, neck_cls, head_cls, info, dict(neck_kwargs or {}))
     head_module = head_cls(neck_module.feature_info, num_classes, **(head_kwargs or {}))
     prune = getattr(neck_module, "prune", None)
     if prune is not None and hasattr(head_module, "levels"):

@@ -39,7 +39,8 @@ class Backbone(nn.Module):
     - ``data_config``: the preprocessing of the pretrained weights (``input_size``, ``mean``, ``std``,
       ``interpolation``, ``crop_pct``).
     - ``min_input_size``: the smallest input side the network accepts; ``fixed_input_size`` when only
-      one size works (torchvision's ViTs).
+      one size works (torchvision's ViTs); ``input_multiple`` when every side must be a multiple of it
+      (timm's ViTs at any size: their patch size).
     - ``config``: the keyword arguments that rebuild it through its registry factory.
 
     Library backbones can also ``split(k)`` at a block boundary (see `TorchvisionBackbone.split`), which
@@ -58,6 +59,7 @@ class Backbone(nn.Module):
     data_config: dict[str, Any]
     min_input_size: int = 1
     fixed_input_size: int | None = None
+    input_multiple: int = 1
     config: dict[str, Any]
 
     def check_input(self, x: torch.Tensor) -> None:
@@ -73,6 +75,13 @@ class Backbone(nn.Module):
             raise ValueError(
                 f"this backbone only takes {self.fixed_input_size}x{self.fixed_input_size} inputs, "
                 f"got {h}x{w}; resize the images (transferkit's data transforms do it from model.data_config)"
+            )
+        if h % self.input_multiple or w % self.input_multiple:
+            raise ValueError(
+                f"this backbone takes sides that are multiples of {self.input_multiple} (its patch size), "
+                f"got {h}x{w}; resize the images to a multiple (transferkit's data transforms resize to "
+                "model.data_config['input_size']), or build a timm ViT with backbone_kwargs="
+                "{'dynamic_img_pad': True} to pad them"
             )
         if min(h, w) < self.min_input_size:
             raise ValueError(

@@ -5,6 +5,7 @@ timm is imported on first use, so that ``import transferkit`` (and torchvision b
 
 from __future__ import annotations
 
+import math
 import sys
 from functools import lru_cache
 from pathlib import Path
@@ -67,16 +68,66 @@ def _resolve_weights(full_name: str, pretrained: Any, user_file: bool) -> Weight
     if cfg is not None and cfg.hf_hub_id:
         names = (cfg.hf_hub_filename,) if cfg.hf_hub_filename else ("model.safetensors", "pytorch_model.bin")
         path = fetch_hf(cfg.hf_hub_id, model=model, filenames=names)
+        # the hub holds timm's own state_dicts, also for models whose original release (the url) is a
+        # JAX .npz only their load_pretrained reads (custom_load: the augreg ViTs); timm does the same
+        custom_load = False
     elif cfg is not None and cfg.url:
         path = fetch_url(cfg.url if isinstance(cfg.url, str) else cfg.url[0], model=model)
+        custom_load = bool(cfg.custom_load)
     else:
         raise ValueError(
             f"timm has no pretrained weights for {model}; use pretrained=False or a weights file"
         )
     source = f"weights for {model} ({path})"
-    if path.suffix == ".safetensors" or cfg.custom_load:
-        return Weights({"file": str(path), "custom_load": cfg.custom_load}, source, path)
+    if path.suffix == ".safetensors" or custom_load:
+        return Weights({"file": str(path), "custom_load": custom_load}, source, path)
     return Weights({"state_dict": read_state_dict(path)}, source, path)
+
+
+def _any_size_default(full_name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``dynamic_img_size=True`` for a model whose pretrained config fixes its input size (ViTs, DeiT,
+    EVA, Swin), unless the caller chose: timm then resamples the position embeddings (or attention
+    windows) to each input's size, so the pretrained weights work at 64 or 96 px as at 224."""
+    import timm
+
+    if {"dynamic_img_size", "strict_img_size"} & set(kwargs):
+        return {}
+    cfg = timm.models.get_pretrained_cfg(full_name)
+    return {"dynamic_img_size": True} if cfg is not None and cfg.fixed_input_size else {}
+
+
+def _build_any_size(
+    full_name: str,
+    in_chans: int,
+    indices: tuple[int, ...] | None,
+    kwargs: dict[str, Any],
+    output_stride: int | None,
+    weights: Weights | None,
+) -> tuple[Any, nn.Module | None, dict[str, Any]]:
+    """`build_body` with `_any_size_default`, and the kwargs that rebuild the same: with
+    ``dynamic_img_size`` where the model's constructor took it and uses it, without where not."""
+    extra = _any_size_default(full_name, kwargs)
+    try:
+        body, source = build_body(full_name, in_chans, indices, {**kwargs, **extra}, output_stride, weights)
+    except TypeError as err:  # a fixed-size model that has no such argument (CaiT, XCiT, PiT, ...)
+        if not extra or "dynamic_img_size" not in str(err):
+            raise
+        return (*build_body(full_name, in_chans, indices, kwargs, output_stride, weights), kwargs)
+    model = source if source is not None else body
+    return body, source, ({**kwargs, **extra} if getattr(model, "dynamic_img_size", False) else kwargs)
+
+
+def _input_rules(model: nn.Module, fixed: bool) -> tuple[bool, int]:
+    """Whether ``model`` takes only its own input size (its pretrained config says so and it was not built
+    with ``dynamic_img_size``), and the multiple every input side must be (a ViT's patch size, unless it
+    pads: ``dynamic_img_pad``)."""
+    if getattr(model, "dynamic_img_size", False):
+        fixed = False
+    embed = getattr(model, "patch_embed", None)
+    if fixed or getattr(embed, "strict_img_size", True) or getattr(embed, "dynamic_img_pad", True):
+        return fixed, 1
+    patch = getattr(embed, "patch_size", 1)
+    return fixed, math.lcm(*patch) if isinstance(patch, (tuple, list)) else int(patch)
 
 
 def _matcher(body: nn.Module, source: nn.Module | None) -> Any:
@@ -147,7 +198,9 @@ class TimmBackbone(Backbone):
         out_indices: Which of the model's feature levels to return (default: timm's choice).
         output_stride: The coarsest level's stride, 8, 16 or 32 (default: the model's own); passed to
             timm, whose models that take it dilate their last stages and keep every level.
-        **kwargs: Passed to ``timm.create_model`` (``img_size``, ``drop_path_rate``, ...).
+        **kwargs: Passed to ``timm.create_model`` (``img_size``, ``drop_path_rate``, ...). A model whose
+            pretrained config fixes the input size (ViTs) gets ``dynamic_img_size=True`` unless given,
+            where its constructor takes it: any input whose sides are multiples of the patch size works.
 
     Examples:
         >>> bb = TimmBackbone("resnet18", pretrained=False)
@@ -155,6 +208,9 @@ class TimmBackbone(Backbone):
         [64, 64, 128, 256, 512]
         >>> TimmBackbone("convnext_atto", pretrained=False, output_stride=16).feature_info.reductions
         (4, 8, 16, 16)
+        >>> vit = TimmBackbone("vit_tiny_patch16_224", pretrained=False)
+        >>> [tuple(f.shape) for f in vit(torch.randn(1, 3, 96, 96))], vit.config["dynamic_img_size"]
+        ([(1, 192, 6, 6), (1, 192, 6, 6), (1, 192, 6, 6)], True)
     """
 
     def __init__(
@@ -181,7 +237,7 @@ class TimmBackbone(Backbone):
         self.name = arch
         indices = resolve_indices(out_indices, full_name, in_chans, kwargs)
         weights = _resolve_weights(full_name, pretrained, user_file) if pretrained is not False else None
-        body, source = build_body(full_name, in_chans, indices, kwargs, output_stride, weights)
+        body, source, kwargs = _build_any_size(full_name, in_chans, indices, kwargs, output_stride, weights)
         self.body = body
         originals = _original_names(body, source)
         check_loaded(body, source, originals, full_name, in_chans, kwargs, weights)
@@ -189,7 +245,8 @@ class TimmBackbone(Backbone):
         self.channels_last_output = getattr(fmt, "value", fmt) == "NHWC"  # swin, mambaout, sequencer
         info = body.feature_info
         self.feature_info = FeatureInfo(channels=info.channels(), reductions=info.reduction())
-        self._set_input_config(timm.data.resolve_model_data_config(body), in_chans, kwargs)
+        model = source if source is not None else body
+        self._set_input_config(timm.data.resolve_model_data_config(body), in_chans, kwargs, model)
         self.config = {
             "pretrained": pretrained,
             "in_chans": in_chans,
@@ -200,7 +257,9 @@ class TimmBackbone(Backbone):
         self.blocks = {b: ps for b, ps in _blocks(body, source, originals).items() if ps}
         check_blocks(self.blocks, self)
 
-    def _set_input_config(self, cfg: dict[str, Any], in_chans: int, kwargs: dict[str, Any]) -> None:
+    def _set_input_config(
+        self, cfg: dict[str, Any], in_chans: int, kwargs: dict[str, Any], model: nn.Module
+    ) -> None:
         size = kwargs.get("img_size", cfg["input_size"][-1])
         size = size[-1] if isinstance(size, (tuple, list)) else size
         self.data_config = {
@@ -212,9 +271,8 @@ class TimmBackbone(Backbone):
         }
         pcfg = self.body.pretrained_cfg
         self.min_input_size = int((pcfg.get("min_input_size") or (in_chans, 1, 1))[-1])
-        self.fixed_input_size = (
-            size if pcfg.get("fixed_input_size") and not kwargs.get("dynamic_img_size") else None
-        )
+        fixed, self.input_multiple = _input_rules(model, bool(pcfg.get("fixed_input_size")))
+        self.fixed_input_size = size if fixed else None
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Feature maps ``[N, C_i, H / r_i, W / r_i]``, fine to coarse."""

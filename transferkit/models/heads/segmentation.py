@@ -37,6 +37,7 @@ class FCNHead(nn.Module):
     """
 
     task = "segmentation"
+    needs_pyramid = True  # on a one-stride backbone (a ViT), build_model adds the simple pyramid
 
     def __init__(
         self, feature_info: FeatureInfo, num_classes: int, hidden_channels: int = 128, dropout: float = 0.1
@@ -87,8 +88,9 @@ class DeepLabV3PlusHead(nn.Module):
         dropout: Dropout probability before the score layer.
 
     Raises:
-        ValueError: No level finer than the coarsest has stride 4 (a ViT's levels all have stride
-            16): there is nothing for the decoder to fuse. ``head="fcn"`` works on any strides.
+        ValueError: No level finer than the coarsest has stride 4: there is nothing for the decoder to
+            fuse. ``head="fcn"`` works on any strides; `build_model` gives a ViT (one stride) the simple
+            pyramid, which has stride 4.
 
     Examples:
         >>> info = FeatureInfo(channels=(8, 16, 32), reductions=(4, 8, 16))
@@ -99,6 +101,7 @@ class DeepLabV3PlusHead(nn.Module):
     """
 
     task = "segmentation"
+    needs_pyramid = True  # on a one-stride backbone (a ViT), build_model adds the simple pyramid
 
     def __init__(
         self,
@@ -114,8 +117,9 @@ class DeepLabV3PlusHead(nn.Module):
         if not skips:
             raise ValueError(
                 "head 'deeplabv3plus' fuses the coarsest level with a finer level of stride 4, but these "
-                f"levels have strides {feature_info.reductions}. Use head='fcn' (any strides), or a "
-                "backbone and out_indices with a stride-4 level (ResNets, ConvNeXts, EfficientNets)"
+                f"levels have strides {feature_info.reductions}. Use head='fcn' (any strides), "
+                "neck='simple_pyramid' (strides 4 to 32 from the coarsest level), or a backbone and "
+                "out_indices with a stride-4 level (ResNets, ConvNeXts, EfficientNets)"
             )
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")

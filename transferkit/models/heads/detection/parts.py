@@ -61,8 +61,8 @@ class _LevelAnchors(nn.Module):
 def detection_levels(feature_info: FeatureInfo, min_stride: int) -> list[int]:
     """The levels a detection head reads: one per distinct stride >= ``min_stride`` (the deepest of each).
 
-    A ViT's levels all have stride 16: it gives one level, and the head's extra coarse levels make the
-    simple pyramid on top of it. With no level that coarse, the coarsest level is used.
+    Levels of one stride give one level (a ViT's, when a head is built on it without the simple pyramid
+    `build_model` puts in front). With no level that coarse, the coarsest level is used.
 
     Examples:
         >>> detection_levels(FeatureInfo((64, 64, 128, 256, 512), (2, 4, 8, 16, 32)), min_stride=8)
@@ -98,6 +98,7 @@ class DetectionHead(nn.Module):
     """
 
     task = "detection"
+    needs_pyramid = True  # on a one-stride backbone (a ViT), build_model adds the simple pyramid
     label_offset = 0  # 1 where torchvision's softmax keeps class 0 for the background
     levels: list[int]  # the feature levels read
     strides: list[int]  # of every map the detector sees, the extra levels' included

@@ -108,7 +108,8 @@ class YOLOHead(DetectionHead):
                 f"head 'yolo' predicts on a pyramid of strides (8, 16, 32), but the features give one level "
                 f"of stride {self.strides[0]} (reductions {list(feature_info.reductions)}); use a backbone "
                 "with several stages (a CNN such as resnet18 or convnext) and all its levels "
-                "(out_indices=None), or head='fcos', which adds its own coarse levels"
+                "(out_indices=None), neck='simple_pyramid' (strides 4 to 32 from the coarsest level), or "
+                "head='fcos', which adds its own coarse levels"
             )
         channels = [feature_info.channels[i] for i in self.levels]
         if width is None:
