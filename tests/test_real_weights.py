@@ -87,11 +87,11 @@ def test_grey_in_chans_1_matches_the_three_channel_copy(weights: Path) -> None:
     with torch.no_grad():  # the summed stem computes what the three-channel one does on the copy
         same = grey_model.eval()(tx[:32]), rgb_model.eval()(tx[:32].expand(-1, 3, -1, -1))
     torch.testing.assert_close(*same, rtol=1e-4, atol=1e-4)
-    grey = _fit_and_score(grey_model, ((x, y), (tx, ty)), seed=1)
+    grey = _fit_and_score(grey_model, ((x, y), (tx, ty)), seed=1, recipe="probe")  # cached: seconds
     copy = ((x.expand(-1, 3, -1, -1), y), (tx.expand(-1, 3, -1, -1), ty))
-    rgb = _fit_and_score(rgb_model, copy, seed=1)
-    # ten epochs of training apart, rounding alone moves a few of the 100 test digits (0.82 against 0.79)
-    assert abs(grey - rgb) <= 0.05, (grey, rgb)
+    rgb = _fit_and_score(rgb_model, copy, seed=1, recipe="probe")
+    # features equal to 1e-4 and the same head: the probes agree to within rounding
+    assert abs(grey - rgb) <= 0.02, (grey, rgb)
     assert grey > 0.5  # and the pretrained features work on grey input (chance: 0.1)
 
 
