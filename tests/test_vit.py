@@ -110,6 +110,31 @@ def test_a_vit_gets_the_simple_pyramid_trains_and_answers_at_other_sizes(head: s
             assert out.shape == (2, classes, side, side)
 
 
+@pytest.mark.parametrize("name", [DEIT, DINO])
+def test_deit_and_dinov2_train_every_pyramid_head_at_their_sizes(name: str) -> None:
+    side = 56 if name == DINO else 48  # multiples of the patch (14, 16), not the pretrained 224 / 518
+    for head in SMALL:
+        torch.manual_seed(0)
+        backbone = (
+            create_backbone(DINO, pretrained=False, depth=2, out_indices=(0, 1))
+            if name == DINO
+            else create_backbone(DEIT, pretrained=False)
+        )
+        detection = head in ("fcos", "yolo")
+        classes = 3 if detection else 4
+        model = build_model(backbone, head=head, num_classes=classes, head_kwargs=SMALL[head])
+        assert isinstance(model.neck, SimplePyramid), (name, head)
+        loader = _detection_loader(side) if detection else _segmentation_loader(side)
+        history = Trainer(model, epochs=1, progress=False).fit(loader)
+        assert torch.isfinite(torch.tensor(history[0]["train_loss"])), (name, head)
+        with torch.no_grad():
+            out = model.eval()(torch.randn(1, 3, side, side))
+        if detection:
+            assert all((d["boxes"] >= 0).all() and (d["boxes"] <= side).all() for d in out)
+        else:
+            assert out.shape == (1, classes, side, side), (name, head)
+
+
 def test_other_necks_read_the_simple_pyramid_and_linear_keeps_the_maps() -> None:
     backbone = create_backbone(DEIT, pretrained=False, img_size=32)
     model = build_model(backbone, neck="aspp", head="deeplabv3plus", num_classes=3, head_kwargs=SMALL["fcn"])
