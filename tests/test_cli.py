@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import re
 import shutil
@@ -120,6 +121,10 @@ def test_train_segmentation_then_eval_and_predict(tmp_path: Path) -> None:
     assert "2 images, 3 classes" in evaluated.out
     miou = float(re.search(r"^mIoU\s+([\d.]+)$", evaluated.out, re.M).group(1))
     assert 0.0 <= miou <= 1.0 and "pixel accuracy" in evaluated.out
+    assert "precision" not in evaluated.out  # the per-class table is classification's
+    refused = run("eval", "--model", out, "--data", data, "--errors", tmp_path / "e.csv")
+    assert "classification models only" in assert_one_line_error(refused)
+    assert not (tmp_path / "e.csv").exists()
 
     predicted = run("predict", "--model", out, data / "val" / "images")
     assert predicted.code == 0, predicted.err
@@ -170,6 +175,33 @@ def test_eval_accuracy_agrees_with_predict(trained: tuple[Path, Result], shapes:
         right += ranked[0][0] == path.parent.name
     # eval and predict share the model's eval transforms and class order, so they must agree exactly
     assert accuracy == pytest.approx(right / 6, abs=1e-4)
+
+
+def test_eval_prints_per_class_scores_and_writes_the_errors_csv(
+    trained: tuple[Path, Result], shapes: Path, tmp_path: Path
+) -> None:
+    out, _ = trained
+    errors_csv = tmp_path / "errors.csv"
+    evaluated = run("eval", "--model", out, "--data", shapes, "--split", "train", "--errors", errors_csv)
+    assert evaluated.code == 0, evaluated.err
+    assert re.search(r"^class\s+precision\s+recall\s+F1\s+support$", evaluated.out, re.M)
+    rows = re.findall(r"^(circle|square)\s+[\d.]+\s+[\d.]+\s+[\d.]+\s+(\d+)$", evaluated.out, re.M)
+    assert rows == [("circle", "4"), ("square", "4")]
+
+    predicted = run("predict", "--model", out, shapes / "train")
+    wrong = {}
+    for line in predicted.out.strip().splitlines():
+        path, ranked = _predicted(line)
+        if ranked[0][0] != path.parent.name:
+            wrong[path.resolve()] = (path.parent.name, *ranked[0])
+    with errors_csv.open(newline="") as file:
+        rows = list(csv.DictReader(file))
+    assert wrong, "the run should misclassify some training images, or this compares empty sets"
+    assert f"{len(wrong)} misclassified images written to {errors_csv}" in evaluated.out
+    found = {Path(r["path"]).resolve(): (r["true"], r["predicted"], float(r["probability"])) for r in rows}
+    assert found.keys() == wrong.keys()
+    for path, (true, name, probability) in wrong.items():
+        assert found[path][:2] == (true, name) and found[path][2] == pytest.approx(probability, abs=1e-3)
 
 
 def test_eval_takes_a_split_folder_or_split_name(trained: tuple[Path, Result], shapes: Path) -> None:
@@ -253,6 +285,11 @@ def test_list_weights_of_a_backbone_marks_the_default() -> None:
         (["predict", "--model", "{run}", "{tmp}/nope.jpg"], 1, "no such image file"),
         (["predict", "--model", "{run}", "{tmp}/broken.jpg"], 1, "cannot read image"),
         (["eval", "--model", "{run}", "--data", "{tmp}/other"], 1, "does not know"),
+        (
+            ["eval", "--model", "{run}", "--data", "{shapes}", "--errors", "{tmp}/no/e.csv"],
+            1,
+            "does not exist",
+        ),
     ],
 )
 def test_errors_are_one_line_without_traceback(

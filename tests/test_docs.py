@@ -39,6 +39,7 @@ import torch
 
 import transferkit
 from transferkit import Trainer, TransferModel, build_model, cli, data, tasks, viz
+from transferkit import interpret as interpret_package
 from transferkit.models.backbones import BACKBONES
 from transferkit.models.heads import HEADS
 from transferkit.models.necks import NECKS
@@ -313,7 +314,9 @@ def _api_text() -> str:
     return (ROOT / "docs" / "api.md").read_text()
 
 
-@pytest.mark.parametrize("module", [transferkit, data, metrics, viz, tasks], ids=lambda m: m.__name__)
+@pytest.mark.parametrize(
+    "module", [transferkit, data, metrics, viz, tasks, interpret_package], ids=lambda m: m.__name__
+)
 def test_api_reference_names_every_public_name(module: ModuleType) -> None:
     missing = [name for name in module.__all__ if f"`{name}" not in _api_text()]
     assert not missing, f"docs/api.md does not mention {module.__name__}.{missing}"

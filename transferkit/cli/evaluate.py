@@ -7,13 +7,17 @@ transforms and its class order, so its accuracy agrees exactly with what ``predi
 from __future__ import annotations
 
 import argparse
+import csv
+import io
 from collections.abc import Sized
 from pathlib import Path
 from typing import Any, cast
 
 from torch.utils.data import DataLoader
 
+from ..atomic import write_text
 from ..data.check import check_dataset_files
+from ..interpret import SUPPORTED_TASKS, ClassificationInterpretation, interpret
 from ..models.model import TransferModel
 from ..tasks import get_task
 from ..training import Trainer
@@ -28,6 +32,13 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--data", required=True, help="a dataset root (its val/ is used) or a split folder")
     evaluate.add_argument("--split", default=None, help="the split folder under --data (default val)")
     evaluate.add_argument("--batch-size", type=_positive_int, default=32)
+    evaluate.add_argument(
+        "--errors",
+        type=Path,
+        default=None,
+        metavar="FILE.csv",
+        help="write each misclassified image (path, true, predicted, probability) to this CSV",
+    )
     _add_device(evaluate)
     evaluate.set_defaults(func=_cmd_eval)
 
@@ -72,11 +83,46 @@ def evaluate_folder(
         >>> evaluate_folder(model, meta, Path("hymenoptera_data/val"))  # doctest: +SKIP
         ({'loss': 0.2011, 'acc': 0.9412}, 153)
     """
+    loader = _split_loader(model, split_dir, batch_size)
+    return Trainer(model, device=device).evaluate(loader), len(cast(Sized, loader.dataset))
+
+
+def _split_loader(model: TransferModel, split_dir: Path, batch_size: int) -> DataLoader:
+    """The split in file order, with the model's eval transforms and classes, every file checked first."""
     task = get_task(model.task)
     dataset = task.folder_dataset(split_dir, model, model.classes, None)
     check_dataset_files([dataset])  # every damaged file named before evaluating
-    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=task.collate_fn)
-    return Trainer(model, device=device).evaluate(loader), len(cast(Sized, dataset))
+    return DataLoader(dataset, batch_size=batch_size, collate_fn=task.collate_fn)
+
+
+def _per_class_lines(interpretation: ClassificationInterpretation) -> list[str]:
+    """A table of precision, recall, F1 and support per class, under a header line."""
+    rows = interpretation.per_class()
+    width = max(len("class"), *(len(r.name) for r in rows))
+    head = f"{'class':<{width}}  precision  recall      F1  support"
+    lines = [
+        f"{r.name:<{width}}  {r.precision:9.4f}  {r.recall:6.4f}  {r.f1:6.4f}  {r.support:7d}" for r in rows
+    ]
+    return ["", head, *lines]
+
+
+def _check_errors_file(path: Path, task: str) -> None:
+    """Raise unless ``--errors`` can be written: a classification model, and a folder that exists."""
+    if task not in SUPPORTED_TASKS:
+        raise ValueError(f"--errors lists misclassified images of {', '.join(SUPPORTED_TASKS)} models only")
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"--errors {path}: the folder {path.parent} does not exist; create it first")
+
+
+def _write_errors(path: Path, interpretation: ClassificationInterpretation) -> int:
+    """Write the misclassified samples to ``path`` as CSV in one atomic rename; return their count."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["path", "true", "predicted", "probability"])
+    errors = interpretation.errors()
+    writer.writerows([e.path, e.true, e.predicted, repr(e.probability)] for e in errors)
+    write_text(path, buffer.getvalue())
+    return len(errors)
 
 
 def _metric_lines(metrics: dict[str, float]) -> list[str]:
@@ -93,8 +139,18 @@ def _metric_lines(metrics: dict[str, float]) -> list[str]:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    model, meta = _load_run(args.model)
+    model, _ = _load_run(args.model)
     split_dir = _eval_split(_existing_dir(args.data, "--data"), args.split)
-    metrics, count = evaluate_folder(model, meta, split_dir, batch_size=args.batch_size, device=args.device)
-    _say(f"{split_dir}: {count} images, {len(model.classes)} classes", *_metric_lines(metrics))
+    if args.errors is not None:  # refused before the passes, not after them
+        _check_errors_file(args.errors, model.task)
+    loader = _split_loader(model, split_dir, args.batch_size)
+    lines = _metric_lines(Trainer(model, device=args.device).evaluate(loader))
+    if model.task in SUPPORTED_TASKS:  # a second pass, keeping per-sample results (never logits)
+        interpretation = interpret(model, loader, device=args.device)
+        lines += _per_class_lines(interpretation)
+        if args.errors is not None:
+            written = _write_errors(args.errors, interpretation)
+            lines.append(f"{written} misclassified images written to {args.errors}")
+    count = len(cast(Sized, loader.dataset))
+    _say(f"{split_dir}: {count} images, {len(model.classes)} classes", *lines)
     return 0
