@@ -6,6 +6,7 @@ the maps, timm's blocks, and the feature cache."""
 from __future__ import annotations
 
 import functools
+import json
 
 import pytest
 import timm
@@ -212,3 +213,19 @@ def test_feature_cache_and_save_load_hold_for_a_vit(tmp_path) -> None:
     x = torch.randn(1, 3, 48, 48)
     with torch.no_grad():
         torch.testing.assert_close(again(x), model.eval()(x), atol=0, rtol=0)
+
+
+def test_a_vit_saved_without_the_pyramid_names_why_it_no_longer_loads(tmp_path) -> None:
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    model = build_model(VIT, head="fcos", num_classes=3, pretrained=False, head_kwargs=SMALL["fcos"])
+    model.save(tmp_path)
+    weights = tmp_path / "model.safetensors"
+    with safe_open(str(weights), framework="pt") as f:
+        metadata = f.metadata()
+    config = json.loads(metadata["config"])
+    config["neck"] = "identity"  # what an earlier version saved for this model
+    save_file(load_file(str(weights)), str(weights), metadata={**metadata, "config": json.dumps(config)})
+    with pytest.raises(ValueError, match=r"neck='identity' .* now builds as neck='simple_pyramid'.*'fcos'"):
+        load_model(tmp_path)

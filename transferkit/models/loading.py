@@ -144,6 +144,13 @@ def load_model(directory: str | os.PathLike[str], map_location: str | torch.devi
     except (ValueError, TypeError, NotImplementedError) as err:
         raise ValueError(f"{source} describes a model transferkit cannot build: {err}") from err
     model.config["pretrained"] = config.get("pretrained", True)
+    if model.config["neck"] != config.get("neck", "identity"):  # a rule of build_model changed since
+        raise ValueError(
+            f"{source} was saved with neck={config.get('neck', 'identity')!r} on a backbone of one stride, "
+            f"which transferkit now builds as neck={model.config['neck']!r} for the {config.get('head')!r} "
+            "head (ViTs get a feature pyramid); its weights have no pyramid. Train the model again with "
+            "this version, or load it with the version that saved it"
+        )
     freeze = metadata.get("freeze_state")
     if freeze:  # first: LoRA adapters in it add the tensors the weights file holds for them
         try:
