@@ -44,6 +44,7 @@ __all__ = [
     "MixCollate",
     "CROP_SCALE",
     "check_crop_scale",
+    "check_range",
     "check_flip",
     "parse_augment",
     "policy_steps",
@@ -118,17 +119,26 @@ def check_crop_scale(crop_scale: Any) -> tuple[float, float]:
     usage = (
         "crop_scale is (min, max), fractions of the image's area with 0 < min <= max <= 1, e.g. (0.35, 1.0)"
     )
-    if isinstance(crop_scale, (str, bytes)) or not isinstance(crop_scale, Sequence) or len(crop_scale) != 2:
-        raise ValueError(f"{usage}; got {crop_scale!r}")
-    if any(
-        isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) for v in crop_scale
-    ):
-        raise ValueError(f"{usage}; got {crop_scale!r}, which is not a pair of numbers")
-    low, high = float(crop_scale[0]), float(crop_scale[1])
-    if not 0 < low <= 1 or not 0 < high <= 1:
-        raise ValueError(f"{usage}; got {crop_scale!r}, outside (0, 1]")
+    return check_range(crop_scale, 1.0, usage)
+
+
+def check_range(value: Any, top: float, usage: str) -> tuple[float, float]:
+    """``value`` as a ``(min, max)`` pair of floats with ``0 < min <= max <= top``; a ValueError that starts
+    with ``usage`` and says what is wrong otherwise (`check_crop_scale`, the detection ``scale_range``).
+
+    Examples:
+        >>> check_range([0.5, 2], 4, "a (min, max) pair")
+        (0.5, 2.0)
+    """
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or len(value) != 2:
+        raise ValueError(f"{usage}; got {value!r}")
+    if any(isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) for v in value):
+        raise ValueError(f"{usage}; got {value!r}, which is not a pair of numbers")
+    low, high = float(value[0]), float(value[1])
+    if not 0 < low <= top or not 0 < high <= top:
+        raise ValueError(f"{usage}; got {value!r}, outside (0, {top:g}]")
     if low > high:
-        raise ValueError(f"{usage}; got {crop_scale!r}, whose min is above its max")
+        raise ValueError(f"{usage}; got {value!r}, whose min is above its max")
     return low, high
 
 

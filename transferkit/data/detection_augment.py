@@ -41,7 +41,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import InterpolationMode, v2
 from torchvision.transforms.v2 import functional as TF
 
-from .augment import check_flip
+from .augment import check_flip, check_range
 from .transforms import _resolve_preprocess, _tensor_steps
 
 __all__ = [
@@ -83,20 +83,7 @@ def check_scale_range(scale_range: Any) -> tuple[float, float]:
         "scale_range is (min, max), factors of the input size with 0 < min <= max <= 4, e.g. (0.8, 1.25); "
         "(1, 1) turns scale jitter and cropping off"
     )
-    if (
-        isinstance(scale_range, (str, bytes))
-        or not isinstance(scale_range, Sequence)
-        or len(scale_range) != 2
-    ):
-        raise ValueError(f"{usage}; got {scale_range!r}")
-    if not all(_is_number(v) for v in scale_range):
-        raise ValueError(f"{usage}; got {scale_range!r}, which is not a pair of numbers")
-    low, high = float(scale_range[0]), float(scale_range[1])
-    if not 0 < low <= _MAX_SCALE or not 0 < high <= _MAX_SCALE:
-        raise ValueError(f"{usage}; got {scale_range!r}, outside (0, 4]")
-    if low > high:
-        raise ValueError(f"{usage}; got {scale_range!r}, whose min is above its max")
-    return low, high
+    return check_range(scale_range, _MAX_SCALE, usage)
 
 
 def _check_fraction(name: str, value: Any, what: str) -> float:
