@@ -2,33 +2,24 @@
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from benchmark_modules import load_benchmark
 
 from transferkit import ExportError
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 TINY = ["--backbone", "resnet18", "--train", "8", "--val", "4", "--size", "48", "--epochs", "1"]
 TINY += ["--time-images", "2", "--threads", "1", "--no-onnx"]
-
-
-def _load(name: str):
-    sys.path.insert(0, str(BENCHMARKS))  # the benchmark imports its sibling modules
-    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
 def bench():
     threads = torch.get_num_threads()
-    yield _load("bench_detection")
+    yield load_benchmark("bench_detection")
     torch.set_num_threads(threads)  # main() sets the thread count
 
 

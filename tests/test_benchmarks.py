@@ -2,32 +2,24 @@
 
 from __future__ import annotations
 
-import importlib.util
 import statistics
 from pathlib import Path
 
 import pytest
 import torch
+from benchmark_modules import load_benchmark
 from torch.utils.data import DataLoader, TensorDataset
 
 from transferkit import Trainer, build_model
 from transferkit.training.checkpoint import mutable_state
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_trainers.py"
 TINY = ["--images", "16", "--size", "32", "--batch-size", "8", "--reps", "1", "--threads", "1"]
-
-
-def _bench():
-    spec = importlib.util.spec_from_file_location("bench_trainers", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
 def bench():
     threads = torch.get_num_threads()
-    yield _bench()
+    yield load_benchmark("bench_trainers")
     torch.set_num_threads(threads)  # inline jobs set the thread count
 
 
@@ -135,9 +127,7 @@ def test_epoch_snapshot_skips_frozen_blocks() -> None:
 
 
 def test_gpu_benchmark_smoke_run_on_the_cpu(capsys) -> None:
-    spec = importlib.util.spec_from_file_location("bench_gpu", SCRIPT.parent / "bench_gpu.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_benchmark("bench_gpu")
     args = ["--device", "cpu", "--model", "resnet18", "--size", "32", "--batch-size", "4"]
     rows = module.main([*args, "--steps", "2", "--warmup", "1", "--reps", "1"])
     assert [r["variant"] for r in rows] == ["plain-fp32", "transferkit-fp32", "transferkit-amp"]

@@ -6,7 +6,6 @@ a pickle, saves that race loads, kills inside a save, fuzzed files, and Ctrl-C i
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import pickle
@@ -16,6 +15,7 @@ from typing import Any
 
 import pytest
 import torch
+from benchmark_modules import load_benchmark
 from safetensors.torch import save_file
 
 import transferkit as tk
@@ -126,11 +126,7 @@ def test_load_pairs_weights_with_their_own_config(tmp_path: Path) -> None:
 
 def test_loads_during_saves_are_never_torn(tmp_path: Path) -> None:
     # benchmarks/attack_runs.py's attack (100 loads there, 15 here): one process saves two models in turn
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "attack_runs.py"
-    spec = importlib.util.spec_from_file_location("attack_runs", script)
-    assert spec is not None and spec.loader is not None
-    attack = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(attack)
+    attack = load_benchmark("attack_runs")
     assert attack.save_while_load(tmp_path, loads=15) == {"loads": 15, "torn": 0, "errors": 0}
 
 
