@@ -122,6 +122,8 @@ def test_train_segmentation_then_eval_and_predict(tmp_path: Path) -> None:
     miou = float(re.search(r"^mIoU\s+([\d.]+)$", evaluated.out, re.M).group(1))
     assert 0.0 <= miou <= 1.0 and "pixel accuracy" in evaluated.out
     assert "precision" not in evaluated.out  # the per-class table is classification's
+    ious = re.findall(r"^(background|circle|square)\s+([\d.]+|absent)$", evaluated.out, re.M)
+    assert [name for name, _ in ious] == ["background", "circle", "square"], evaluated.out  # IoU per class
     refused = run("eval", "--model", out, "--data", data, "--errors", tmp_path / "e.csv")
     assert "classification models only" in assert_one_line_error(refused)
     assert not (tmp_path / "e.csv").exists()

@@ -59,6 +59,9 @@ def test_eval_prints_coco_map_on_either_format(
     values = {k: float(v) for k, v in re.findall(r"^(mAP@\S+)\s+([\d.]+)$", stdout, re.M)}
     assert set(values) == {"mAP@[.5:.95]", "mAP@0.5"} and all(0 <= v <= 1 for v in values.values())
     assert "loss" not in stdout
+    assert re.search(r"^class\s+AP\s+AP@0.5\s+boxes$", stdout, re.M)  # per-class table (interpret)
+    rows = re.findall(r"^(circle|square|triangle)\s+([\d.]+|-)\s+([\d.]+|-)\s+(\d+)$", stdout, re.M)
+    assert [name for name, *_ in rows] == ["circle", "square", "triangle"], stdout
 
 
 def test_predict_prints_boxes_in_image_pixels_and_draws_them(

@@ -134,9 +134,10 @@ def test_a_folder_loader_gives_each_sample_its_path(model: TransferModel, tmp_pa
     assert shuffled.paths is None  # the order is not the dataset's: no path rather than a wrong one
 
 
-def test_other_tasks_and_empty_loaders_are_refused(model: TransferModel) -> None:
-    segmenter = build_model("resnet18", head="fcn", num_classes=2, pretrained=False)
-    with pytest.raises(ValueError, match="supports classification.*'segmentation'"):
-        interpret(segmenter, [(torch.randn(2, 3, SIZE, SIZE), torch.zeros(2, SIZE, SIZE, dtype=torch.long))])
+def test_masks_for_a_classifier_and_empty_loaders_are_refused(model: TransferModel) -> None:
+    with pytest.raises(ValueError, match=r"shape \[2, 32, 32\]; classification takes class indices"):
+        interpret(model, [(torch.randn(2, 3, SIZE, SIZE), torch.zeros(2, SIZE, SIZE, dtype=torch.long))])
+    with pytest.raises(ValueError, match="not class indices"):
+        interpret(model, [(torch.randn(2, 3, SIZE, SIZE), torch.zeros(2, NUM_CLASSES))])
     with pytest.raises(ValueError, match="empty loader"):
         interpret(model, [], device="cpu")

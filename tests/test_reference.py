@@ -22,6 +22,7 @@ PUBLIC = {
     "transferkit.training": False,
     "transferkit.tasks": False,
     "transferkit.viz": False,
+    "transferkit.viz.report": False,
     "transferkit.interpret": False,
 }
 

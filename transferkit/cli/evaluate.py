@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-from collections.abc import Sized
+import math
+from collections.abc import Callable, Sized
 from pathlib import Path
 from typing import Any, cast
 
@@ -17,7 +18,12 @@ from torch.utils.data import DataLoader
 
 from ..atomic import write_text
 from ..data.check import check_dataset_files
-from ..interpret import SUPPORTED_TASKS, ClassificationInterpretation, interpret
+from ..interpret import (
+    ClassificationInterpretation,
+    DetectionInterpretation,
+    SegmentationInterpretation,
+    interpret,
+)
 from ..models.model import TransferModel
 from ..tasks import get_task
 from ..training import Trainer
@@ -106,10 +112,39 @@ def _per_class_lines(interpretation: ClassificationInterpretation) -> list[str]:
     return ["", head, *lines]
 
 
+def _iou_lines(interpretation: SegmentationInterpretation) -> list[str]:
+    """A table of each class's IoU over the split ("absent" where neither truth nor prediction has it)."""
+    rows = interpretation.per_class_iou()
+    width = max(len("class"), *(len(name) for name, _ in rows))
+    lines = [f"{name:<{width}}  {'absent' if math.isnan(iou) else f'{iou:6.4f}':>6}" for name, iou in rows]
+    return ["", f"{'class':<{width}}     IoU", *lines]
+
+
+def _ap_lines(interpretation: DetectionInterpretation) -> list[str]:
+    """A table of each class's COCO AP, AP@0.5 and true boxes ("-" where the class has no true box)."""
+    rows = interpretation.per_class_ap()
+    width = max(len("class"), *(len(r.name) for r in rows))
+
+    def value(ap: float) -> str:
+        return f"{'-' if math.isnan(ap) else f'{ap:.4f}':>6}"
+
+    lines = [f"{r.name:<{width}}  {value(r.ap)}  {value(r.ap_50)}  {r.true_boxes:5d}" for r in rows]
+    return ["", f"{'class':<{width}}      AP  AP@0.5  boxes", *lines]
+
+
+# The per-class table of each interpretation; --errors lists the misclassified images of a classifier.
+_TABLES: dict[type, Callable[[Any], list[str]]] = {
+    ClassificationInterpretation: _per_class_lines,
+    SegmentationInterpretation: _iou_lines,
+    DetectionInterpretation: _ap_lines,
+}
+_ERRORS_FOR = ("classification",)
+
+
 def _check_errors_file(path: Path, task: str) -> None:
     """Raise unless ``--errors`` can be written: a classification model, and a folder that exists."""
-    if task not in SUPPORTED_TASKS:
-        raise ValueError(f"--errors lists misclassified images of {', '.join(SUPPORTED_TASKS)} models only")
+    if task not in _ERRORS_FOR:
+        raise ValueError(f"--errors lists misclassified images of {', '.join(_ERRORS_FOR)} models only")
     if not path.parent.is_dir():
         raise FileNotFoundError(f"--errors {path}: the folder {path.parent} does not exist; create it first")
 
@@ -144,13 +179,15 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if args.errors is not None:  # refused before the passes, not after them
         _check_errors_file(args.errors, model.task)
     loader = _split_loader(model, split_dir, args.batch_size)
-    lines = _metric_lines(Trainer(model, device=args.device).evaluate(loader))
-    if model.task in SUPPORTED_TASKS:  # a second pass, keeping per-sample results (never logits)
-        interpretation = interpret(model, loader, device=args.device)
-        lines += _per_class_lines(interpretation)
-        if args.errors is not None:
-            written = _write_errors(args.errors, interpretation)
-            lines.append(f"{written} misclassified images written to {args.errors}")
+    trainer = Trainer(model, device=args.device)
+    lines = _metric_lines(trainer.evaluate(loader))
+    # a second pass, keeping per-sample scalars (never logits, masks or boxes) and the per-class table
+    interpretation = interpret(model, loader, device=args.device, progress=trainer.show_progress)
+    table = _TABLES.get(type(interpretation))  # a task added to INTERPRETERS may have no table here
+    lines += table(interpretation) if table is not None else []
+    if isinstance(interpretation, ClassificationInterpretation) and args.errors is not None:
+        written = _write_errors(args.errors, interpretation)
+        lines.append(f"{written} misclassified images written to {args.errors}")
     count = len(cast(Sized, loader.dataset))
     _say(f"{split_dir}: {count} images, {len(model.classes)} classes", *lines)
     return 0

@@ -1,7 +1,8 @@
 """What a classifier got wrong and how sure it was: top losses, confusion, per-class scores, calibration.
 
-`interpret` runs the model once over a loader, in eval mode and without gradients, through the Trainer's
-own `transferkit.training.Trainer.stepper` (device, precision, memory format). It keeps four scalars per
+`interpret_classification` (what `interpret` runs for a classifier) runs the model once over a loader, in
+eval mode and without gradients, through the Trainer's own `transferkit.training.Trainer.stepper` (device,
+precision, memory format; `transferkit.interpret.stream.stream`). It keeps four scalars per
 sample (loss, true class, predicted class, top-1 probability) and a torchmetrics confusion matrix updated
 per batch: never the images or the ``[N, K]`` logits, so it scales with the dataset, not with ``K``.
 
@@ -21,15 +22,18 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.data import DataLoader, SequentialSampler, Subset
 
 from ..models.model import TransferModel
-from ..training import Trainer
+from ..tasks import Task
+from .stream import check_pair, sample_paths, stream
 
-__all__ = ["ClassificationInterpretation", "ClassMetrics", "ReliabilityBin", "Sample", "interpret"]
-
-SUPPORTED_TASKS = ("classification",)
-"""The model tasks `interpret` takes (segmentation and detection are to follow)."""
+__all__ = [
+    "ClassMetrics",
+    "ClassificationInterpretation",
+    "ReliabilityBin",
+    "Sample",
+    "interpret_classification",
+]
 
 
 @dataclass(frozen=True)
@@ -213,8 +217,13 @@ class ClassificationInterpretation:
         return float(ece), bins
 
 
-def interpret(
-    model: TransferModel, loader: Iterable[Any], *, device: str = "auto", precision: str = "auto"
+def interpret_classification(
+    model: TransferModel,
+    loader: Iterable[Any],
+    *,
+    device: str = "auto",
+    precision: str = "auto",
+    progress: bool = True,
 ) -> ClassificationInterpretation:
     """Run ``model`` once over ``loader`` (batches ``(images, class indices)``) and keep what explains it.
 
@@ -224,72 +233,48 @@ def interpret(
             ``samples`` (`transferkit.data.ClassFolder`, also under a ``Subset``) each sample gets its path.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ... as for `transferkit.Trainer`.
         precision: As for `transferkit.Trainer` (``"auto"``: bf16 / fp16 autocast on CUDA, fp32 elsewhere).
+        progress: A bar over the batches where bars render.
 
     Returns:
         The `ClassificationInterpretation`; its losses are computed in float32 from the model's outputs.
 
     Raises:
-        ValueError: The model is not a classifier, or the loader is empty.
+        ValueError: Targets that are not class indices, or an empty loader.
 
     Examples:
-        >>> interp = interpret(model, loaders["val"], device="cpu")  # doctest: +SKIP
+        >>> interp = interpret_classification(model, loaders["val"], device="cpu")  # doctest: +SKIP
         >>> len(interp), interp.confusion_matrix().shape  # doctest: +SKIP
         (20, torch.Size([2, 2]))
     """
     from torchmetrics.classification import MulticlassConfusionMatrix
 
-    if model.task not in SUPPORTED_TASKS:
-        raise ValueError(
-            f"interpret() supports {', '.join(SUPPORTED_TASKS)} models; this model's task is {model.task!r}"
-        )
-    trainer = Trainer(model, device=device, precision=precision, progress=False)
-    step, task = trainer.stepper, trainer.task
-    confusion = MulticlassConfusionMatrix(model.num_classes).to(trainer.device)
+    num_classes = model.num_classes
+    confusions: list[MulticlassConfusionMatrix] = []  # one, on the pass's device from the first batch
     kept: list[Tensor] = []  # per batch: [4, n] loss, target, prediction, probability (float64, CPU)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            for index, batch in enumerate(loader):
-                inputs, targets = _split(batch, model.num_classes, task, f"interpret batch {index + 1}")
-                inputs, targets = step.to_device(inputs, targets)
-                logits = task.float_outputs(step.outputs(model, inputs))
-                probability, prediction = logits.softmax(1).max(1)
-                loss = F.cross_entropy(logits, targets, reduction="none")
-                confusion.update(prediction, targets)
-                kept.append(torch.stack([t.double() for t in (loss, targets, prediction, probability)]).cpu())
-    finally:
-        model.train(was_training)
-    if not kept:
-        raise ValueError("interpret() got an empty loader; pass a loader with at least one batch")
+
+    def update(logits: Tensor, targets: Tensor) -> None:
+        if not confusions:
+            confusions.append(MulticlassConfusionMatrix(num_classes).to(targets.device))
+        probability, prediction = logits.softmax(1).max(1)
+        loss = F.cross_entropy(logits, targets, reduction="none")
+        confusions[0].update(prediction, targets)
+        kept.append(torch.stack([t.double() for t in (loss, targets, prediction, probability)]).cpu())
+
+    def split(batch: Any, task: Task, where: str) -> tuple[Any, Tensor]:
+        return _split(batch, num_classes, task, where)
+
+    stream(model, loader, update, split=split, device=device, precision=precision, progress=progress)
     losses, targets, predictions, probabilities = torch.cat(kept, dim=1)
-    paths = _sample_paths(loader, len(losses))
     return ClassificationInterpretation(
         model.classes, losses.float(), targets.long(), predictions.long(), probabilities.float(),
-        confusion.compute().long().cpu(), paths,
+        confusions[0].compute().long().cpu(), sample_paths(loader, len(losses)),
     )  # fmt: skip
 
 
 def _split(batch: Any, num_classes: int, task: Any, where: str) -> tuple[Any, Tensor]:
     """A batch's ``(inputs, targets)``, the targets checked to be class indices in range."""
-    if not isinstance(batch, (tuple, list)) or len(batch) != 2:
-        raise ValueError(f"{where} is not an (inputs, targets) pair; interpret() needs the true classes")
-    inputs, targets = batch
+    inputs, targets = check_pair(batch, "classes", where)
     if not isinstance(targets, Tensor) or targets.is_floating_point():
         raise ValueError(f"the targets at {where} are not class indices [N] (an int tensor); pass those")
     task.check_targets(targets, num_classes, where)
     return inputs, targets
-
-
-def _sample_paths(loader: Iterable[Any], count: int) -> list[str] | None:
-    """Each sample's file in loader order, when a sequential DataLoader reads a dataset with ``samples``."""
-    if not isinstance(loader, DataLoader) or not isinstance(loader.sampler, SequentialSampler):
-        return None
-    dataset, indices = loader.dataset, None
-    if isinstance(loader.dataset, Subset):
-        dataset, indices = loader.dataset.dataset, list(loader.dataset.indices)
-    samples = getattr(dataset, "samples", None)
-    if not isinstance(samples, list) or not samples or not isinstance(samples[0], tuple):
-        return None
-    paths = [str(samples[i][0]) for i in (range(len(samples)) if indices is None else indices)]
-    return paths if len(paths) == count else None

@@ -1,5 +1,6 @@
-"""What each task draws: its grid of predictions (`show_predictions`), the per-class pictures of a run
-folder (a confusion matrix, per-class IoU), and the boxes ``transferkit predict --draw`` writes.
+"""What each task draws: its grid of predictions (`show_predictions`), a batch as the model sees it
+(`show_batch`), the per-class pictures of a run folder (a confusion matrix, per-class IoU), and the boxes
+``transferkit predict --draw`` writes.
 
 Each task's pictures are a `TaskPictures` found by the task's name in `PICTURES`, as the tasks themselves
 are in `transferkit.tasks.TASKS`; a task without its own draws no run-folder pictures and refuses the
@@ -18,8 +19,10 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
+from ..models.classes import dataset_classes
 from ..registry import Registry
 from ..tasks import get_task
+from .batch import display_images, draw_box_batch, draw_class_batch, draw_mask_batch
 from .detection_plots import draw_detection
 from .metric_plots import plot_class_iou, plot_confusion_matrix
 from .plots import (
@@ -36,7 +39,7 @@ from .plots import (
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-__all__ = ["PICTURES", "TaskPictures", "pictures", "show_predictions"]
+__all__ = ["PICTURES", "TaskPictures", "pictures", "show_batch", "show_predictions"]
 
 PICTURES = Registry("task pictures")
 
@@ -63,6 +66,12 @@ class TaskPictures:
         """Per-class pictures for a run folder, written next to the curves; the files written."""
         return []
 
+    def batch(self, images: list[np.ndarray], targets: Any, names: list[str], columns: int) -> Figure:
+        """The figure `show_batch` draws: images ``[H, W, 3]`` (floats in [0, 1]) with their targets."""
+        raise ValueError(
+            f"show_batch draws classification, segmentation and detection batches, not {self.task}"
+        )
+
     def answers(self, images: list[Image.Image], answers: list[Any], classes: list[str], path: Path) -> None:
         """A picture of ``model.predict`` answers over their images (``transferkit predict --draw``)."""
         raise ValueError(
@@ -80,6 +89,9 @@ class ClassificationPictures(TaskPictures):
     ) -> Figure:
         return draw_classification(images, outputs.softmax(1), targets, names, columns)
 
+    def batch(self, images: list[np.ndarray], targets: Any, names: list[str], columns: int) -> Figure:
+        return draw_class_batch(images, targets, names, columns)
+
     def metrics(self, model: nn.Module, loader: Any, folder: Path) -> list[Path]:
         plot_confusion_matrix(model, loader, folder / "confusion.png")
         return [folder / "confusion.png"]
@@ -94,6 +106,9 @@ class SegmentationPictures(TaskPictures):
     ) -> Figure:
         return draw_segmentation(images, outputs.argmax(1).numpy(), targets, names, columns)
 
+    def batch(self, images: list[np.ndarray], targets: Any, names: list[str], columns: int) -> Figure:
+        return draw_mask_batch(images, targets, names, columns)
+
     def metrics(self, model: nn.Module, loader: Any, folder: Path) -> list[Path]:
         plot_class_iou(model, loader, folder / "class_iou.png")
         return [folder / "class_iou.png"]
@@ -107,6 +122,9 @@ class DetectionPictures(TaskPictures):
         self, images: np.ndarray, outputs: Any, targets: Any, names: list[str], columns: int
     ) -> Figure:
         return draw_detection(list(images), outputs, targets, names, columns)
+
+    def batch(self, images: list[np.ndarray], targets: Any, names: list[str], columns: int) -> Figure:
+        return draw_box_batch(images, targets, names, columns)
 
     def answers(self, images: list[Image.Image], answers: list[Any], classes: list[str], path: Path) -> None:
         arrays = [np.asarray(image.convert("RGB"), dtype=np.float32) / 255 for image in images]
@@ -177,3 +195,81 @@ def show_predictions(
     fig = pictures(name).predictions(_display_images(model, inputs), outputs, targets, names, columns)
     save_figure(fig, path)
     return fig
+
+
+def show_batch(
+    loader: Iterable[Any],
+    model: nn.Module | None = None,
+    *,
+    n: int = 16,
+    columns: int = 4,
+    path: str | os.PathLike[str] | None = None,
+) -> Figure:
+    """The first ``n`` samples of one batch of ``loader``, as the model sees them: after augmentation.
+
+    Check augmentation, masks and boxes here before training. Images are un-normalised with the mean and
+    std the loader's dataset declares (the loaders of `transferkit.data` do), else ``model.data_config``,
+    else ImageNet's. Classification: each image titled with its class name. Segmentation: its mask
+    overlaid (a class named ``background`` and 255 = ignore stay uncoloured), a legend names the colours.
+    Detection: its true boxes, labelled with their class names. Class names come from
+    ``loader.dataset.classes``, else ``model.classes``, else the indices.
+
+    Args:
+        loader: Yields ``(images [B, C, H, W], targets)``: class indices ``[B]``, masks ``[B, H, W]`` or one
+            ``{"boxes", "labels"}`` dict per image.
+        model: Gives the task (``model.task``), its preprocessing and class names; without it the task is
+            read from the targets' form.
+        n: At most this many images (a shorter first batch draws fewer).
+        columns: Panels per row.
+        path: Where to write the PNG (parent folders are created); None only returns the figure.
+
+    Returns:
+        The matplotlib ``Figure``, one panel per image.
+
+    Raises:
+        ValueError: ``n`` or ``columns`` < 1, an empty loader, or batches that are not ``(images, targets)``.
+        ImportError: matplotlib is not installed (the message gives the install command).
+
+    Examples:
+        >>> from torch.utils.data import DataLoader
+        >>> loader = DataLoader(SyntheticShapes(8, image_size=32), batch_size=8)
+        >>> fig = show_batch(loader, n=4)  # path="batch.png" writes it
+        >>> [ax.get_title() for ax in fig.axes if ax.images]
+        ['circle', 'square', 'triangle', 'circle']
+    """
+    if n < 1 or columns < 1:
+        raise ValueError(f"n and columns must be >= 1, got {n} and {columns}")
+    require_matplotlib()
+    batch = next(iter(loader), None)
+    if batch is None:
+        raise ValueError("the loader yielded no batches; pass a loader with at least one image")
+    if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+        raise ValueError("show_batch needs batches of (images, targets); this loader yields something else")
+    inputs, targets = batch[0][:n], list(batch[1][:n])
+    task = getattr(model, "task", None) or _task_of(targets)
+    own = getattr(model, "classes", None)
+    names = dataset_classes(loader) or (list(own) if isinstance(own, list) else None)
+    names = names or [str(k) for k in range(_label_count(targets))]
+    fig = pictures(task).batch(display_images(inputs, model, loader), targets, names, columns)
+    save_figure(fig, path)
+    return fig
+
+
+def _task_of(targets: list[Any]) -> str:
+    """The task whose targets look like these: dicts of boxes, ``[H, W]`` masks, or class indices."""
+    first = targets[0] if targets else None
+    if isinstance(first, dict):
+        return "detection"
+    if isinstance(first, Tensor) and first.ndim == 2:
+        return "segmentation"
+    if isinstance(first, Tensor) and first.ndim == 0 and not first.is_floating_point():
+        return "classification"
+    raise ValueError("cannot tell the task from these targets; pass the model (show_batch(loader, model))")
+
+
+def _label_count(targets: list[Any]) -> int:
+    """One more than the largest label among the targets (255 = ignore left out)."""
+    values = [torch.as_tensor(t["labels"] if isinstance(t, dict) else t).flatten() for t in targets]
+    labels = torch.cat(values) if values else torch.zeros(0, dtype=torch.long)
+    labels = labels[labels != 255]
+    return int(labels.max()) + 1 if labels.numel() else 1
