@@ -111,7 +111,7 @@ RUN_META_FIELDS: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "mixup": ("a finite number >= 0", _is_number),
     "cutmix": ("a finite number >= 0", _is_number),
     "label_smoothing": ("a number from 0 up to (not including) 1", lambda v: _is_number(v, below=1.0)),
-    "log": ("'csv' or 'tensorboard'", lambda v: v in ("csv", "tensorboard")),
+    "log": ("'csv', 'tensorboard' or 'mlflow'", lambda v: v in ("csv", "tensorboard", "mlflow")),
     "transferkit_version": ("a version string", lambda v: isinstance(v, str)),
     "status": ("'training' or 'done'", lambda v: v in ("training", "done")),
     "best_epoch": ("a whole number >= 1", lambda v: _is_int(v, 1)),

@@ -16,7 +16,14 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from .folder import CHECKPOINT_DIR, HISTORY_CSV, TENSORBOARD_DIR, entries_to_replace, not_a_run
+from .folder import (
+    CHECKPOINT_DIR,
+    HISTORY_CSV,
+    MLFLOW_DIR,
+    TENSORBOARD_DIR,
+    entries_to_replace,
+    not_a_run,
+)
 from .lock import LOCK_FILE
 from .meta import META_FILE
 from .options import FreezeSpec, UsageError
@@ -87,7 +94,8 @@ def discard_unstarted_run(out: Path) -> None:
     corrected command refuse ``out`` as taken; so a failed new run leaves ``out`` as it found it (empty).
     Ctrl-C and ``kill -9`` do not come here: they keep the run for ``--resume``.
     """
-    for name in (CHECKPOINT_DIR, TENSORBOARD_DIR):  # this run made them (``out`` was empty, or cleared)
+    # this run made them (``out`` was empty, or cleared)
+    for name in (CHECKPOINT_DIR, TENSORBOARD_DIR, MLFLOW_DIR):
         folder = out / name
         if folder.is_dir() and not folder.is_symlink():
             shutil.rmtree(folder)

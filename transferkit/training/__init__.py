@@ -14,12 +14,14 @@
   (``cache_features=True``).
 - `loaders`: what ``fit`` accepts as loaders, and the `Feed` a pass iterates (batches and their module).
 - `callbacks`: the callback protocol, `CSVLogger` and `TensorBoard`.
+- `mlflow_logger`: `MLflowLogger`, a run in an MLflow tracking store (the ``mlflow`` extra).
 """
 
 from __future__ import annotations
 
 from .callbacks import CSVLogger, TensorBoard
 from .checkpoint import CheckpointError
+from .mlflow_logger import MLflowLogger
 from .trainer import Trainer
 
-__all__ = ["CSVLogger", "CheckpointError", "TensorBoard", "Trainer"]
+__all__ = ["CSVLogger", "CheckpointError", "MLflowLogger", "TensorBoard", "Trainer"]

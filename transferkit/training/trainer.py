@@ -73,7 +73,8 @@ class Trainer:
         weight_decay: Weight decay (norm and bias parameters get none).
         scheduler: ``"cosine"``, ``"step"`` (x0.1 at 1/3 and 2/3 of training), ``"onecycle"``, ``"none"``
             or ``callable(optimizer, total_steps)`` returning a scheduler; all step once per optimizer step.
-        layer_decay: Learning-rate factor per block from the head towards the stem (e.g. 0.75).
+        layer_decay: Learning-rate factor per block from the head towards the stem (e.g. 0.75; 1: none).
+            None: 0.75 for a ViT-style backbone (one stride), none for others (`default_layer_decay`).
         loss: ``callable(logits, targets) -> scalar``; default: the task's (`transferkit.tasks`).
         device: ``"auto"`` (CUDA, then MPS, then CPU) or a device.
         precision: ``"auto"`` (bf16 on CUDA if supported, else fp16 with a grad scaler; fp32 elsewhere),
@@ -95,8 +96,9 @@ class Trainer:
         restore_best: With validation, end with the weights of the best epoch (one with a finite score).
         progress: One bar per epoch where bars render, else one line per epoch (`training.progress`).
         callbacks: Objects with any of the methods ``on_fit_start``, ``on_epoch_start``, ``on_batch_end``
-            (not for a skipped batch), ``on_epoch_end``, ``on_fit_end``, each called with the trainer (all
-            ranks; see ``trainer.is_main``). Setting ``trainer.should_stop = True`` ends fit after the epoch.
+            (not for a skipped batch), ``on_epoch_end``, ``on_fit_end`` (the model holds the weights fit
+            ends with), each called with the trainer (all ranks; see ``trainer.is_main``). Setting
+            ``trainer.should_stop = True`` ends fit after the epoch.
         seed: Seeds torch, random and numpy (plus the rank) at the start of ``fit``, and the sampler.
         backbone_lr_mult: Extra learning-rate factor for the whole backbone.
         compile: Train through ``torch.compile(model)``.
@@ -212,8 +214,7 @@ class Trainer:
             TypeError: A Dataset where a loader belongs, or batches that are not ``(inputs, targets)``
                 with float inputs (dicts, uint8 images).
             FloatingPointError: A non-finite loss; the model keeps the weights of the last good epoch.
-            CheckpointError: ``resume=True`` and ``last.pt`` is damaged or was written for another model
-                (nothing is changed, the file is kept).
+            CheckpointError: ``resume=True`` and ``last.pt`` is damaged or for another model (file kept).
         """
         train, val, self._size_from_batches = prepare_data(self.model, loaders)
         train, val = self._shard(train, train=True), self._shard(val, train=False)
@@ -223,7 +224,9 @@ class Trainer:
         resuming = self.resume and last is not None and last.exists()
         finetune = start_plan(self, train, val, monitor, resuming)  # decides and prints; runs the probe
         self.history = self.probe.rows if self.probe is not None else []
-        if finetune is None:  # the probe alone
+        if finetune is None:  # the probe alone: callbacks see the start and the end of fit, with its rows
+            self.callbacks.emit("on_fit_start", self)
+            self.callbacks.emit("on_fit_end", self)
             return self.history
         start = self._start_finetune(finetune, train, val is not None, monitor, last if resuming else None)
         if self.cache_features:
@@ -235,6 +238,7 @@ class Trainer:
         if self.best.weights is not None:
             self.model.load_state_dict(self.best.weights)
         self.kept = keep_the_better(self.model, self.plan, self.probe, self.best)
+        self.callbacks.emit("on_fit_end", self)  # with the weights fit ends with
         return self.history
 
     def _start_finetune(
@@ -294,7 +298,6 @@ class Trainer:
             if self.checkpoint_dir is not None and self.is_main:
                 save_checkpoint(self, self.checkpoint_dir / "last.pt", train)
             self.callbacks.emit("on_epoch_end", self)
-        self.callbacks.emit("on_fit_end", self)
 
     def _train_epoch(self, net: nn.Module, feed: Feed, bar: EpochProgress) -> dict[str, float]:
         """One pass over ``feed``; the mean batch loss (over all ranks) and of each part of the loss.
