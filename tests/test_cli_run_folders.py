@@ -115,7 +115,7 @@ def test_overwrite_names_what_no_run_writes_then_replaces_what_kill_9_left(
     assert result.code == 0, result.err
     assert json.loads((folder / "transferkit.json").read_text())["status"] == "done"
     written = {"config.json", "model.safetensors", "transferkit.json", "history.json", "history.csv"}
-    plots = {"history.png", "predictions.png", "confusion.png"}
+    plots = {"history.png", "predictions.png", "confusion.png", "report.html"}
     assert written <= {p.name for p in folder.iterdir()} <= written | plots  # the old checkpoint is gone
 
 

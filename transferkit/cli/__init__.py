@@ -1,18 +1,20 @@
-"""The ``transferkit`` command: train, lr-find, eval, predict, export, list and demo.
+"""The ``transferkit`` command: train, lr-find, eval, report, predict, export, list and demo.
 
 Every subcommand is a thin layer over the library (``build_model``, the data loaders, ``Trainer``), so a
 run on the command line and the same run in Python give the same model. A trained run folder holds what
 ``model.save`` writes (``config.json`` with the class names, ``model.safetensors``) plus
 ``transferkit.json`` (the task, the image size and the training options, which ``eval``, ``predict`` and
-``train --resume`` read back), ``history.json``, ``history.png`` and ``predictions.png``; while training
-it also holds the Trainer's checkpoint, so an interrupted run continues with ``train --resume``.
+``train --resume`` read back), ``history.json``, ``history.png``, ``predictions.png`` and, for a run
+with a validation split, ``report.html`` (a self-contained page that ``report`` writes again); while
+training it also holds the Trainer's checkpoint, so an interrupted run continues with ``train --resume``.
 
 Errors are printed as one line on stderr with a non-zero exit status (1 for a failed command, 2 for bad
 arguments); set ``TRANSFERKIT_DEBUG=1`` to see the traceback instead.
 
-Each subcommand lives in its own module (``train``, ``lr_find``, ``evaluate``, ``predict``, ``export``,
-``listing``, ``demo``) with an ``add_parser`` that `build_parser` calls; ``options`` holds the argument
-types they share and ``runs`` the reading and writing of run folders. What keeps a run folder safe is in
+Each subcommand lives in its own module (``train``, ``lr_find``, ``evaluate``, ``report``, ``predict``,
+``export``, ``listing``, ``demo``) with an ``add_parser`` that `build_parser` calls; ``options`` holds the
+argument types they share, ``runs`` the reading and writing of run folders and ``run_report`` the
+building of ``report.html``. What keeps a run folder safe is in
 three small modules: ``lock`` (one command per folder), ``folder`` (the entries a run writes, the only
 ones ``--overwrite`` deletes, never written through a symbolic link) and ``meta`` (``transferkit.json``
 checked where it is read).
@@ -21,6 +23,7 @@ Examples:
     $ transferkit train --data hymenoptera_data --backbone resnet18 --freeze last_n:2 --epochs 5 --out runs/ab
     $ transferkit lr-find --data hymenoptera_data --backbone resnet18
     $ transferkit eval --model runs/ab --data hymenoptera_data
+    $ transferkit report runs/ab
     $ transferkit predict --model runs/ab bee.jpg ant.jpg
     $ transferkit train --resume --out runs/ab
     $ transferkit list backbones convnext
@@ -36,7 +39,7 @@ import sys
 from collections.abc import Sequence
 
 from .. import __version__
-from . import demo, evaluate, export, listing, lr_find, predict, train
+from . import demo, evaluate, export, listing, lr_find, predict, report, train
 from .evaluate import evaluate_folder
 from .options import FreezeSpec, UsageError, _Parser, parse_freeze, parse_pretrained
 from .predict import predict_files
@@ -53,7 +56,8 @@ __all__ = [
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``transferkit`` argument parser (subcommands train, lr-find, eval, predict, export, list, demo).
+    """The ``transferkit`` argument parser (subcommands train, lr-find, eval, report, predict, export, list,
+    demo).
 
     Examples:
         >>> args = build_parser().parse_args(["list", "heads"])
@@ -63,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="transferkit", description="Transfer learning on images from the command line.")
     parser.add_argument("--version", action="version", version=f"transferkit {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for command in (train, lr_find, evaluate, predict, export, listing, demo):  # the order --help lists
+    subcommands = (train, lr_find, evaluate, report, predict, export, listing, demo)  # the order --help lists
+    for command in subcommands:
         command.add_parser(commands)
     return parser
 

@@ -24,6 +24,7 @@ from .evaluate import _metric_lines
 from .lock import locked_run_folder
 from .options import UsageError, _positive_int, parse_freeze
 from .predict import predict_files
+from .run_report import REPORT_FILE
 from .runs import _count, _describe_data, _say
 
 DEMO_CLASSES = 3
@@ -197,8 +198,10 @@ def _summary(
         "predictions.png": "val images titled with predicted vs true class, the mistakes first",
         "history.json": "the numbers behind the curves",
     }
-    if not plots:
+    if not any(p.name == "history.png" for p in plots):
         del files["history.png"], files["predictions.png"]
+    if any(p.name == REPORT_FILE for p in plots):
+        files[REPORT_FILE] = "the run report: plan, curves, metrics, top losses, calibration (a browser page)"
     places = {str(out / name): text for name, text in files.items()}
     places[f"{out}/"] = "the model: config.json (with the class names) + model.safetensors, transferkit.json"
     places[f"{data}/"] = "the generated images"

@@ -21,6 +21,7 @@ from ..tasks import get_task
 from .demo_common import DemoSettings, fresh_demo_data, mark_demo_data, train_and_reload
 from .evaluate import _metric_lines
 from .predict import predict_files
+from .run_report import REPORT_FILE
 from .runs import _count, _describe_data, _say
 
 DETECTION_CLASSES = 3
@@ -116,8 +117,10 @@ def run_detection_demo(args: argparse.Namespace) -> int:
         str(out / "predictions.png"): "val images: predicted boxes (solid) over the true ones (dashed)",
         str(out / "history.png"): "loss parts and mAP per epoch",
     }
-    if not plots:
+    if not any(p.name == "history.png" for p in plots):
         del files[str(out / "predictions.png")], files[str(out / "history.png")]
+    if any(p.name == REPORT_FILE for p in plots):
+        files[str(out / REPORT_FILE)] = "the run report: plan, curves, metrics, timing (open in a browser)"
     width = max(map(len, files))
     _say(
         "",

@@ -21,6 +21,7 @@ __all__ = [
     "CHECKPOINT_DIR",
     "HISTORY_CSV",
     "HISTORY_FILE",
+    "MLFLOW_DIR",
     "RUN_FILES",
     "RUN_FOLDERS",
     "TENSORBOARD_DIR",
@@ -34,8 +35,9 @@ HISTORY_FILE = "history.json"
 HISTORY_CSV = "history.csv"
 CHECKPOINT_DIR = "checkpoint"  # the Trainer's last.pt while a run trains; removed when it is done
 TENSORBOARD_DIR = "tb"
-# model.save's two files, the CLI's own, and the pictures: train's plots (the task's metric plot is
-# confusion.png or class_iou.png) and what predict draws into a detection run's folder
+MLFLOW_DIR = "mlruns"  # --log mlflow: MLflow's file store, a tree in its own layout
+# model.save's two files, the CLI's own, the pictures (train's plots, the task's metric plot being
+# confusion.png or class_iou.png, and what predict draws into a detection run's folder) and the report
 RUN_FILES = frozenset(
     {
         "config.json",
@@ -48,6 +50,7 @@ RUN_FILES = frozenset(
         "confusion.png",
         "class_iou.png",
         "predicted_boxes.png",
+        "report.html",
     }
 )
 # folder: the names of the files a run writes in it
@@ -90,6 +93,9 @@ def _foreign(entry: Path) -> list[str]:
         stale = _STALE_TEMP.fullmatch(entry.name)
         written_as = (stale["name"] or stale["old"]) if stale else entry.name
         return [] if written_as in RUN_FILES else [entry.name]
+    if entry.name == MLFLOW_DIR and entry.is_dir():  # MLflow writes the whole tree, links excepted
+        links = [p for p in sorted(entry.rglob("*")) if p.is_symlink()]
+        return [f"{entry.name}/{p.relative_to(entry)} (a symbolic link)" for p in links]
     pattern = RUN_FOLDERS.get(entry.name)
     if pattern is None or not entry.is_dir():
         return [entry.name + ("/" if entry.is_dir() else "")]
@@ -146,7 +152,7 @@ def refuse_linked_entries(folder: Path) -> None:
     Raises:
         FileExistsError: One is a link (the message names it and its target).
     """
-    names = [*sorted(RUN_FILES), *sorted(RUN_FOLDERS), LOCK_FILE]
+    names = [*sorted(RUN_FILES), *sorted(RUN_FOLDERS), MLFLOW_DIR, LOCK_FILE]
     names += [f"{CHECKPOINT_DIR}/last.pt", f"{CHECKPOINT_DIR}/last.pt.tmp"]
     for name in names:
         refuse_symlink(folder / name, "run folder entry")

@@ -2,17 +2,19 @@
 
 A run folder holds what ``model.save`` writes (``config.json``, ``model.safetensors``; the class names
 travel in the config) plus `META_FILE` (the task, the image size and the training arguments, written
-before training starts so that ``train --resume`` can read them), `HISTORY_FILE`, ``history.png`` and
-``predictions.png``; while training, `CHECKPOINT_DIR` holds the Trainer's checkpoint. ``train`` and
-``demo`` write one with `_trainer` and `_fit_and_save`; ``eval``, ``predict`` and ``demo`` read one with
-`_load_run`. Every file is written atomically (`transferkit.atomic`: whole or not at all, never through a
-symbolic link), and `META_FILE` is checked where it is read (`transferkit.cli.meta`). Which entries a run
-writes is `transferkit.cli.folder`'s list. Also here: the printing helpers every command uses.
+before training starts so that ``train --resume`` can read them), `HISTORY_FILE`, ``history.png``,
+``predictions.png`` and, for a run with a validation split, ``report.html``; while training,
+`CHECKPOINT_DIR` holds the Trainer's checkpoint. ``train`` and ``demo`` write one with `_trainer` and
+`_fit_and_save`; ``eval``, ``predict``, ``report`` and ``demo`` read one with `_load_run`. Every file
+is written atomically (`transferkit.atomic`: whole or not at all, never through a symbolic link), and
+`META_FILE` is checked where it is read (`transferkit.cli.meta`). Which entries a run writes is
+`transferkit.cli.folder`'s list. Also here: the printing helpers every command uses.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import shutil
 import time
@@ -28,9 +30,18 @@ from ..io.hub import is_hub_spec
 from ..models.loading import load_model
 from ..models.model import TransferModel
 from ..tasks import get_task
-from ..training import CSVLogger, TensorBoard, Trainer
-from .folder import CHECKPOINT_DIR, HISTORY_CSV, HISTORY_FILE, TENSORBOARD_DIR, refuse_linked_entries
+from ..training import CSVLogger, MLflowLogger, TensorBoard, Trainer
+from ..training.progress import bar_renders
+from .folder import (
+    CHECKPOINT_DIR,
+    HISTORY_CSV,
+    HISTORY_FILE,
+    MLFLOW_DIR,
+    TENSORBOARD_DIR,
+    refuse_linked_entries,
+)
 from .meta import META_FILE, RunMetaError, parse_run_meta
+from .run_report import write_run_report
 
 
 class Interrupted(Exception):
@@ -202,11 +213,14 @@ def _trainer(
     resume: bool = False,
     label_smoothing: float = 0.0,
     tensorboard: bool = False,
+    mlflow: dict[str, Any] | None = None,
 ) -> Trainer:
     """The Trainer of a run into ``out``; building it checks every argument, and writes nothing.
 
     With ``checkpoint`` it checkpoints into `CHECKPOINT_DIR` every epoch (``resume`` continues from there);
-    the history goes to `HISTORY_CSV` as it trains (and to `TENSORBOARD_DIR` with ``tensorboard``).
+    the history goes to `HISTORY_CSV` as it trains (and to `TENSORBOARD_DIR` with ``tensorboard``). With
+    ``mlflow`` (the run's options, logged as params) an `MLflowLogger` records it in `MLFLOW_DIR`, or in
+    the store the ``MLFLOW_TRACKING_URI`` environment variable names.
 
     Raises:
         ValueError, TypeError: An argument the Trainer refuses (``lr=inf``, ``label_smoothing=5``).
@@ -214,6 +228,9 @@ def _trainer(
     callbacks: list[Any] = [CSVLogger(out / HISTORY_CSV)]  # written as it goes: readable mid-run
     if tensorboard:
         callbacks.append(TensorBoard(out / TENSORBOARD_DIR))
+    if mlflow is not None:
+        store = None if os.environ.get("MLFLOW_TRACKING_URI") else out / MLFLOW_DIR
+        callbacks.append(MLflowLogger(store, run_name=out.name, params=mlflow))
     return Trainer(
         model, epochs=epochs, lr=lr, device=device, seed=seed,
         checkpoint_dir=out / CHECKPOINT_DIR if checkpoint else None, resume=resume,
@@ -230,8 +247,11 @@ def _fit_and_save(
     writes is a symbolic link. Epochs are counted from 1 in everything written for people,
     ``best_epoch`` included; ``history.json`` keeps the Trainer's 0-based ``epoch`` index.
 
+    With a ``val`` loader it then writes the run's ``report.html`` (`transferkit.cli.run_report`).
+
     Returns:
-        The history (one dict per epoch) and the plot files written (none without matplotlib).
+        The history (one dict per epoch) and the pictures and report written (no plots without
+        matplotlib; no report without a validation split).
 
     Raises:
         FileExistsError: An entry the run writes in ``out`` is a symbolic link; nothing was written.
@@ -269,6 +289,17 @@ def _fit_and_save(
     _write_meta(out, meta)
     write_text(out / HISTORY_FILE, json.dumps(history, indent=2) + "\n")
     plots = _write_plots(out, history, model, loaders.get("val", loaders["train"]), model.classes)
+    if "val" in loaders:
+        train_images = len(cast(Sized, loaders["train"].dataset))
+        progress = trainer.show_progress and bar_renders()
+        try:
+            plots.append(write_run_report(
+                out, model, meta, history, loaders["val"], train_images=train_images,
+                device=str(trainer.device), progress=progress,
+            ))  # fmt: skip
+        except (OSError, ValueError) as err:  # the run is saved: a report that fails must not fail it
+            again = f"transferkit report {shlex.quote(str(out))}"
+            _say(f"note: report.html not written ({err}); write it with: {again}")
     if checkpoints is not None:
         shutil.rmtree(checkpoints, ignore_errors=True)  # a finished run needs no optimizer state
     return history, plots

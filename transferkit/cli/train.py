@@ -28,6 +28,7 @@ from .. import PretrainedUnavailableError, __version__, build_model
 from ..models.heads import HEADS
 from ..models.model import TransferModel
 from ..tasks import IGNORE_INDEX, Task, get_task
+from ..training import MLflowLogger, Trainer
 from ..training.recipe import uses_default_recipe
 from .data_kind import head_for_data
 from .folder import HISTORY_CSV, HISTORY_FILE, refuse_linked_entries, remove_entries
@@ -54,6 +55,7 @@ from .resume import (
     no_run_to_resume,
     resumed_arguments,
 )
+from .run_report import REPORT_FILE
 from .runs import (
     Interrupted,
     _count,
@@ -136,8 +138,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--label-smoothing", type=_non_negative_float, help="default 0")
     train.add_argument(
         "--log",
-        choices=("csv", "tensorboard"),
-        help="csv: history.csv (default); tensorboard: also tb/ events",
+        choices=("csv", "tensorboard", "mlflow"),
+        help="csv: history.csv (default); tensorboard: also tb/ events; mlflow: also an MLflow run in "
+        "mlruns/ (or in $MLFLOW_TRACKING_URI) with the params, metrics, model and run files",
     )
     existing = train.add_mutually_exclusive_group()
     existing.add_argument(
@@ -150,6 +153,14 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     )
     _add_device(train)
     train.set_defaults(func=_cmd_train)
+
+
+def _log_to_mlflow(trainer: Trainer, files: list[Path]) -> str:
+    """Adds a finished run's ``files`` to its MLflow run, which holds the model folder already; says where."""
+    logger = next(cb for cb in trainer.callbacks.callbacks if isinstance(cb, MLflowLogger))
+    for path in files:
+        logger.log_artifact(path)
+    return f"MLflow run {logger.run_id} in {logger.tracking_uri}"
 
 
 def _head_task(head: str) -> str:
@@ -315,6 +326,7 @@ def _train(run: argparse.Namespace, replaced: list[Path]) -> int:
     trainer = _trainer(
         model, run.out, epochs=run.epochs, lr=run.lr, device=run.device, seed=run.seed, checkpoint=True,
         resume=run.resume, label_smoothing=run.label_smoothing, tensorboard=run.log == "tensorboard",
+        mlflow={k: v for k, v in meta.items() if k != "classes"} if run.log == "mlflow" else None,
     )  # fmt: skip
     remove_entries(replaced)  # every argument is checked now: --overwrite deletes the earlier run
     try:
@@ -338,4 +350,10 @@ def _train(run: argparse.Namespace, replaced: list[Path]) -> int:
     files = ["config.json", "model.safetensors", META_FILE, HISTORY_FILE, HISTORY_CSV]
     files += [p.name for p in plots] + (["tb/"] if run.log == "tensorboard" else [])
     _say(f"saved to {run.out}/: {', '.join(files)}")
+    if run.log == "mlflow":
+        logged = [run.out / name for name in (META_FILE, HISTORY_FILE, HISTORY_CSV)] + plots
+        _say(_log_to_mlflow(trainer, logged))
+    reports = [p for p in plots if p.name == REPORT_FILE]
+    if reports:
+        _say(f"report: {reports[0]}")
     return 0
