@@ -229,3 +229,19 @@ def test_a_vit_saved_without_the_pyramid_names_why_it_no_longer_loads(tmp_path) 
     save_file(load_file(str(weights)), str(weights), metadata={**metadata, "config": json.dumps(config)})
     with pytest.raises(ValueError, match=r"neck='identity' .* now builds as neck='simple_pyramid'.*'fcos'"):
         load_model(tmp_path)
+
+
+def test_a_vit_fine_tunes_with_layer_decay_by_default_and_a_cnn_without() -> None:
+    vit = build_model(VIT, num_classes=2, pretrained=False)
+    vit.unfreeze()
+    rates = {g["name"]: g["lr"] for g in Trainer(vit, lr=1e-3, progress=False).optimizer.param_groups}
+    blocks = list(vit.blocks)
+    assert len(blocks) == 13  # the stem, then one per transformer block
+    assert rates["head"] == 1e-3
+    for i, block in enumerate(blocks):  # block i of B at lr * 0.75 ** (B - i): the stem lowest
+        assert rates[f"backbone.{block}"] == pytest.approx(1e-3 * 0.75 ** (len(blocks) - i))
+    given = Trainer(vit, lr=1e-3, layer_decay=1.0, progress=False).optimizer.param_groups
+    assert {g["lr"] for g in given} == {1e-3}  # 1 turns it off
+    cnn = build_model("resnet18", num_classes=2, pretrained=False)
+    cnn.unfreeze()
+    assert {g["lr"] for g in Trainer(cnn, lr=1e-3, progress=False).optimizer.param_groups} == {1e-3}

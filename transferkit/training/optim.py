@@ -11,6 +11,8 @@ from typing import Any
 
 import torch
 
+from .recipe import default_layer_decay
+
 __all__ = [
     "OPTIMIZERS",
     "SCHEDULERS",
@@ -55,7 +57,10 @@ def model_optimizer(
     model: Any, spec: Any, lr: float, weight_decay: float, **scales: Any
 ) -> torch.optim.Optimizer:
     """`build_optimizer` over ``model.param_groups(lr, weight_decay, **scales)`` (``layer_decay``,
-    ``backbone_lr_mult``), fused on the CPU where part of the model is frozen."""
+    ``backbone_lr_mult``), fused on the CPU where part of the model is frozen. A ``layer_decay`` of
+    None is the model's default (`recipe.default_layer_decay`: 0.75 for a ViT)."""
+    if scales.get("layer_decay") is None:
+        scales["layer_decay"] = default_layer_decay(model)
     groups = model.param_groups(lr, weight_decay=weight_decay, **scales)
     partly_frozen = len(model.trainable_blocks) < len(model.blocks)
     return build_optimizer(spec, groups, fused_on_cpu=partly_frozen)

@@ -26,11 +26,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from ..tasks import get_task
 
 if TYPE_CHECKING:
+    from ..models.features import FeatureInfo
     from ..models.model import TransferModel
 
 __all__ = [
@@ -42,6 +43,8 @@ __all__ = [
     "RECIPES",
     "Phase",
     "Plan",
+    "VIT_LAYER_DECAY",
+    "default_layer_decay",
     "default_trainable_blocks",
     "images_per_class",
     "plan_recipe",
@@ -57,6 +60,7 @@ PROBE_STEPS = 300  # optimizer steps the probe aims for ...
 PROBE_EPOCHS = (10, 40)  # ... within this many epochs (fewest, most)
 UNCACHED_PROBE_EPOCHS = 3  # a probe on augmenting loaders runs the backbone every epoch: kept short
 MORE_DATA_PER_CLASS = 10  # training images per class from which the top half trains instead of a third
+VIT_LAYER_DECAY = 0.75  # a ViT block's rate: this times the next one's (benchmarks/bench_vit_decay.py)
 
 
 @dataclass(frozen=True)
@@ -145,6 +149,22 @@ def images_per_class(loader: Any, num_classes: int) -> float | None:
         return len(loader.dataset) / num_classes
     except (AttributeError, TypeError):
         return None
+
+
+def default_layer_decay(model: TransferModel) -> float | None:
+    """The layer-wise rate decay a model fine-tunes with when the Trainer is given none.
+
+    A backbone whose levels all have one stride (a plain ViT: ViT, DeiT, EVA, DINOv2, ...) gets
+    `VIT_LAYER_DECAY`, as ViT fine-tuning recipes use (BEiT, MAE: 0.65-0.75): the lower blocks keep the
+    general features a small dataset should move least. Measured on a ViT pretrained on real digits and
+    fine-tuned on unseen ones (``benchmarks/bench_vit_decay.py``). Other backbones: None (one rate).
+
+    Examples:
+        >>> default_layer_decay(build_model("resnet18", num_classes=2, pretrained=False)) is None
+        True
+    """
+    reductions = cast("FeatureInfo", model.backbone.feature_info).reductions
+    return VIT_LAYER_DECAY if len(reductions) > 1 and len(set(reductions)) == 1 else None
 
 
 def plan_recipe(
