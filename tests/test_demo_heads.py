@@ -37,7 +37,7 @@ def test_demo_detection_trains_the_yolo_head(tmp_path: Path) -> None:
     ("task", "head", "says"),
     [
         ("detection", "linear", "--head linear is a classification head, not a detection one: the detection "
-         "demo trains fcos (default), fasterrcnn, retinanet, ssdlite or yolo"),
+         "demo trains yolo (default), fasterrcnn, fcos, retinanet or ssdlite"),
         ("detection", "fcn", "--head fcn is a segmentation head"),
         ("classification", "yolo", "--head yolo is a detection head, not a classification one: pass --task "
          "detection to train yolo"),
@@ -55,5 +55,5 @@ def test_demo_refuses_a_head_of_another_task_before_writing(
 
 
 def test_demo_head_defaults_to_the_task_default() -> None:
-    assert demo_head("detection", None) == "fcos" and demo_head("classification", None) == "linear"
+    assert demo_head("detection", None) == "yolo" and demo_head("classification", None) == "linear"
     assert demo_head("classification", "linear") == "linear"

@@ -113,8 +113,8 @@ def _train(data: Path, out: Path, *extra: object) -> Result:
     [
         ("masks", "linear", "segmentation folder (train/images and train/masks), which --head linear "
          "(classification) does not read: pass --head fcn (or deeplabv3plus) for segmentation"),
-        ("coco", "linear", "pass --head fcos (or fasterrcnn, retinanet, ssdlite, yolo) for detection"),
-        ("coco", "fcn", "which --head fcn (segmentation) does not read: pass --head fcos"),
+        ("coco", "linear", "pass --head yolo (or fasterrcnn, fcos, retinanet, ssdlite) for detection"),
+        ("coco", "fcn", "which --head fcn (segmentation) does not read: pass --head yolo"),
         ("classes", "fcos", "looks like a classification folder (class folders under train/: circle, "
          "square), which --head fcos (detection) does not read: pass --head linear for classification"),
     ],

@@ -18,7 +18,7 @@ from .options import UsageError
 __all__ = ["DEFAULT_HEADS", "head_for_data"]
 
 # the head train picks for a folder of each task when --head is left out
-DEFAULT_HEADS = {"classification": "linear", "segmentation": "fcn", "detection": "fcos"}
+DEFAULT_HEADS = {"classification": "linear", "segmentation": "fcn", "detection": "yolo"}
 
 
 def _heads_of(task: str) -> list[str]:

@@ -49,11 +49,11 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument(
         "--task", choices=("classification", "detection"), default="classification",
-        help="classification (default: class folders) or detection (boxes, FCOS unless --head says)",
+        help="classification (default: class folders) or detection (boxes, YOLO unless --head says)",
     )  # fmt: skip
     demo.add_argument(
         "--head", default=None,
-        help="with --task detection: fcos (default), yolo, retinanet, fasterrcnn or ssdlite",
+        help="with --task detection: yolo (default), fcos, retinanet, fasterrcnn or ssdlite",
     )  # fmt: skip
     demo.set_defaults(func=_cmd_demo)
 
@@ -72,8 +72,8 @@ def demo_head(task: str, head: str | None) -> str:
             (or the ``--task`` that trains it).
 
     Examples:
-        >>> demo_head("detection", None), demo_head("detection", "yolo")
-        ('fcos', 'yolo')
+        >>> demo_head("detection", None), demo_head("detection", "fcos")
+        ('yolo', 'fcos')
     """
     if head is None:
         return DEFAULT_HEADS[task]
@@ -92,7 +92,7 @@ def demo_head(task: str, head: str | None) -> str:
 
 
 def _one_of(heads: list[str]) -> str:
-    """``fcos (default), fasterrcnn, retinanet, ssdlite or yolo``; a lone head as it is."""
+    """``yolo (default), fasterrcnn, fcos, retinanet or ssdlite``; a lone head as it is."""
     first, *others = heads
     if not others:
         return first

@@ -1,7 +1,7 @@
 """``transferkit demo --task detection``: the offline end-to-end run for boxes, explained step by step.
 
 It writes a COCO-style folder of generated shapes (several per image, each with its box), trains a
-detection head (FCOS unless ``--head`` names another: `HEAD_PARTS`) on a randomly initialised resnet18 +
+detection head (YOLO unless ``--head`` names another: `HEAD_PARTS`) on a randomly initialised resnet18 +
 FPN-lite, reloads the saved run folder, evaluates its COCO mAP and draws its boxes over a few val
 images, through the same code as ``eval`` and ``predict``. `DETECTION_DEMO` holds its two sizes.
 """
@@ -25,7 +25,7 @@ from .run_report import REPORT_FILE
 from .runs import _count, _describe_data, _say
 
 DETECTION_CLASSES = 3
-DETECTION_HEAD = "fcos"  # without --head
+DETECTION_HEAD = "yolo"  # without --head: the best mAP and the fastest (docs/detection.md)
 # what the demo says of each head: what it is built from, and what its loss adds up
 HEAD_PARTS = {
     "fcos": ("torchvision's FCOS parts", "FCOS's classification + box + centre-ness"),

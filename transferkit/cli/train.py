@@ -79,8 +79,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     )
     train.add_argument(
         "--head",
-        help="linear (classification), fcn (segmentation), fcos/yolo/retinanet/... (detection); default: "
-        "from --data's layout (linear; fcn for images + masks; fcos for images + annotations)",
+        help="linear (classification), fcn (segmentation), yolo/fcos/retinanet/... (detection); default: "
+        "from --data's layout (linear; fcn for images + masks; yolo for images + annotations)",
     )
     train.add_argument(
         "--pretrained", type=parse_pretrained, help="true (default), false, a weights tag or a file"
