@@ -245,3 +245,38 @@ def test_a_vit_fine_tunes_with_layer_decay_by_default_and_a_cnn_without() -> Non
     cnn = build_model("resnet18", num_classes=2, pretrained=False)
     cnn.unfreeze()
     assert {g["lr"] for g in Trainer(cnn, lr=1e-3, progress=False).optimizer.param_groups} == {1e-3}
+
+
+@pytest.mark.parametrize("backbone", ["vit", "dinov2"])
+def test_a_vit_splits_at_every_block_exactly(backbone: str) -> None:
+    torch.manual_seed(0)
+    if backbone == "vit":
+        body, x = build_model(VIT, num_classes=2, pretrained=False).backbone, torch.randn(2, 3, 48, 80)
+    else:  # registers, patch 14, a level taken before the cut and one after it
+        body, x = _dino(), torch.randn(2, 3, 56, 84)
+    body.eval()
+    with torch.no_grad():
+        whole = body(x)
+        for k in range(1, len(body.blocks)):
+            prefix, suffix = body.split(k)
+            parts = suffix(*prefix(x))
+            assert len(parts) == len(whole)
+            for a, b in zip(parts, whole, strict=True):
+                torch.testing.assert_close(a, b, atol=0, rtol=0)
+        prefix, suffix = body.split(2, levels={len(whole) - 1})
+        assert suffix(*prefix(x))[0] is None  # a level nobody reads is not kept
+
+
+@pytest.mark.parametrize("policy", ["lora", "last_n"])
+def test_the_feature_cache_serves_a_vits_frozen_prefix(policy: str) -> None:
+    if policy == "lora":
+        pytest.importorskip("peft")
+    data = DataLoader(SyntheticShapes(8, image_size=32), batch_size=4)
+    losses = []
+    for cache in (True, False):
+        torch.manual_seed(0)
+        model = build_model(VIT, num_classes=3, pretrained=False)
+        model.freeze(policy, **({"n": 3} if policy == "last_n" else {}))
+        history = Trainer(model, epochs=2, progress=False, seed=0, cache_features=cache).fit(data)
+        losses.append([row["train_loss"] for row in history])
+    assert losses[0] == losses[1]  # the cached prefix changes nothing

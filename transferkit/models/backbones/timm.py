@@ -33,6 +33,7 @@ from .timm_build import (
     resolve_indices,
     safetensors_keys,
 )
+from .timm_vit_split import can_split_vit, vit_split
 
 __all__ = ["TimmBackbone", "timm_names"]
 
@@ -288,10 +289,14 @@ class TimmBackbone(Backbone):
         """Split before block ``k`` (or earlier, at the last module boundary before it).
 
         Works for timm's sequential feature wrappers (``FeatureListNet``: ResNets, ConvNeXts, RegNets,
-        ...); see `TorchvisionBackbone.split` for the contract.
+        ...) and for ViTs read through ``forward_intermediates`` (`timm_vit_split`); see
+        `TorchvisionBackbone.split` for the contract.
         """
         from timm.models import FeatureDictNet
 
+        keep = set(range(len(self.feature_info))) if levels is None else set(levels)
+        if can_split_vit(self.body):  # before transformer block k - 1: block 0 is the stem
+            return vit_split(self.body, max(k - 1, 0), keep)
         if not isinstance(self.body, FeatureDictNet) or self.body.concat or self.body.grad_checkpointing:
             raise split_error(
                 f"timm/{self.name}", f"{type(self.body).__name__} is not a plain module sequence"
@@ -303,7 +308,6 @@ class TimmBackbone(Backbone):
             if any(owner[f"body.{name}.{n}"] >= k for n, _ in module.named_parameters()):
                 cut = i
                 break
-        keep = set(range(len(self.feature_info))) if levels is None else set(levels)
         return _Part(self, modules[:cut], keep, last=False), _Part(self, modules[cut:], keep, last=True)
 
 
