@@ -4,6 +4,7 @@ real photos, without console errors or broken images, at a laptop's and a phone'
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import shutil
@@ -162,9 +163,12 @@ def test_report_command_rewrites_it_elsewhere(photo_run: tuple[Path, Path, str],
     assert all(f'<h2 id="{anchor}">' in page for anchor in SECTIONS)
     moved = tmp_path / "data"
     shutil.copytree(data, moved)
-    result = run("report", out, "--data", moved, "--out", tmp_path / "moved.html", "--device", "cpu")
+    cam = ["--cam"] if importlib.util.find_spec("pytorch_grad_cam") else []
+    result = run("report", out, "--data", moved, "--out", tmp_path / "moved.html", "--device", "cpu", *cam)
     assert result.code == 0, result.err
-    assert str(moved / "val") not in page and "&lt;i&gt;coffee" in (tmp_path / "moved.html").read_text()
+    again = (tmp_path / "moved.html").read_text()
+    assert str(moved / "val") not in page and "&lt;i&gt;coffee" in again
+    assert ("Activation maps" in again) == bool(cam) and "Activation maps" not in page
 
 
 @pytest.mark.parametrize(

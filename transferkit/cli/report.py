@@ -36,6 +36,11 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     report.add_argument(
         "--out", type=Path, default=None, metavar="FILE", help=f"the HTML file (default RUN/{REPORT_FILE})"
     )
+    report.add_argument(
+        "--cam",
+        action="store_true",
+        help="add the top losses' class-activation maps (a classifier; needs transferkit[gradcam])",
+    )
     _add_device(report)
     report.set_defaults(func=_cmd_report)
 
@@ -84,6 +89,9 @@ def _cmd_report(args: argparse.Namespace) -> int:
     folder = _existing_dir(args.run, "RUN")
     history = _history(folder)  # before the model loads: the cheap refusal first
     model, meta = _load_run(str(folder))
+    if args.cam and model.task != "classification":  # the maps explain a class score
+        raise UsageError("transferkit report", f"--cam draws a classifier's activation maps; {args.run} "
+                         f"holds a {model.task} model: leave --cam out")  # fmt: skip
     data = _data_root(args, meta)
     if not (data / "val").is_dir():
         raise FileNotFoundError(
@@ -96,7 +104,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     loader = _split_loader(model, data / "val", int(meta.get("batch_size") or 32))
     written = write_run_report(
         folder, model, meta, history, loader, out=args.out, train_images=_train_images(model, data),
-        device=args.device, progress=bar_renders(),
+        device=args.device, progress=bar_renders(), cam=args.cam,
     )  # fmt: skip
     _say(f"report: {written}")
     return 0

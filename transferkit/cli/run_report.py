@@ -24,7 +24,7 @@ from typing import Any
 from torch.utils.data import DataLoader
 
 from .. import __version__
-from ..interpret import interpret
+from ..interpret import interpret, show_top_losses
 from ..models.model import TransferModel
 from ..training.progress import tqdm
 from ..viz import plots
@@ -49,7 +49,7 @@ TOP_LOSSES = 12  # thumbnails in the top-losses gallery
 WORST = 4  # images in each segmentation / detection gallery
 _THUMB = 128  # their longer side, in pixels
 
-Galleries = Callable[[TransferModel, DataLoader, str], list[Block]]
+Galleries = Callable[..., list[Block]]  # (model, loader, device, *, cam) -> blocks
 
 
 def _thumbnail(path: str | None) -> bytes | None:
@@ -60,8 +60,11 @@ def _thumbnail(path: str | None) -> bytes | None:
         return None
 
 
-def _classification_blocks(model: TransferModel, loader: DataLoader, device: str) -> list[Block]:
-    """Top losses with thumbnails, most confused pairs, per-class scores and calibration."""
+def _classification_blocks(
+    model: TransferModel, loader: DataLoader, device: str, *, cam: bool = False
+) -> list[Block]:
+    """Top losses with thumbnails, most confused pairs, per-class scores and calibration; with ``cam``
+    the top losses again with their class-activation maps (the ``gradcam`` extra)."""
     interp = interpret(model, loader, device=device)
     items = []
     for s in interp.top_losses(TOP_LOSSES):
@@ -71,7 +74,12 @@ def _classification_blocks(model: TransferModel, loader: DataLoader, device: str
     pairs = [[true, predicted, count] for true, predicted, count in interp.most_confused()[:10]]
     ece, bins = interp.calibration(n_bins=10)
     per_class = [[c.name, c.precision, c.recall, c.f1, c.support] for c in interp.per_class()]
-    return [
+    maps: list[Block] = []
+    if cam:
+        figure = show_top_losses(interp, model, loader, k=min(8, len(interp)))
+        caption = "Where the model looked (Grad-CAM, the predicted class) on the top losses."
+        maps.append(Picture("Activation maps", _png(figure), caption))
+    return maps + [
         Gallery(
             "Top losses",
             items,
@@ -96,7 +104,7 @@ def _png(figure: Any) -> bytes:
     return buffer.getvalue()
 
 
-def _segmentation_blocks(model: TransferModel, loader: DataLoader, device: str) -> list[Block]:
+def _segmentation_blocks(model: TransferModel, loader: DataLoader, device: str, **_: Any) -> list[Block]:
     """Per-class IoU and the images with the lowest IoU, true and predicted masks overlaid."""
     interp = interpret(model, loader, device=device)
     rows = [[name, iou] for name, iou in interp.per_class_iou()]
@@ -111,7 +119,7 @@ def _segmentation_blocks(model: TransferModel, loader: DataLoader, device: str) 
     return blocks
 
 
-def _detection_blocks(model: TransferModel, loader: DataLoader, device: str) -> list[Block]:
+def _detection_blocks(model: TransferModel, loader: DataLoader, device: str, **_: Any) -> list[Block]:
     """Per-class AP and the images with the most missed and the most false boxes, drawn."""
     interp = interpret(model, loader, device=device)
     rows = [[c.name, c.ap, c.ap_50, c.true_boxes] for c in interp.per_class_ap()]
@@ -258,6 +266,7 @@ def build_run_report(
     train_images: int | None = None,
     device: str = "auto",
     progress: bool = False,
+    cam: bool = False,
 ) -> Report:
     """The `Report` of the run in ``folder``: its plan, curves, metrics, per-class results, galleries.
 
@@ -270,6 +279,7 @@ def build_run_report(
         train_images: How many training images an epoch read (for images per second), when known.
         device: Where the interpretation pass runs (``"auto"``, ``"cpu"``, ``"cuda"``, ...).
         progress: Show a progress bar over the steps.
+        cam: Add the top losses' class-activation maps (a classifier; the ``gradcam`` extra).
 
     Examples:
         >>> report = build_run_report(Path("runs/ab"), model, meta, history, val_loader)  # doctest: +SKIP
@@ -280,7 +290,7 @@ def build_run_report(
         sections = [_plan(model, meta, history), _curves(folder, history), _metrics(meta, history)]
         bar.update()
         galleries = GALLERIES.get(model.task)
-        found: list[Block] = [] if galleries is None else galleries(model, loader, device)
+        found: list[Block] = [] if galleries is None else galleries(model, loader, device, cam=cam)
         bar.update()
         tables = [b for b in found if isinstance(b, Table)]
         per_class = _per_class(folder) + tables
@@ -321,6 +331,7 @@ def write_run_report(
     train_images: int | None = None,
     device: str = "auto",
     progress: bool = False,
+    cam: bool = False,
 ) -> Path:
     """Build the run's report (`build_run_report`) and write it to ``out`` (default ``folder/report.html``).
 
@@ -329,6 +340,14 @@ def write_run_report(
         PosixPath('runs/ab/report.html')
     """
     report = build_run_report(
-        folder, model, meta, history, loader, train_images=train_images, device=device, progress=progress
+        folder,
+        model,
+        meta,
+        history,
+        loader,
+        train_images=train_images,
+        device=device,
+        progress=progress,
+        cam=cam,
     )
     return write_report(report, folder / REPORT_FILE if out is None else out)
