@@ -23,7 +23,7 @@ from transferkit.interpret.cam import _last_output, _layer_modules, _tapped
 from transferkit.preprocessing import declare_data_config
 from transferkit.tasks import get_task
 from transferkit.viz import show_batch
-from transferkit.viz.batch import display_images
+from transferkit.viz.plots import display_images
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 # the gradcam extra, part of the test extra; show_batch and the missing-extra error need no grad-cam

@@ -30,9 +30,8 @@ import torch
 from torch import Tensor, nn
 
 from ..models.freeze import block_modules
-from ..viz.batch import display_images
 from ..viz.heatmaps import draw_heatmaps
-from ..viz.plots import require_matplotlib, save_figure
+from ..viz.plots import display_images, require_matplotlib, save_figure
 from .classification import ClassificationInterpretation
 from .stream import Reread
 

@@ -31,8 +31,8 @@ from ..models.model import TransferModel
 from ..tasks import Task
 from ..tasks.detection_metrics import COCO_BACKEND
 from ..viz.detection_plots import draw_detection
-from ..viz.plots import require_matplotlib, save_figure
-from .stream import Reread, check_pair, display_images, rerun, sample_paths, stream
+from ..viz.plots import display_images, require_matplotlib, save_figure
+from .stream import Reread, check_pair, rerun, sample_paths, stream
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -233,7 +233,7 @@ class DetectionInterpretation:
         rows = [self.sample(s) if isinstance(s, int) else s for s in samples]
         inputs, targets = self.reread.batch([s.index for s in rows], "show()")
         outputs = [{k: v.cpu() for k, v in o.items()} for o in rerun(self.trainer, self.model, inputs)]
-        images = list(display_images(self.model, self.trainer.task.as_batch(inputs)))
+        images = display_images(self.trainer.task.as_batch(inputs), self.model)
         fig = draw_detection(images, outputs, targets, self.classes, columns, min_score=self.score_threshold)
         for ax, row in zip(fig.axes, rows):
             ax.set_title(f"#{row.index}: {row.missed} missed, {row.false} false", fontsize=9)

@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -25,8 +26,8 @@ from ..models.model import TransferModel
 from ..tasks import IGNORE_INDEX, Task
 from ..tasks.metrics import SegmentationMeter, iou_from_confusion, miou_from_confusion
 from ..training import Trainer
-from ..viz.plots import draw_segmentation, require_matplotlib, save_figure
-from .stream import Reread, check_pair, display_images, rerun, sample_paths, stream
+from ..viz.plots import display_images, draw_segmentation, require_matplotlib, save_figure
+from .stream import Reread, check_pair, rerun, sample_paths, stream
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -192,7 +193,7 @@ class SegmentationInterpretation:
             raise ValueError("show_worst() draws an interpretation built by interpret(model, loader)")
         inputs, masks = self.reread.batch([s.index for s in worst], "show_worst()")
         outputs = rerun(self.trainer, self.model, inputs)
-        images = display_images(self.model, inputs)
+        images = np.stack(display_images(inputs, self.model))
         fig = draw_segmentation(images, outputs.argmax(1).cpu().numpy(), list(masks), self.classes, columns)
         for i, sample in enumerate(worst):  # two panels per image: the true mask, then the predicted one
             fig.axes[2 * i].set_title(f"#{sample.index} true, IoU {sample.iou:.2f}", fontsize=9)

@@ -22,9 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-import numpy as np
 import torch
-from torch import Tensor
 from torch.utils.data import DataLoader, SequentialSampler, Subset
 
 from ..models.model import TransferModel
@@ -32,7 +30,7 @@ from ..tasks import Task
 from ..training import Trainer
 from ..training.progress import progress as progress_bar
 
-__all__ = ["Reread", "check_pair", "display_images", "rerun", "sample_paths", "stream"]
+__all__ = ["Reread", "check_pair", "rerun", "sample_paths", "stream"]
 
 Update = Callable[[Any, Any], None]
 Split = Callable[[Any, Task, str], tuple[Any, Any]]
@@ -161,14 +159,3 @@ class Reread:
         if not positions:
             raise ValueError(f"{what} needs at least one sample to draw")
         return self.collate([self.dataset[self.indices[p]] for p in positions])
-
-
-def display_images(model: TransferModel, inputs: Tensor) -> np.ndarray:
-    """Inputs ``[N, C, H, W]`` with the model's normalisation undone: ``[N, H, W, 3]`` floats in [0, 1]."""
-    config = model.data_config
-    mean = torch.tensor(config["mean"]).view(1, -1, 1, 1)
-    std = torch.tensor(config["std"]).view(1, -1, 1, 1)
-    images = (inputs.float().cpu() * std + mean).clamp(0, 1)
-    if images.shape[1] == 1:
-        images = images.expand(-1, 3, -1, -1)
-    return images[:, :3].permute(0, 2, 3, 1).numpy()

@@ -1,56 +1,26 @@
 """A batch as the model sees it: images after the loader's transforms, with their normalisation undone,
 and their targets drawn over them (a class name, a mask, boxes).
 
-`transferkit.viz.show_batch` (in ``pictures``) picks the task's drawing; the drawings live here, with
-`display_images`, which undoes the normalisation for any picture of model inputs.
+`transferkit.viz.show_batch` (in ``pictures``) picks the task's drawing; the drawings live here (the
+normalisation is undone by `transferkit.viz.plots.display_images`).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from ..preprocessing import DEFAULT_DATA_CONFIG, loader_data_config
 from .detection_plots import _box
 from .plots import _IGNORE, _grid, _overlay, _palette, new_figure
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-__all__ = ["display_images", "draw_box_batch", "draw_class_batch", "draw_mask_batch"]
-
-
-def display_images(
-    inputs: Tensor | Sequence[Tensor], model: nn.Module | None = None, loader: Any = None
-) -> list[np.ndarray]:
-    """Model inputs ``[N, C, H, W]`` (or a list of ``[C, H, W]``) as pictures: ``[H, W, 3]`` floats in [0, 1].
-
-    The mean and std undone are those the loader's dataset declares (``dataset.data_config``, which the
-    loaders of `transferkit.data` set: they describe these very tensors), else ``model.data_config``,
-    else ImageNet's.
-
-    Examples:
-        >>> pictures = display_images(torch.zeros(2, 3, 4, 6))  # zeros are the mean: ImageNet's
-        >>> len(pictures), pictures[0].shape, [round(float(v), 3) for v in pictures[0][0, 0]]
-        (2, (4, 6, 3), [0.485, 0.456, 0.406])
-    """
-    config: Mapping[str, Any] | None = loader_data_config(loader) if loader is not None else None
-    if config is None and model is not None:
-        config = getattr(model, "data_config", None)
-    config = config or DEFAULT_DATA_CONFIG
-    mean = torch.tensor(config["mean"]).view(-1, 1, 1)
-    std = torch.tensor(config["std"]).view(-1, 1, 1)
-    pictures = []
-    for image in inputs:
-        pixels = (image.detach().float().cpu() * std + mean).clamp(0, 1)
-        pixels = pixels.expand(3, -1, -1) if len(pixels) == 1 else pixels[:3]
-        pictures.append(pixels.permute(1, 2, 0).numpy())
-    return pictures
+__all__ = ["draw_box_batch", "draw_class_batch", "draw_mask_batch"]
 
 
 def _layout(n: int, columns: int) -> tuple[int, int]:

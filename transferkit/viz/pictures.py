@@ -22,14 +22,14 @@ from torch import Tensor, nn
 from ..models.classes import dataset_classes
 from ..registry import Registry
 from ..tasks import get_task
-from .batch import display_images, draw_box_batch, draw_class_batch, draw_mask_batch
+from .batch import draw_box_batch, draw_class_batch, draw_mask_batch
 from .detection_plots import draw_detection
 from .metric_plots import plot_class_iou, plot_confusion_matrix
 from .plots import (
     _class_names,
-    _display_images,
     _logits,
     _take,
+    display_images,
     draw_classification,
     draw_segmentation,
     require_matplotlib,
@@ -192,7 +192,8 @@ def show_predictions(
     name = getattr(model, "task", None) or ("segmentation" if raw.ndim == 4 else "classification")
     outputs = get_task(name).float_outputs(raw, torch.device("cpu"))
     names = _class_names(classes, model, loader, getattr(model, "num_classes", None) or outputs.shape[1])
-    fig = pictures(name).predictions(_display_images(model, inputs), outputs, targets, names, columns)
+    images = np.stack(display_images(inputs, model))
+    fig = pictures(name).predictions(images, outputs, targets, names, columns)
     save_figure(fig, path)
     return fig
 

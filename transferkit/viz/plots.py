@@ -1,4 +1,5 @@
-"""Training curves and prediction grids, drawn with matplotlib (a dependency, imported only to draw).
+"""Training curves and prediction grids, drawn with matplotlib (a dependency, imported only to draw), and
+`display_images`, the one place that undoes a model input's normalisation for a picture.
 
 matplotlib is imported only when a plot is drawn, and only through its object-oriented ``Figure`` (never
 ``pyplot``), so importing this module costs nothing, no global backend is switched, and figures do not
@@ -24,6 +25,7 @@ from torch import Tensor, nn
 
 from ..atomic import atomic_write
 from ..models.classes import dataset_classes
+from ..preprocessing import DEFAULT_DATA_CONFIG, loader_data_config
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -31,6 +33,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "INSTALL_HINT",
+    "display_images",
     "draw_classification",
     "draw_segmentation",
     "new_figure",
@@ -42,8 +45,6 @@ __all__ = [
 INSTALL_HINT = "pip install matplotlib (a transferkit dependency missing from this environment)"
 
 _GOOD, _BAD = "#1a7f37", "#cf222e"  # title colours of right and wrong predictions
-_IMAGENET_MEAN = (0.485, 0.456, 0.406)
-_IMAGENET_STD = (0.229, 0.224, 0.225)
 _IGNORE = 255
 _OVERLAY_ALPHA = 0.65
 _LUMA = np.array([0.299, 0.587, 0.114])
@@ -242,15 +243,32 @@ def _logits(model: nn.Module, inputs: Tensor) -> Any:
         model.train(was_training)
 
 
-def _display_images(model: nn.Module, inputs: Tensor) -> np.ndarray:
-    """Inputs ``[N, 3, H, W]`` undone from the model's normalisation: floats in [0, 1], ``[N, H, W, 3]``."""
-    config = getattr(model, "data_config", None) or {}
-    mean = torch.tensor(config.get("mean", _IMAGENET_MEAN)).view(1, -1, 1, 1)
-    std = torch.tensor(config.get("std", _IMAGENET_STD)).view(1, -1, 1, 1)
-    images = (inputs.float().cpu() * std + mean).clamp(0, 1)
-    if images.shape[1] == 1:
-        images = images.expand(-1, 3, -1, -1)
-    return images[:, :3].permute(0, 2, 3, 1).numpy()
+def display_images(
+    inputs: Tensor | Sequence[Tensor], model: nn.Module | None = None, loader: Any = None
+) -> list[np.ndarray]:
+    """Model inputs ``[N, C, H, W]`` (or a list of ``[C, H, W]``) as pictures: ``[H, W, 3]`` floats in [0, 1].
+
+    The mean and std undone are those the loader's dataset declares (``dataset.data_config``, which the
+    loaders of `transferkit.data` set: they describe these very tensors), else ``model.data_config``,
+    else ImageNet's.
+
+    Examples:
+        >>> pictures = display_images(torch.zeros(2, 3, 4, 6))  # zeros are the mean: ImageNet's
+        >>> len(pictures), pictures[0].shape, [round(float(v), 3) for v in pictures[0][0, 0]]
+        (2, (4, 6, 3), [0.485, 0.456, 0.406])
+    """
+    config: Mapping[str, Any] | None = loader_data_config(loader) if loader is not None else None
+    if config is None and model is not None:
+        config = getattr(model, "data_config", None)
+    config = config or DEFAULT_DATA_CONFIG
+    mean = torch.tensor(config["mean"]).view(-1, 1, 1)
+    std = torch.tensor(config["std"]).view(-1, 1, 1)
+    pictures = []
+    for image in inputs:
+        pixels = (image.detach().float().cpu() * std + mean).clamp(0, 1)
+        pixels = pixels.expand(3, -1, -1) if len(pixels) == 1 else pixels[:3]
+        pictures.append(pixels.permute(1, 2, 0).numpy())
+    return pictures
 
 
 def _class_names(classes: Sequence[str] | None, model: nn.Module, loader: Any, num_classes: int) -> list[str]:
