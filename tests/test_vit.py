@@ -231,8 +231,10 @@ def test_a_vit_saved_without_the_pyramid_names_why_it_no_longer_loads(tmp_path) 
         load_model(tmp_path)
 
 
-def test_a_vit_fine_tunes_with_layer_decay_by_default_and_a_cnn_without() -> None:
-    vit = build_model(VIT, num_classes=2, pretrained=False)
+def test_a_vit_fine_tunes_with_layer_decay_by_default_and_a_cnn_without(tmp_path) -> None:
+    torch.manual_seed(0)
+    save_file(timm.create_model(VIT.removeprefix("timm/")).state_dict(), tmp_path / "vit.safetensors")
+    vit = build_model(VIT, num_classes=2, pretrained=str(tmp_path / "vit.safetensors"))
     vit.unfreeze()
     rates = {g["name"]: g["lr"] for g in Trainer(vit, lr=1e-3, progress=False).optimizer.param_groups}
     blocks = list(vit.blocks)
@@ -242,6 +244,8 @@ def test_a_vit_fine_tunes_with_layer_decay_by_default_and_a_cnn_without() -> Non
         assert rates[f"backbone.{block}"] == pytest.approx(1e-3 * 0.75 ** (len(blocks) - i))
     given = Trainer(vit, lr=1e-3, layer_decay=1.0, progress=False).optimizer.param_groups
     assert {g["lr"] for g in given} == {1e-3}  # 1 turns it off
+    scratch = build_model(VIT, num_classes=2, pretrained=False)  # from random weights: not fine-tuning
+    assert {g["lr"] for g in Trainer(scratch, lr=1e-3, progress=False).optimizer.param_groups} == {1e-3}
     cnn = build_model("resnet18", num_classes=2, pretrained=False)
     cnn.unfreeze()
     assert {g["lr"] for g in Trainer(cnn, lr=1e-3, progress=False).optimizer.param_groups} == {1e-3}

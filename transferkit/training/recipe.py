@@ -157,14 +157,17 @@ def default_layer_decay(model: TransferModel) -> float | None:
     A backbone whose levels all have one stride (a plain ViT: ViT, DeiT, EVA, DINOv2, ...) gets
     `VIT_LAYER_DECAY`, as ViT fine-tuning recipes use (BEiT, MAE: 0.65-0.75): the lower blocks keep the
     general features a small dataset should move least. Measured on a ViT pretrained on real digits and
-    fine-tuned on unseen ones (``benchmarks/bench_vit_decay.py``). Other backbones: None (one rate).
+    fine-tuned on unseen ones (``benchmarks/bench_vit_decay.py``). Other backbones, and a ViT built
+    without pretrained weights (trained from scratch, every block has everything to learn): None.
 
     Examples:
         >>> default_layer_decay(build_model("resnet18", num_classes=2, pretrained=False)) is None
         True
     """
     reductions = cast("FeatureInfo", model.backbone.feature_info).reductions
-    return VIT_LAYER_DECAY if len(reductions) > 1 and len(set(reductions)) == 1 else None
+    one_stride = len(reductions) > 1 and len(set(reductions)) == 1
+    pretrained = model.config.get("pretrained", False) is not False
+    return VIT_LAYER_DECAY if one_stride and pretrained else None
 
 
 def plan_recipe(

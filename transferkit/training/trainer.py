@@ -74,7 +74,8 @@ class Trainer:
         scheduler: ``"cosine"``, ``"step"`` (x0.1 at 1/3 and 2/3 of training), ``"onecycle"``, ``"none"``
             or ``callable(optimizer, total_steps)`` returning a scheduler; all step once per optimizer step.
         layer_decay: Learning-rate factor per block from the head towards the stem (e.g. 0.75; 1: none).
-            None: 0.75 for a ViT-style backbone (one stride), none for others (`default_layer_decay`).
+            None: 0.75 for a pretrained ViT-style backbone (one stride), none for others
+            (`recipe.default_layer_decay`).
         loss: ``callable(logits, targets) -> scalar``; default: the task's (`transferkit.tasks`).
         device: ``"auto"`` (CUDA, then MPS, then CPU) or a device.
         precision: ``"auto"`` (bf16 on CUDA if supported, else fp16 with a grad scaler; fp32 elsewhere),
