@@ -6,10 +6,10 @@ environment) as plain data and `transferkit.viz.report` renders them. It reuses 
 already drew (``history.png``, ``confusion.png``, ``class_iou.png``, ``predictions.png``) and adds one
 pass of the model over the validation loader (`transferkit.interpret.interpret`).
 
-A task's interpretation comes from `GALLERIES`, by task name: a function of ``(model, loader, device)``
-returning report blocks (`transferkit.viz.report.Gallery`, ``Picture``, ``Table``, ``Note``); its tables
-go to the "Per class" section, the rest to "Interpretation". A task without an entry gets a note there
-instead.
+A task's interpretation comes from `GALLERIES`, by task name: a function of ``(model, loader, device, *,
+progress, cam)`` returning report blocks (`transferkit.viz.report.Gallery`, ``Picture``, ``Table``,
+``Note``); its tables go to the "Per class" section, the rest to "Interpretation". A task without an
+entry gets a note there instead.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ TOP_LOSSES = 12  # thumbnails in the top-losses gallery
 WORST = 4  # images in each segmentation / detection gallery
 _THUMB = 128  # their longer side, in pixels
 
-Galleries = Callable[..., list[Block]]  # (model, loader, device, *, cam) -> blocks
+Galleries = Callable[..., list[Block]]  # (model, loader, device, *, progress, cam) -> blocks
 
 
 def _thumbnail(path: str | None) -> bytes | None:
@@ -61,11 +61,11 @@ def _thumbnail(path: str | None) -> bytes | None:
 
 
 def _classification_blocks(
-    model: TransferModel, loader: DataLoader, device: str, *, cam: bool = False
+    model: TransferModel, loader: DataLoader, device: str, *, progress: bool, cam: bool = False
 ) -> list[Block]:
     """Top losses with thumbnails, most confused pairs, per-class scores and calibration; with ``cam``
     the top losses again with their class-activation maps (the ``gradcam`` extra)."""
-    interp = interpret(model, loader, device=device)
+    interp = interpret(model, loader, device=device, progress=progress)
     items = []
     for s in interp.top_losses(TOP_LOSSES):
         caption = f"true: {s.true}\npredicted: {s.predicted} ({s.probability:.2f})\nloss {s.loss:.3f}"
@@ -104,9 +104,11 @@ def _png(figure: Any) -> bytes:
     return buffer.getvalue()
 
 
-def _segmentation_blocks(model: TransferModel, loader: DataLoader, device: str, **_: Any) -> list[Block]:
+def _segmentation_blocks(
+    model: TransferModel, loader: DataLoader, device: str, *, progress: bool, **_: Any
+) -> list[Block]:
     """Per-class IoU and the images with the lowest IoU, true and predicted masks overlaid."""
-    interp = interpret(model, loader, device=device)
+    interp = interpret(model, loader, device=device, progress=progress)
     rows = [[name, iou] for name, iou in interp.per_class_iou()]
     note = (
         f"mIoU {interp.miou():.4f}, pixel accuracy {interp.pixel_accuracy():.4f} over {len(interp)} images."
@@ -119,9 +121,11 @@ def _segmentation_blocks(model: TransferModel, loader: DataLoader, device: str, 
     return blocks
 
 
-def _detection_blocks(model: TransferModel, loader: DataLoader, device: str, **_: Any) -> list[Block]:
+def _detection_blocks(
+    model: TransferModel, loader: DataLoader, device: str, *, progress: bool, **_: Any
+) -> list[Block]:
     """Per-class AP and the images with the most missed and the most false boxes, drawn."""
-    interp = interpret(model, loader, device=device)
+    interp = interpret(model, loader, device=device, progress=progress)
     rows = [[c.name, c.ap, c.ap_50, c.true_boxes] for c in interp.per_class_ap()]
     blocks: list[Block] = [Table("Average precision", ["class", "AP", "AP@0.5", "true boxes"], rows)]
     for title, samples, what in (
@@ -290,7 +294,9 @@ def build_run_report(
         sections = [_plan(model, meta, history), _curves(folder, history), _metrics(meta, history)]
         bar.update()
         galleries = GALLERIES.get(model.task)
-        found: list[Block] = [] if galleries is None else galleries(model, loader, device, cam=cam)
+        found: list[Block] = (
+            [] if galleries is None else galleries(model, loader, device, progress=progress, cam=cam)
+        )
         bar.update()
         tables = [b for b in found if isinstance(b, Table)]
         per_class = _per_class(folder) + tables
