@@ -109,7 +109,7 @@ def test_tensorboard_curves_continue_after_resume(tmp_path: Path) -> None:
     first = TensorBoard(tmp_path / "tb", log_every=1)
     with pytest.raises(KeyboardInterrupt):
         _resumable(tmp_path / "ckpt", [first, _Interrupt(at=1)], resume=False)
-    first.on_fit_end(None)  # the interrupted process ends: its event file is closed
+    assert first._writer is None  # on_exception closed the interrupted fit's event file
     trainer = _resumable(tmp_path / "ckpt", [TensorBoard(tmp_path / "tb", log_every=1)], resume=True)
     events = EventAccumulator(str(tmp_path / "tb"))
     events.Reload()
@@ -140,3 +140,27 @@ def test_callback_state_that_a_checkpoint_cannot_hold_is_named(tmp_path: Path) -
 
     with pytest.raises(TypeError, match=r"callback Odd.state_dict\(\) returned a set inside"):
         _resumable(tmp_path, [Odd()], resume=False)
+
+
+def test_on_exception_hears_why_fit_stopped_and_a_failing_handler_hides_nothing() -> None:
+    heard: list[tuple[str, object]] = []
+
+    class Fails:
+        def on_epoch_end(self, trainer: Trainer) -> None:
+            raise RuntimeError("bad epoch")
+
+    class Listens:
+        def on_exception(self, trainer: Trainer, error: BaseException) -> None:
+            heard.append(("listens", error))
+
+        def on_fit_end(self, trainer: Trainer) -> None:
+            heard.append(("fit_end", None))
+
+    class Broken:
+        def on_exception(self, trainer: Trainer, error: BaseException) -> None:
+            raise OSError("disk full")
+
+    with pytest.warns(UserWarning, match="Broken.on_exception raised OSError: disk full"):
+        with pytest.raises(RuntimeError, match="bad epoch") as raised:
+            _run([Fails(), Broken(), Listens()])
+    assert heard == [("listens", raised.value)]  # called with the error, after the broken one; no fit_end

@@ -86,6 +86,8 @@ def test_a_resumed_fit_continues_the_same_run(tmp_path: Path) -> None:
     trainer, loaders = _trainer([first, Interrupt()], checkpoint_dir=checkpoints)
     with pytest.raises(KeyboardInterrupt):
         trainer.fit(loaders)
+    client = mlflow_tracking.MlflowClient(first.tracking_uri)
+    assert client.get_run(first.run_id).info.status == "KILLED"  # not left RUNNING
     resumed = MLflowLogger(store, log_model=False)
     trainer, loaders = _trainer([resumed], checkpoint_dir=checkpoints, resume=True)
     history = trainer.fit(loaders)
@@ -96,6 +98,23 @@ def test_a_resumed_fit_continues_the_same_run(tmp_path: Path) -> None:
     expected = [(row["epoch"], pytest.approx(row["val_loss"], rel=1e-12)) for row in history]
     assert _steps_and_values(client, resumed.run_id, "val_loss") == expected  # each epoch once
     assert client.get_run(resumed.run_id).info.status == "FINISHED"
+
+
+def test_a_fit_that_fails_ends_its_run_failed_and_the_error_goes_on(tmp_path: Path) -> None:
+    class Diverge:
+        def on_epoch_end(self, trainer: Trainer) -> None:
+            if trainer.epoch == 1:
+                raise FloatingPointError("loss is nan")
+
+    logger = MLflowLogger(tmp_path / "mlruns")
+    trainer, loaders = _trainer([logger, Diverge()])
+    with pytest.raises(FloatingPointError, match="loss is nan"):
+        trainer.fit(loaders)
+    client = mlflow_tracking.MlflowClient(logger.tracking_uri)
+    run = client.get_run(logger.run_id)
+    assert run.info.status == "FAILED"
+    assert [step for step, _ in _steps_and_values(client, logger.run_id, "val_loss")] == [0, 1]
+    assert not client.list_artifacts(logger.run_id)  # no model is logged for a fit that failed
 
 
 def test_without_mlflow_the_error_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:

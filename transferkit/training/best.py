@@ -56,6 +56,11 @@ class BestEpoch:
             self.score, self.epoch = score, row["epoch"]
             self.weights = cpu_copy(model.state_dict()) if self.keep_weights else None
 
+    def restore(self, model: nn.Module) -> None:
+        """Loads the kept best weights into ``model`` (nothing when none were kept)."""
+        if self.weights is not None:
+            model.load_state_dict(self.weights)
+
     def out_of_patience(self, epoch: int) -> bool:
         """Whether ``patience`` epochs have passed without improvement before ``epoch`` (with no finite score
         yet, every epoch so far counts)."""

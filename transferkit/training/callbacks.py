@@ -20,7 +20,7 @@ from ..atomic import atomic_write, refuse_symlink
 
 __all__ = ["EVENTS", "CSVLogger", "Callbacks", "TensorBoard", "read_history_csv", "write_history_csv"]
 
-EVENTS = ("on_fit_start", "on_epoch_start", "on_batch_end", "on_epoch_end", "on_fit_end")
+EVENTS = ("on_fit_start", "on_epoch_start", "on_batch_end", "on_epoch_end", "on_fit_end", "on_exception")
 
 
 class Callbacks:
@@ -48,6 +48,26 @@ class Callbacks:
             handler = getattr(cb, event, None)
             if handler is not None:
                 handler(trainer)
+
+    def emit_exception(self, trainer: Any, error: BaseException) -> None:
+        """Calls ``callback.on_exception(trainer, error)`` on each callback that has it, when ``fit`` stops
+        on ``error`` after ``on_fit_start`` (a ``KeyboardInterrupt`` included) instead of ending.
+
+        The caller raises ``error`` again afterwards; a handler that raises itself is reported in a
+        warning and the others still run, so a failing logger never hides why training stopped.
+        """
+        for cb in self.callbacks:
+            handler = getattr(cb, "on_exception", None)
+            if handler is None:
+                continue
+            try:
+                handler(trainer, error)
+            except Exception as failed:  # noqa: BLE001 - reported, and the training error goes on
+                warnings.warn(
+                    f"{type(cb).__name__}.on_exception raised {type(failed).__name__}: {failed}",
+                    UserWarning,
+                    stacklevel=3,
+                )
 
     def state_dict(self) -> list[dict[str, Any] | None]:
         """Per callback, ``{"name": its class name, "state": its state_dict()}`` (None: it keeps no state).
@@ -233,3 +253,6 @@ class TensorBoard:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+
+    def on_exception(self, trainer: Any, error: BaseException) -> None:
+        self.on_fit_end(trainer)  # what was logged is flushed and the file closed

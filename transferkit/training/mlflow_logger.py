@@ -64,7 +64,8 @@ class MLflowLogger:
     Only rank 0 logs under torchrun. ``state_dict()`` holds the run's id, so a resumed ``fit``
     (``resume=True``, this logger at the same position in ``callbacks``) continues the same MLflow run
     from the next epoch; a checkpoint whose run the store lacks gets a new run, with a warning. Another
-    ``fit`` without resuming opens a new run. A fit that raises leaves its run ``RUNNING``.
+    ``fit`` without resuming opens a new run. A fit that raises ends its run ``FAILED`` (``KILLED`` on
+    Ctrl-C); resuming it sets it ``RUNNING`` again.
 
     Args:
         tracking_uri: A folder (a local file store) or an MLflow tracking URI; None: as said above.
@@ -149,6 +150,11 @@ class MLflowLogger:
                 folder = trainer.model.save(Path(tmp) / MODEL_ARTIFACT)
                 self._open().log_artifacts(self.run_id, str(folder), MODEL_ARTIFACT)
         self._open().set_terminated(self.run_id, "FINISHED")
+
+    def on_exception(self, trainer: Any, error: BaseException) -> None:
+        if trainer.is_main and self.run_id is not None:
+            status = "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
+            self._open().set_terminated(self.run_id, status)
 
     def state_dict(self) -> dict[str, Any]:
         """``{"run_id": ...}``: the run a resumed fit continues."""

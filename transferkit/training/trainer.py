@@ -98,7 +98,8 @@ class Trainer:
         progress: One bar per epoch where bars render, else one line per epoch (`training.progress`).
         callbacks: Objects with any of the methods ``on_fit_start``, ``on_epoch_start``, ``on_batch_end``
             (not for a skipped batch), ``on_epoch_end``, ``on_fit_end`` (the model holds the weights fit
-            ends with), each called with the trainer (all ranks; see ``trainer.is_main``). Setting
+            ends with), each called with the trainer (all ranks; see ``trainer.is_main``), and
+            ``on_exception(trainer, error)`` when fit stops on an error after ``on_fit_start``. Setting
             ``trainer.should_stop = True`` ends fit after the epoch.
         seed: Seeds torch, random and numpy (plus the rank) at the start of ``fit``, and the sampler.
         backbone_lr_mult: Extra learning-rate factor for the whole backbone.
@@ -230,14 +231,14 @@ class Trainer:
             self.callbacks.emit("on_fit_end", self)
             return self.history
         start = self._start_finetune(finetune, train, val is not None, monitor, last if resuming else None)
-        if self.cache_features:
-            self._cache.check(train, start - self._first_epoch, self.epochs)
         try:
             self._run_epochs(train, val, start)
+        except BaseException as error:  # Ctrl-C included: the callbacks hear why fit stopped
+            self.callbacks.emit_exception(self, error)
+            raise
         finally:
             self._cache.close()
-        if self.best.weights is not None:
-            self.model.load_state_dict(self.best.weights)
+        self.best.restore(self.model)
         self.kept = keep_the_better(self.model, self.plan, self.probe, self.best)
         self.callbacks.emit("on_fit_end", self)  # with the weights fit ends with
         return self.history
@@ -258,7 +259,10 @@ class Trainer:
         self._first_epoch = probe.epochs if probe is not None else 0  # its epochs count on from the probe's
         self.should_stop, self._one_sample, self.global_step = False, OneSampleBatches(), 0
         self.best = BestEpoch(monitor, has_val and self.restore_best, self.early_stopping)
-        return resume_from(self, last, train) if last is not None else self._first_epoch
+        start = resume_from(self, last, train) if last is not None else self._first_epoch
+        if self.cache_features:
+            self._cache.check(train, start - self._first_epoch, self.epochs)
+        return start
 
     def _run_epochs(self, train: Any, val: Any, start: int) -> None:
         self.callbacks.emit("on_fit_start", self)
