@@ -17,8 +17,9 @@ from transferkit.cli import parse_freeze
 from transferkit.cli.options import UsageError
 from transferkit.cli.resume import TRAIN_DEFAULTS, resumed_arguments
 from transferkit.training.best import BestEpoch
-from transferkit.training.phases import ProbeResult, keep_the_better
+from transferkit.training.phases import ProbeResult, keep_the_better, soften_head
 from transferkit.training.recipe import (
+    HEAD_TEMPERATURE,
     PROBE_LR,
     Phase,
     Plan,
@@ -58,7 +59,9 @@ def test_auto_probes_then_fine_tunes_the_top_blocks_and_the_history_records_it(
     history = trainer.fit(_data(3))  # 6 images, one batch per epoch: the probe runs its most epochs
     probe = trainer.plan.phases[0]
     assert trainer.plan == Plan(
-        "auto", (Phase("probe", 40, PROBE_LR, 0, cached=True), Phase("finetune", 2, 1e-3, 3)), select=False
+        "auto",
+        (Phase("probe", 40, PROBE_LR, 0, cached=True), Phase("finetune", 2, 1e-3, 3, head_temperature=10.0)),
+        select=False,
     )
     assert [r["phase"] for r in history] == ["probe"] * probe.epochs + ["finetune"] * 2
     assert [r["epoch"] for r in history] == list(range(probe.epochs + 2))  # one count across phases
@@ -67,6 +70,33 @@ def test_auto_probes_then_fine_tunes_the_top_blocks_and_the_history_records_it(
     assert model.trainable_blocks == ["layer3.1", "layer4.0", "layer4.1"] and uses_default_recipe(model)
     out = capsys.readouterr().out
     assert "recipe auto: probe (cached features) 40 epochs at lr 0.01, then fine-tune the top 3 of 9" in out
+    assert "blocks from the head's logits / 10 2 epochs at lr 0.001" in out
+
+
+def test_the_fine_tune_phase_starts_from_the_probes_logits_divided_by_the_temperature(
+    weights: Path, one_torch_thread
+) -> None:
+    started: dict[str, torch.Tensor] = {}
+
+    class Record:
+        def on_fit_start(self, trainer: Trainer) -> None:
+            started.update({k: v.clone() for k, v in trainer.model.state_dict().items()})
+
+    model = build_model("resnet18", num_classes=2, pretrained=weights)
+    trainer = Trainer(model, epochs=1, device="cpu", progress=False, callbacks=[Record()])
+    trainer.fit(_data(3))
+    probe = trainer.probe.state  # the probe's own head, unscaled: what keep_the_better restores
+    assert HEAD_TEMPERATURE == 10.0
+    for key in ("head.fc.weight", "head.fc.bias"):
+        assert probe[key].abs().sum() > 0
+        torch.testing.assert_close(started[key], probe[key] / HEAD_TEMPERATURE, rtol=0, atol=0)
+    images = torch.randn(4, 3, 32, 32)
+    model.load_state_dict({**model.state_dict(), **probe})
+    model.eval()
+    with torch.no_grad():
+        logits = model(images)
+        soften_head(model, HEAD_TEMPERATURE)
+        torch.testing.assert_close(model(images), logits / HEAD_TEMPERATURE)  # same decisions, softer
 
 
 def test_the_probe_leaves_the_backbone_bit_identical_and_trains_the_head(

@@ -13,7 +13,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from torch import Tensor
+import torch
+from torch import Tensor, nn
 
 from .best import BestEpoch, cpu_copy
 from .cacheable import check_cacheable
@@ -29,6 +30,7 @@ __all__ = [
     "keep_the_better",
     "run_probe",
     "set_phase_freeze",
+    "soften_head",
     "start_plan",
 ]
 
@@ -90,6 +92,23 @@ def run_probe(trainer: Any, train: Any, val: Any, phase: Phase) -> ProbeResult:
     return ProbeResult(rows, probe.best.score if val is not None else None, state)
 
 
+def soften_head(model: TransferModel, temperature: float) -> None:
+    """Divides ``model``'s logits by ``temperature``: the head's last linear layer (weight and bias) is
+    scaled by ``1 / temperature`` in place. The predicted classes stay the same; the probabilities soften.
+
+    Examples:
+        >>> soften_head(model, 10.0)  # logits / 10
+    """
+    if temperature == 1:
+        return
+    last = [m for m in model.head.modules() if isinstance(m, nn.Linear)]
+    if not last:
+        return  # no linear classifier to scale (the recipe's tasks all have one)
+    with torch.no_grad():
+        for param in last[-1].parameters():
+            param.div_(temperature)
+
+
 def keep_the_better(
     model: TransferModel, plan: Plan | None, probe: ProbeResult | None, best: BestEpoch
 ) -> str | None:
@@ -120,6 +139,8 @@ def start_plan(trainer: Any, train: Any, val: Any, monitor: str, resuming: bool)
     freeze = model.freeze_state()
     if probe is not None and not resuming:
         trainer.probe = run_probe(trainer, train, val, probe)
+        if finetune is not None:
+            soften_head(model, finetune.head_temperature)  # kept in the probe's state as it was
     if finetune is not None:
         if finetune.blocks is None and probe is not None:
             model.load_freeze_state(freeze)  # the user's own freeze, kept for the fine-tune phase
