@@ -98,9 +98,8 @@ class Trainer:
         progress: One bar per epoch where bars render, else one line per epoch (`training.progress`).
         callbacks: Objects with any of the methods ``on_fit_start``, ``on_epoch_start``, ``on_batch_end``
             (not for a skipped batch), ``on_epoch_end``, ``on_fit_end`` (the model holds the weights fit
-            ends with), each called with the trainer (all ranks; see ``trainer.is_main``), and
-            ``on_exception(trainer, error)`` when fit stops on an error after ``on_fit_start``. Setting
-            ``trainer.should_stop = True`` ends fit after the epoch.
+            ends with), ``on_exception(trainer, error)`` (fit stopped on an error), each called with the
+            trainer (all ranks: ``trainer.is_main``). ``trainer.should_stop = True`` ends fit after the epoch.
         seed: Seeds torch, random and numpy (plus the rank) at the start of ``fit``, and the sampler.
         backbone_lr_mult: Extra learning-rate factor for the whole backbone.
         compile: Train through ``torch.compile(model)``.
@@ -396,6 +395,5 @@ class Trainer:
         return self._net
 
     def _shard(self, loader: Any, train: bool) -> Any:
-        return shard_loader(
-            loader, rank=self.rank, world_size=self.world_size, seed=self.seed or 0, train=train
-        )
+        rank, size, seed = self.rank, self.world_size, self.seed or 0
+        return shard_loader(loader, rank=rank, world_size=size, seed=seed, train=train)
