@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -97,6 +98,14 @@ def test_the_fine_tune_phase_starts_from_the_probes_logits_divided_by_the_temper
         logits = model(images)
         soften_head(model, HEAD_TEMPERATURE)
         torch.testing.assert_close(model(images), logits / HEAD_TEMPERATURE)  # same decisions, softer
+
+
+def test_a_head_without_a_linear_layer_is_left_as_it_is_and_said() -> None:
+    head = torch.nn.Sequential(torch.nn.Conv2d(4, 2, 1), torch.nn.Flatten())
+    before = [p.clone() for p in head.parameters()]
+    with pytest.warns(UserWarning, match="head Sequential has no nn.Linear layer"):
+        soften_head(SimpleNamespace(head=head), HEAD_TEMPERATURE)
+    assert all(torch.equal(a, b) for a, b in zip(before, head.parameters(), strict=True))
 
 
 def test_the_probe_leaves_the_backbone_bit_identical_and_trains_the_head(

@@ -9,6 +9,7 @@ backbone), so that the model can end with the probe when it scored better than t
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -102,8 +103,14 @@ def soften_head(model: TransferModel, temperature: float) -> None:
     if temperature == 1:
         return
     last = [m for m in model.head.modules() if isinstance(m, nn.Linear)]
-    if not last:
-        return  # no linear classifier to scale (the recipe's tasks all have one)
+    if not last:  # a custom head: said, since the plan line promised the division
+        warnings.warn(
+            f"the head {type(model.head).__name__} has no nn.Linear layer whose logits could be divided by "
+            f"{temperature:g}; the fine-tune phase starts from the probe's head as it is",
+            UserWarning,
+            stacklevel=3,
+        )
+        return
     with torch.no_grad():
         for param in last[-1].parameters():
             param.div_(temperature)

@@ -14,8 +14,8 @@ The default, ``recipe="auto"``, starts with what is cheap and strong and adds wh
    BatchNorm switches from ImageNet's statistics to each batch's, its confident mistakes gave losses of
    3-4 and gradients that tore the pretrained features in the first steps (the default then fell below
    the probe it started from on four of ten tasks of one backbone). From the softened head the
-   gradients start small where the features already fit and larger where they do not. Measured: 5 and
-   8 points more on the mean of ten tasks on two backbones (``benchmarks/README.md``).
+   gradients start small where the features already fit and larger where they do not. Measured: 4 and
+   8.5 points more on the mean of ten tasks on two backbones (``benchmarks/README.md``).
 3. With validation data the model ends with whichever phase scored better on it (``monitor``).
 
 The plan is decided once, in ``fit``, from the model and the training set; it is printed in one line
