@@ -10,7 +10,8 @@ Recipes (B = the backbone's blocks, 17 for EfficientNet-Lite0; E = epochs):
 - ``probe``: ``Trainer(model, recipe="probe")``: the backbone frozen, the head trained to convergence on
   cached features (`transferkit.training.recipe`).
 - ``lp_ft``: ``Trainer(model, recipe="lp_ft")``: that probe, then the top third (half with 10 or more
-  images per class) of the blocks fine-tuned from the probe's head for E epochs.
+  images per class, three quarters with 100 or more) of the blocks fine-tuned from the probe's head for
+  E epochs.
 - ``full``: ``model.unfreeze()``: everything trains at ``lr``.
 - ``last_n``: ``model.freeze("last_n", n=B // 2)``: the top half of the blocks and the head train.
 - ``third``: ``model.freeze("last_n", n=round(B / 3))``: the top third.
@@ -41,6 +42,7 @@ import argparse
 import concurrent.futures
 import contextlib
 import functools
+import json
 import math
 import multiprocessing
 import os
@@ -82,8 +84,8 @@ LRS: dict[str, tuple[float | None, ...]] = {
     "probe": (None,),
     "lp_ft": (None,),
     "full": (1e-3,),
-    "last_n": (1e-3, 1e-4),
-    "third": (1e-3, 1e-4),
+    "last_n": (1e-3,),
+    "third": (1e-3,),
     "two_phase": (3e-3, 1e-3),
     **dict.fromkeys(PEFT, (1e-3, 3e-3)),
     "default": (None, 3e-4, 3e-3),  # None: no lr given (1e-3 for the fine-tune phase)
@@ -368,7 +370,51 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "no flip)",
     )
     parser.add_argument("--weights-dir", help="where to write the converted weights (default: a temp dir)")
+    parser.add_argument(
+        "--runs",
+        help="a JSON-lines file: each finished run is added to it, and runs already in it (same task, "
+        "recipe, lr, seed, backbone, augment, epochs and batch size) are read instead of trained again, "
+        "so an interrupted benchmark resumes and a table can grow by a recipe or a seed; start a new "
+        "file after changing the code",
+    )
     return parser.parse_args(argv)
+
+
+def _run_key(job: tuple[Any, ...], args: argparse.Namespace) -> str:
+    return json.dumps([*job, args.augment, args.epochs, args.batch_size])
+
+
+def _stored_runs(path: str | None) -> dict[str, dict[str, Any]]:
+    """The runs a ``--runs`` file holds, by `_run_key`."""
+    if path is None or not Path(path).exists():
+        return {}
+    lines = Path(path).read_text().splitlines()
+    return {entry["key"]: entry["run"] for entry in map(json.loads, filter(None, lines))}
+
+
+def _train_all(
+    jobs: list[tuple[Any, ...]], args: argparse.Namespace, settings: dict[str, Any]
+) -> tuple[list[dict[str, Any]], int]:
+    """Every job's run, in the jobs' order (those in the ``--runs`` file read from it), and how many
+    were trained now."""
+    done = _stored_runs(args.runs)
+    todo = [job for job in jobs if _run_key(job, args) not in done]
+    with concurrent.futures.ProcessPoolExecutor(
+        args.workers, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker,
+        initargs=(args.threads,),
+    ) if args.workers > 1 and todo else contextlib.nullcontext() as pool:  # fmt: skip
+        work = functools.partial(run_one, **settings)
+        for job, run in zip(todo, (pool.map if pool else map)(work, *zip(*todo)) if todo else ()):
+            done[_run_key(job, args)] = run
+            if args.runs:
+                with open(args.runs, "a") as file:
+                    file.write(json.dumps({"key": _run_key(job, args), "run": run}) + "\n")
+            print(
+                f"{run['task']:<12} {run['recipe']:<10} lr={lr_text(run):<12} seed={run['seed']} "
+                f"acc={run['acc']:.3f} {run['seconds']:.1f}s",
+                flush=True,
+            )
+    return [done[_run_key(job, args)] for job in jobs], len(todo)
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
@@ -401,18 +447,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
             "weights_dir": weights_dir, "epochs": args.epochs, "batch_size": args.batch_size,
             "augment": args.augment,
         }  # fmt: skip
-        runs, started = [], time.perf_counter()
-        with concurrent.futures.ProcessPoolExecutor(
-            args.workers, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker,
-            initargs=(args.threads,),
-        ) if args.workers > 1 else contextlib.nullcontext() as pool:  # fmt: skip
-            for run in (pool.map if pool else map)(functools.partial(run_one, **settings), *zip(*jobs)):
-                runs.append(run)
-                print(
-                    f"{run['task']:<12} {run['recipe']:<10} lr={lr_text(run):<12} seed={run['seed']} "
-                    f"acc={run['acc']:.3f} {run['seconds']:.1f}s",
-                    flush=True,
-                )
+        started = time.perf_counter()
+        runs, trained = _train_all(jobs, args, settings)
         found = []
         if args.lr_find:
             for backbone in backbones:
@@ -422,7 +458,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
                     )
     rows = summarise(runs)
     print(
-        f"\n{len(runs)} runs in {time.perf_counter() - started:.0f} s, {args.workers} process(es) of "
+        f"\n{len(runs)} runs ({len(runs) - trained} of them read from {args.runs}) in "
+        f"{time.perf_counter() - started:.0f} s, {args.workers} process(es) of "
         f"{args.threads} thread(s) on "
         f"{os.cpu_count()} CPUs, {args.epochs} epochs, batch {args.batch_size}, python "
         f"{platform.python_version()}, torch {torch.__version__}\n"

@@ -258,10 +258,12 @@ def test_saved_models_keep_their_freeze_state(weights: Path, tmp_path: Path) -> 
     assert len(loaded.trainable_blocks) == 9
 
 
-def test_default_trainable_blocks_are_a_third_or_with_more_data_half() -> None:
+def test_default_trainable_blocks_grow_with_the_images_per_class() -> None:
     assert [default_trainable_blocks(b) for b in (2, 3, 9, 10, 17)] == [1, 1, 3, 3, 6]
-    assert [default_trainable_blocks(17, n) for n in (None, 3, 9.9, 10, 50)] == [6, 6, 6, 8, 8]
+    per_class = (None, 3, 9.9, 10, 50, 99.9, 100, 5000)
+    assert [default_trainable_blocks(17, n) for n in per_class] == [6, 6, 6, 8, 8, 8, 13, 13]
     assert default_trainable_blocks(9, 10) == 4
+    assert [default_trainable_blocks(b, 100) for b in (1, 2, 9)] == [1, 2, 7]
 
 
 def test_cli_freeze_auto_leaves_the_model_to_the_recipe(weights: Path) -> None:

@@ -7,7 +7,8 @@ The default, ``recipe="auto"``, starts with what is cheap and strong and adds wh
    head runs). How well frozen ImageNet features separate the classes is the data's similarity to the
    pretraining data, measured for free.
 2. **finetune**: from the probe's head (LP-FT: linear probing, then fine-tuning; Kumar et al. 2022), the
-   top third of the backbone's blocks (half with 10 or more images per class) and the head train for
+   top third of the backbone's blocks (half with 10 or more images per class, three quarters with 100 or
+   more) and the head train for
    ``epochs`` epochs at ``lr`` (default `FINETUNE_LR`). The probe's logits are first divided by
    `HEAD_TEMPERATURE` (its last linear layer scaled): the same decisions, softer probabilities. A probe
    trained to convergence on separable features is over-confident, and once the fine-tuned blocks'
@@ -44,6 +45,7 @@ __all__ = [
     "FINETUNE_LR",
     "HEAD_TEMPERATURE",
     "MORE_DATA_PER_CLASS",
+    "MOST_DATA_PER_CLASS",
     "PROBE_LR",
     "PROBE_STEPS",
     "RECIPES",
@@ -67,6 +69,7 @@ PROBE_EPOCHS = (10, 40)  # ... within this many epochs (fewest, most)
 UNCACHED_PROBE_EPOCHS = 3  # a probe on augmenting loaders runs the backbone every epoch: kept short
 HEAD_TEMPERATURE = 10.0  # the probe's logits are divided by this before fine-tuning (bench_recipes.py)
 MORE_DATA_PER_CLASS = 10  # training images per class from which the top half trains instead of a third
+MOST_DATA_PER_CLASS = 100  # ... and from which three quarters train (bench_recipes.py: mnist-100)
 VIT_LAYER_DECAY = 0.75  # a ViT block's rate: this times the next one's (benchmarks/bench_vit_decay.py)
 
 
@@ -123,15 +126,18 @@ class Plan:
 
 
 def default_trainable_blocks(num_blocks: int, images_per_class: float | None = None) -> int:
-    """How many of the top blocks the fine-tune phase trains: a third of them (rounded), or half with
-    ``images_per_class >= 10``; at least one.
+    """How many of the top blocks the fine-tune phase trains: the more images per class, the more blocks
+    the data pays for. A third of them (rounded), half with ``images_per_class >=`` `MORE_DATA_PER_CLASS`,
+    three quarters with `MOST_DATA_PER_CLASS`; at least one.
 
     Examples:
-        >>> default_trainable_blocks(17), default_trainable_blocks(17, 50), default_trainable_blocks(9, 5)
-        (6, 8, 3)
+        >>> default_trainable_blocks(17), default_trainable_blocks(17, 50), default_trainable_blocks(17, 100)
+        (6, 8, 13)
     """
-    more = images_per_class is not None and images_per_class >= MORE_DATA_PER_CLASS
-    return min(num_blocks, max(1, round(num_blocks * (1 / 2 if more else 1 / 3))))
+    share = 1 / 3
+    if images_per_class is not None and images_per_class >= MORE_DATA_PER_CLASS:
+        share = 3 / 4 if images_per_class >= MOST_DATA_PER_CLASS else 1 / 2
+    return min(num_blocks, max(1, round(num_blocks * share)))
 
 
 def probe_epochs(steps_per_epoch: int) -> int:
