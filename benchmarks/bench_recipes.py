@@ -457,8 +457,9 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
                         lr_find_one(task, 0, backbone, weights_dir=weights_dir, batch_size=args.batch_size)
                     )
     rows = summarise(runs)
+    read = f" ({len(runs) - trained} of them read from {args.runs})" if args.runs else ""
     print(
-        f"\n{len(runs)} runs ({len(runs) - trained} of them read from {args.runs}) in "
+        f"\n{len(runs)} runs{read} in "
         f"{time.perf_counter() - started:.0f} s, {args.workers} process(es) of "
         f"{args.threads} thread(s) on "
         f"{os.cpu_count()} CPUs, {args.epochs} epochs, batch {args.batch_size}, python "

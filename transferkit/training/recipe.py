@@ -8,15 +8,14 @@ The default, ``recipe="auto"``, starts with what is cheap and strong and adds wh
    pretraining data, measured for free.
 2. **finetune**: from the probe's head (LP-FT: linear probing, then fine-tuning; Kumar et al. 2022), the
    top third of the backbone's blocks (half with 10 or more images per class, three quarters with 100 or
-   more) and the head train for
-   ``epochs`` epochs at ``lr`` (default `FINETUNE_LR`). The probe's logits are first divided by
-   `HEAD_TEMPERATURE` (its last linear layer scaled): the same decisions, softer probabilities. A probe
-   trained to convergence on separable features is over-confident, and once the fine-tuned blocks'
-   BatchNorm switches from ImageNet's statistics to each batch's, its confident mistakes gave losses of
-   3-4 and gradients that tore the pretrained features in the first steps (the default then fell below
-   the probe it started from on four of ten tasks of one backbone). From the softened head the
-   gradients start small where the features already fit and larger where they do not. Measured: 4 and
-   8.5 points more on the mean of ten tasks on two backbones (``benchmarks/README.md``).
+   more) and the head train for ``epochs`` epochs at ``lr`` (default `FINETUNE_LR`). The probe's logits
+   are first divided by `HEAD_TEMPERATURE` (its last linear layer scaled): the same decisions, softer
+   probabilities. A probe trained to convergence on separable features is over-confident, and once the
+   fine-tuned blocks' BatchNorm switches from ImageNet's statistics to each batch's, its confident
+   mistakes gave losses of 3-4 and gradients that tore the pretrained features in the first steps (the
+   default then fell below the probe it started from on four of ten tasks of one backbone). From the
+   softened head the gradients start small where the features already fit and larger where they do not.
+   Measured: 4 and 8.5 points more on the mean of ten tasks on two backbones (``benchmarks/README.md``).
 3. With validation data the model ends with whichever phase scored better on it (``monitor``).
 
 The plan is decided once, in ``fit``, from the model and the training set; it is printed in one line
