@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from transferkit import Trainer, build_model
 from transferkit.cli import main
 from transferkit.data import make_shapes_folder
-from transferkit.training.lr_find import LRFindResult, _suggest
+from transferkit.training.lr_find import LRFindResult, _smooth, _suggest
 
 
 def _loader(n: int = 16, seed: int = 0) -> DataLoader:
@@ -78,11 +78,19 @@ def test_sweep_is_exponential_keeps_group_ratios_and_stops_on_divergence(one_tor
     assert result.suggestion in result.lrs
 
 
-def test_suggestion_is_a_tenth_of_the_rate_at_the_lowest_loss() -> None:
+def test_suggestion_is_where_the_loss_has_made_nine_tenths_of_its_fall() -> None:
     lrs = [10.0**e for e in range(-5, 2)]
-    losses = [2.0, 2.4, 1.4, 0.6, 0.5, 0.45, 3.0]  # lowest at 1e0
+    losses = [2.0, 1.9, 1.4, 0.8, 0.5, 0.45, 3.0]  # falls 1.55 by 1e0; 90 % of it (1.395) by 1e-1
     assert _suggest(lrs, losses) == pytest.approx(1e-1)
-    assert _suggest([1e-3, 1e-2, 1e-1], [0.5, 1.0, 4.0]) == 1e-3  # never below the first rate
+    losses = [2.0, 1.9, 0.6, 0.55, 0.5, 0.45, 3.0]  # 0.6 is 1.4 below the start: 90 % by 1e-3
+    assert _suggest(lrs, losses) == pytest.approx(1e-3)
+    assert _suggest([1e-3, 1e-2, 1e-1], [0.5, 1.0, 4.0]) == 1e-3  # never fell: the first rate
+
+
+def test_the_curve_averages_the_losses_of_nearby_rates_on_both_sides() -> None:
+    lrs = [10 ** (e / 4) for e in range(-12, -1)]  # four steps per decade: two steps are half a decade
+    raw = [float(i) for i in range(len(lrs))]
+    assert _smooth(lrs, raw) == pytest.approx([1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 8.5, 9.0])
 
 
 def test_bad_arguments_are_named(one_torch_thread) -> None:

@@ -24,7 +24,9 @@ from transferkit.training.recipe import (
     PROBE_LR,
     Phase,
     Plan,
+    default_finetune_lr,
     default_trainable_blocks,
+    plan_recipe,
     probe_epochs,
     uses_default_recipe,
 )
@@ -266,6 +268,24 @@ def test_default_trainable_blocks_grow_with_the_images_per_class() -> None:
     assert [default_trainable_blocks(b, 100) for b in (1, 2, 9)] == [1, 2, 7]
 
 
+def test_the_fine_tune_rate_triples_from_100_images_per_class(weights: Path) -> None:
+    assert [default_finetune_lr(n) for n in (None, 3, 99.9, 100, 5000)] == [1e-3, 1e-3, 1e-3, 3e-3, 3e-3]
+    model = build_model("resnet18", num_classes=2, pretrained=weights)
+    plans = {
+        (per_class, lr): plan_recipe(
+            "auto", model, _data(per_class, size=8), epochs=10, lr=lr, has_val=False, cacheable=True
+        ).phase("finetune")
+        for per_class in (99, 100)
+        for lr in (None, 5e-4)
+    }
+    assert {key: (phase.lr, phase.blocks) for key, phase in plans.items()} == {
+        (99, None): (1e-3, 4),
+        (99, 5e-4): (5e-4, 4),  # a given lr is kept
+        (100, None): (3e-3, 7),
+        (100, 5e-4): (5e-4, 7),
+    }
+
+
 def test_cli_freeze_auto_leaves_the_model_to_the_recipe(weights: Path) -> None:
     spec = parse_freeze("auto")
     assert (spec.policy, spec.kwargs, spec.text) == ("auto", {}, "auto")
@@ -277,21 +297,31 @@ def test_cli_freeze_auto_leaves_the_model_to_the_recipe(weights: Path) -> None:
     assert not uses_default_recipe(chosen)
 
 
-def test_lr_find_measures_the_fine_tune_phases_trainable_set(weights: Path, one_torch_thread) -> None:
-    model = build_model("resnet18", num_classes=2, pretrained=weights)
+def test_lr_find_sweeps_the_fine_tune_phase_from_the_probes_softened_head(
+    weights: Path, one_torch_thread
+) -> None:
+    model, data = build_model("resnet18", num_classes=2, pretrained=weights), _data(3)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    probed = build_model("resnet18", num_classes=2, pretrained=weights)
+    probed.load_state_dict(before)  # the same new head
+    Trainer(probed, recipe="probe", seed=0, progress=False, device="cpu").fit(data)
+    soften_head(probed, HEAD_TEMPERATURE)
+    trainer = Trainer(model, seed=0, progress=False, device="cpu")
     seen = []
-    trainer = Trainer(model, progress=False, device="cpu")
-    original = torch.optim.AdamW.step
+    step = trainer.optimizer.step
 
-    def step(self, *args, **kwargs):
-        seen.append(len(model.trainable_blocks))
-        return original(self, *args, **kwargs)
+    def spy(*args, **kwargs):
+        seen.append((len(model.trainable_blocks), {k: v.clone() for k, v in model.head.state_dict().items()}))
+        return step(*args, **kwargs)
 
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(torch.optim.AdamW, "step", step)
-        trainer.lr_find(_data(3), steps=5)
-    assert set(seen) == {3}  # the top third, as the fine-tune phase on 3 images per class
-    assert len(model.trainable_blocks) == 9 and uses_default_recipe(model)  # and back as it was
+    trainer.optimizer.step = spy
+    trainer.lr_find(data, steps=5)
+    assert {blocks for blocks, _ in seen} == {3}  # the top third, as the fine-tune phase on 3 per class
+    torch.testing.assert_close(seen[0][1], probed.head.state_dict(), rtol=0, atol=0)  # the probe's, softened
+    assert not torch.equal(seen[0][1]["fc.weight"], before["head.fc.weight"])
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key]), key  # and everything back as it was
+    assert len(model.trainable_blocks) == 9 and uses_default_recipe(model)
 
 
 def test_resume_with_an_lr_names_the_default_the_run_had(tmp_path: Path) -> None:

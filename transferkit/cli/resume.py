@@ -39,7 +39,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "pretrained": True,
     "freeze": "auto",
     "epochs": 10,
-    "lr": None,  # the Trainer's default: 1e-3, or 1e-2 with under 5 images per class
+    "lr": None,  # the Trainer's default: its recipe's rates (`training.recipe`)
     "batch_size": 32,
     "image_size": None,
     "seed": 0,

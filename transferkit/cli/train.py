@@ -94,7 +94,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     train.add_argument(
         "--lr",
         type=_positive_float,
-        help="head learning rate (default 1e-3; under --freeze auto, of the fine-tune phase after the probe)",
+        help="head learning rate (default 1e-3; under --freeze auto, of the fine-tune phase after the probe, "
+        "3e-3 by default from 100 images per class)",
     )
     train.add_argument("--batch-size", type=_positive_int, help="default 32")
     train.add_argument("--image-size", type=_positive_int, help="default: the backbone's size")

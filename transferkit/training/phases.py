@@ -9,8 +9,9 @@ backbone), so that the model can end with the probe when it scored better than t
 from __future__ import annotations
 
 import contextlib
+import functools
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ProbeResult",
     "can_cache",
-    "finetune_freeze",
+    "finetune_start",
     "keep_the_better",
     "run_probe",
     "set_phase_freeze",
@@ -156,18 +157,34 @@ def start_plan(trainer: Any, train: Any, val: Any, monitor: str, resuming: bool)
 
 
 @contextlib.contextmanager
-def finetune_freeze(trainer: Any, train: Any) -> Iterator[None]:
+def finetune_start(trainer: Any, train: Any) -> Iterator[Callable[[], None] | None]:
     """Within the block, ``trainer.model`` is frozen as its recipe's fine-tune phase on ``train`` trains
     it (`Trainer.lr_find` measures the rate ``lr`` sets: that phase's); its freeze state is restored
-    after."""
+    after. Yields what brings the model to where that phase starts, for the caller to run once it has
+    saved the weights: the plan's probe trained and its logits softened (None for a plan without both
+    phases: the phase starts from the model as it is).
+    """
     model, lr = trainer.model, trainer.lr
     freeze, chosen = model.freeze_state(), getattr(model, "_freeze_chosen", False)
-    plan = plan_recipe(trainer.recipe, model, train, epochs=1, lr=lr, has_val=False, cacheable=False)
-    finetune = plan.phase("finetune")
+    cacheable = can_cache(train, trainer.world_size, trainer.task)
+    plan = plan_recipe(trainer.recipe, model, train, epochs=1, lr=lr, has_val=False, cacheable=cacheable)
+    probe, finetune = plan.phase("probe"), plan.phase("finetune")
+    start = None
+    if probe is not None and finetune is not None:
+        start = functools.partial(_from_the_probe, trainer, train, probe, finetune, freeze)
     if finetune is not None:
         set_phase_freeze(model, finetune)
     try:
-        yield
+        yield start
     finally:
         model.load_freeze_state(freeze)
         model._freeze_chosen = chosen
+
+
+def _from_the_probe(trainer: Any, train: Any, probe: Phase, finetune: Phase, freeze: dict[str, Any]) -> None:
+    """Trains the probe on ``train``, softens its head and freezes the model for the fine-tune phase (the
+    user's own ``freeze`` where the plan keeps it), as `start_plan` does."""
+    run_probe(trainer, train, None, probe)
+    soften_head(trainer.model, finetune.head_temperature)
+    trainer.model.load_freeze_state(freeze)
+    set_phase_freeze(trainer.model, finetune)

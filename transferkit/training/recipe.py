@@ -8,7 +8,8 @@ The default, ``recipe="auto"``, starts with what is cheap and strong and adds wh
    pretraining data, measured for free.
 2. **finetune**: from the probe's head (LP-FT: linear probing, then fine-tuning; Kumar et al. 2022), the
    top third of the backbone's blocks (half with 10 or more images per class, three quarters with 100 or
-   more) and the head train for ``epochs`` epochs at ``lr`` (default `FINETUNE_LR`). The probe's logits
+   more) and the head train for ``epochs`` epochs at ``lr`` (default `FINETUNE_LR`; three times it from
+   100 images per class, `default_finetune_lr`). The probe's logits
    are first divided by `HEAD_TEMPERATURE` (its last linear layer scaled): the same decisions, softer
    probabilities. A probe trained to convergence on separable features is over-confident, and once the
    fine-tuned blocks' BatchNorm switches from ImageNet's statistics to each batch's, its confident
@@ -44,6 +45,7 @@ __all__ = [
     "FINETUNE_LR",
     "HEAD_TEMPERATURE",
     "MORE_DATA_PER_CLASS",
+    "MOST_DATA_FINETUNE_LR",
     "MOST_DATA_PER_CLASS",
     "PROBE_LR",
     "PROBE_STEPS",
@@ -51,6 +53,7 @@ __all__ = [
     "Phase",
     "Plan",
     "VIT_LAYER_DECAY",
+    "default_finetune_lr",
     "default_layer_decay",
     "default_trainable_blocks",
     "images_per_class",
@@ -61,14 +64,15 @@ __all__ = [
 
 RECIPES = ("auto", "probe", "lp_ft", "finetune")
 DEFAULT_LR = 1e-3  # the Trainer's learning rate when none is given
-FINETUNE_LR = 1e-3  # the head's rate in the fine-tune phase of a recipe, when no lr is given
+FINETUNE_LR = 1e-3  # the head's rate in the fine-tune phase of a recipe, when no lr is given ...
+MOST_DATA_FINETUNE_LR = 3e-3  # ... and from MOST_DATA_PER_CLASS images per class (bench_recipes.py)
 PROBE_LR = 1e-2  # the probe's rate: a linear head on fixed features converges fast at it
 PROBE_STEPS = 300  # optimizer steps the probe aims for ...
 PROBE_EPOCHS = (10, 40)  # ... within this many epochs (fewest, most)
 UNCACHED_PROBE_EPOCHS = 3  # a probe on augmenting loaders runs the backbone every epoch: kept short
 HEAD_TEMPERATURE = 10.0  # the probe's logits are divided by this before fine-tuning (bench_recipes.py)
 MORE_DATA_PER_CLASS = 10  # training images per class from which the top half trains instead of a third
-MOST_DATA_PER_CLASS = 100  # ... and from which three quarters train (bench_recipes.py: mnist-100)
+MOST_DATA_PER_CLASS = 100  # ... and from which three quarters train, faster (bench_recipes.py: mnist-100)
 VIT_LAYER_DECAY = 0.75  # a ViT block's rate: this times the next one's (benchmarks/bench_vit_decay.py)
 
 
@@ -137,6 +141,21 @@ def default_trainable_blocks(num_blocks: int, images_per_class: float | None = N
     if images_per_class is not None and images_per_class >= MORE_DATA_PER_CLASS:
         share = 3 / 4 if images_per_class >= MOST_DATA_PER_CLASS else 1 / 2
     return min(num_blocks, max(1, round(num_blocks * share)))
+
+
+def default_finetune_lr(images_per_class: float | None = None) -> float:
+    """The fine-tune phase's rate when the Trainer is given none: `FINETUNE_LR`, and
+    `MOST_DATA_FINETUNE_LR` from `MOST_DATA_PER_CLASS` images per class, where the data pays for moving
+    three quarters of the blocks further (and ten epochs of it are enough steps to do so without the
+    overfitting that a higher rate brought on 3 to 20 images per class).
+
+    Examples:
+        >>> default_finetune_lr(20), default_finetune_lr(100)
+        (0.001, 0.003)
+    """
+    if images_per_class is not None and images_per_class >= MOST_DATA_PER_CLASS:
+        return MOST_DATA_FINETUNE_LR
+    return FINETUNE_LR
 
 
 def probe_epochs(steps_per_epoch: int) -> int:
@@ -224,5 +243,6 @@ def plan_recipe(
     chosen = getattr(model, "_freeze_chosen", False)
     per_class = images_per_class(train, model.num_classes)
     blocks = None if chosen else default_trainable_blocks(len(model.blocks), per_class)
-    finetune = Phase("finetune", epochs, lr or FINETUNE_LR, blocks, head_temperature=HEAD_TEMPERATURE)
+    rate = lr or default_finetune_lr(per_class)
+    finetune = Phase("finetune", epochs, rate, blocks, head_temperature=HEAD_TEMPERATURE)
     return Plan(recipe, (probe, finetune), select=recipe == "auto" and has_val)

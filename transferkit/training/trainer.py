@@ -32,11 +32,11 @@ from .checkpoint import restore, resume_from, rollback_point, save_checkpoint, s
 from .data_warnings import warn_small_inputs
 from .distributed import join_processes, resolve_precision, shard_loader, wrap
 from .evaluation import evaluate_batches, predict_batches
-from .loaders import Feed, check_length
+from .loaders import Feed, check_length, split_loaders
 from .lr_find import LRFindResult, lr_find
 from .one_sample import OneSampleBatches, all_skipped_message
 from .optim import model_optimizer, start_schedule
-from .phases import ProbeResult, finetune_freeze, keep_the_better, start_plan
+from .phases import ProbeResult, finetune_start, keep_the_better, start_plan
 from .prepare import prepare_data
 from .progress import EpochProgress
 from .recipe import DEFAULT_LR, Phase, Plan
@@ -351,9 +351,9 @@ class Trainer:
         return self._cache.epoch(loader, role) if self.cache_features else Feed(loader)
 
     def lr_find(self, loader: Any, **kwargs: Any) -> LRFindResult:
-        """Range test of the rate ``lr`` sets (a recipe: its fine-tune phase); `training.lr_find`."""
-        with finetune_freeze(self, loader):
-            return lr_find(self, loader, **kwargs)
+        """Range test of the rate ``lr`` sets (a recipe's: its fine-tune phase's); `training.lr_find`."""
+        with finetune_start(self, split_loaders(loader)[0]) as start:
+            return lr_find(self, loader, prepare=start, **kwargs)
 
     # ------------------------------------------------------------------------------ evaluate, predict
     def evaluate(self, loader: Iterable[Any]) -> dict[str, float]:
