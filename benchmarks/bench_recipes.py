@@ -63,6 +63,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import real_weights  # noqa: E402
 
 from transferkit import Trainer, build_model  # noqa: E402
+from transferkit.training.recipe import default_finetune_lr  # noqa: E402
 
 TASKS = real_weights.TASKS  # name: (data builder, training images per class, where it lies from ImageNet)
 RECIPES = (
@@ -88,7 +89,9 @@ LRS: dict[str, tuple[float | None, ...]] = {
     "third": (1e-3,),
     "two_phase": (3e-3, 1e-3),
     **dict.fromkeys(PEFT, (1e-3, 3e-3)),
-    "default": (None, 3e-4, 3e-3),  # None: no lr given (1e-3 for the fine-tune phase)
+    # None: no lr given (the fine-tune phase at 1e-3, 3e-3 from 100 images per class); a fixed rate equal
+    # to the one the default chooses is not run twice (`_rates`)
+    "default": (None, 3e-4, 1e-3, 3e-3),
     "fastai": (None,),  # fastai's own: fine_tune(epochs, base_lr=2e-3)
 }
 
@@ -218,6 +221,7 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "acc_sd": statistics.stdev(accs) if len(accs) > 1 else 0.0,
                 "seconds": statistics.mean(r["seconds"] for r in same),
                 "trainable": same[0].get("trainable"),
+                "by_seed": {r["seed"]: r["acc"] for r in same},
             }
         )
     return rows
@@ -264,8 +268,8 @@ def acceptance(rows: list[dict[str, Any]]) -> list[str]:
         gap = 100 * (best["acc"] - default["acc"])
         lines.append(
             f"- [{'x' if gap <= 1.0 else ' '}] {task}: default {default['acc']:.3f} vs best "
-            f"{best['acc']:.3f} "
-            f"({best['recipe']} at lr {lr_text(best)}): {gap:.1f} points behind (<= 1)"
+            f"{best['acc']:.3f} ({best['recipe']} at lr {lr_text(best)}): {gap:.1f} points behind (<= 1)"
+            f"{_paired(best, default)}"
         )
         probe = next((r for r in same if r["recipe"] == "probe"), None)
         if probe is not None:
@@ -293,8 +297,20 @@ def acceptance(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _paired(best: dict[str, Any], default: dict[str, Any]) -> str:
+    """`` (seed by seed: 1.2 +- 0.4)``: the mean and standard error of the per-seed differences in points
+    (the same training images for both), which tell a real gap from the seeds' spread."""
+    seeds = sorted(set(best["by_seed"]) & set(default["by_seed"]))
+    if best is default or len(seeds) < 2:
+        return ""
+    gaps = [100 * (best["by_seed"][s] - default["by_seed"][s]) for s in seeds]
+    error = statistics.stdev(gaps) / math.sqrt(len(gaps))
+    return f" (seed by seed: {statistics.mean(gaps):.1f} +- {error:.1f})"
+
+
 def lr_find_one(task: str, seed: int, backbone: str, *, weights_dir: Path, batch_size: int) -> dict[str, Any]:
-    """``Trainer(model).lr_find(train)`` on a task's training set: the rate it suggests for ``lr``."""
+    """``Trainer(model).lr_find(train)`` on a task's training set (drawn by ``seed``): the rate it suggests
+    for ``lr``."""
     (x, y), _ = TASKS[task][0](seed)
     torch.manual_seed(seed)
     weights = real_weights.weights_file(weights_dir, backbone)
@@ -307,27 +323,43 @@ def lr_find_one(task: str, seed: int, backbone: str, *, weights_dir: Path, batch
     short = backbone.removeprefix("efficientnet_")
     return {
         "task": task if backbone == "efficientnet_lite0" else f"{task} ({short})",
+        "seed": seed,
         "suggestion": result.suggestion,
     }
 
 
+def good_rates(rates: dict[float, float], points: float = 2.0) -> tuple[float, float]:
+    """The range of rates at which the mean accuracy is within ``points`` of the best rate's: from the
+    lowest such rate to the highest, each widened halfway (in log scale) to the next rate measured (at
+    either end of the grid, by half the step to its neighbour)."""
+    grid = sorted(rates)
+    best = max(rates.values())
+    good = [i for i, lr in enumerate(grid) if rates[lr] >= best - points / 100]
+    low, high = good[0], good[-1]
+    below = grid[low - 1] if low > 0 else grid[0] ** 2 / grid[1]
+    above = grid[high + 1] if high < len(grid) - 1 else grid[-1] ** 2 / grid[-2]
+    return math.sqrt(grid[low] * below), math.sqrt(grid[high] * above)
+
+
 def lr_find_check(found: list[dict[str, Any]], rows: list[dict[str, Any]], points: float = 2.0) -> list[str]:
-    """Each suggestion against the rates at which the default was within ``points`` of its best rate on
-    that task (the range spans those rates, widened by half a step of the grid either side)."""
+    """Each task's suggestions (one per seed) against the range where the default, at the rates measured,
+    was within ``points`` of its best rate (means over seeds; `good_rates`); the default's own rate too."""
     lines = []
-    for row in found:
-        rates = {(r["lr"] if r["lr"] is not None else r["lr_used"]): r["acc"] for r in rows
-                 if r["task"] == row["task"] and r["recipe"] == "default"}  # fmt: skip
+    for task in dict.fromkeys(row["task"] for row in found):
+        default = [r for r in rows if r["task"] == task and r["recipe"] == "default"]
+        rates = {(r["lr"] if r["lr"] is not None else r["lr_used"]): r["acc"] for r in default}
         if len(rates) < 2:
             continue
-        best = max(rates.values())
-        good = sorted(lr for lr, acc in rates.items() if acc >= best - points / 100)
-        low, high = good[0] / math.sqrt(3), good[-1] * math.sqrt(3)
-        ok = low <= row["suggestion"] <= high
+        low, high = good_rates(rates, points)
+        suggested = [row["suggestion"] for row in found if row["task"] == task]
+        inside = sum(low <= lr <= high for lr in suggested)
+        own = next((r["lr_used"] for r in default if r["lr"] is None), None)
+        own_text = "" if own is None else f"; the default's {own:g}: {'in' if low <= own <= high else 'out'}"
         table = ", ".join(f"{lr:g}: {acc:.3f}" for lr, acc in sorted(rates.items()))
         lines.append(
-            f"- [{'x' if ok else ' '}] {row['task']}: lr_find suggests {row['suggestion']:.2g}; within "
-            f"{points:g} points of the best rate: {low:.2g}..{high:.2g} ({table})"
+            f"- [{'x' if inside == len(suggested) else ' '}] {task}: lr_find suggests "
+            f"{', '.join(f'{lr:.2g}' for lr in suggested)} ({inside} of {len(suggested)} in range); within "
+            f"{points:g} points of the best rate: {low:.2g}..{high:.2g}{own_text} ({table})"
         )
     return lines
 
@@ -359,7 +391,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--lr-find",
         action="store_true",
-        help="also run lr_find on each task (seed 0) and check its suggestion",
+        help="also run lr_find on each task and seed, and check its suggestions",
     )
     parser.add_argument(
         "--augment",
@@ -378,6 +410,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "file after changing the code",
     )
     return parser.parse_args(argv)
+
+
+def _rates(recipe: str, task: str, lrs: str | None) -> list[float | None]:
+    """The rates ``recipe`` runs at on ``task``: ``--lrs`` or `LRS`, without the default's fixed rate that
+    equals the one it chooses itself on that task (the ``auto`` run is that run)."""
+    rates = [None if v == "auto" else float(v) for v in lrs.split(",")] if lrs else list(LRS[recipe])
+    if recipe == "default" and None in rates:
+        rates = [lr for lr in rates if lr != default_finetune_lr(TASKS[task][1])]
+    return rates
 
 
 def _run_key(job: tuple[Any, ...], args: argparse.Namespace) -> str:
@@ -417,6 +458,19 @@ def _train_all(
     return [done[_run_key(job, args)] for job in jobs], len(todo)
 
 
+def _lr_find_all(
+    backbones: list[str], tasks: list[str], args: argparse.Namespace, weights_dir: Path
+) -> list[dict[str, Any]]:
+    """`lr_find_one` for every backbone, task and seed, side by side in ``args.workers`` processes."""
+    jobs = [(task, seed, backbone) for backbone in backbones for task in tasks for seed in range(args.seeds)]
+    work = functools.partial(lr_find_one, weights_dir=weights_dir, batch_size=args.batch_size)
+    with concurrent.futures.ProcessPoolExecutor(
+        args.workers, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker,
+        initargs=(args.threads,),
+    ) if args.workers > 1 else contextlib.nullcontext() as pool:  # fmt: skip
+        return list((pool.map if pool else map)(work, *zip(*jobs)))
+
+
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -434,9 +488,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         for backbone in backbones
         for task in tasks
         for recipe in recipes
-        for lr in (
-            [None if v == "auto" else float(v) for v in args.lrs.split(",")] if args.lrs else LRS[recipe]
-        )
+        for lr in _rates(recipe, task, args.lrs)
         for seed in range(args.seeds)
     ]
     with tempfile.TemporaryDirectory() as tmp:
@@ -449,13 +501,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         }  # fmt: skip
         started = time.perf_counter()
         runs, trained = _train_all(jobs, args, settings)
-        found = []
-        if args.lr_find:
-            for backbone in backbones:
-                for task in tasks:
-                    found.append(
-                        lr_find_one(task, 0, backbone, weights_dir=weights_dir, batch_size=args.batch_size)
-                    )
+        found = _lr_find_all(backbones, tasks, args, weights_dir) if args.lr_find else []
     rows = summarise(runs)
     read = f" ({len(runs) - trained} of them read from {args.runs})" if args.runs else ""
     print(
