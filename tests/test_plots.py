@@ -191,3 +191,25 @@ def test_a_plot_is_written_whole_or_not_at_all(tmp_path: Path, monkeypatch: pyte
         plot_history(history, path)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["history.png"]
+
+
+@pytest.mark.parametrize("panels", [1, 2, 4])
+def test_detection_title_and_legend_stay_inside_the_figure(panels: int) -> None:
+    """With one or two panels the figure is narrow: its title wraps and its legend takes fewer columns
+    instead of running off both sides."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from transferkit.viz.detection_plots import draw_detection
+
+    boxes = {"boxes": torch.tensor([[2.0, 2.0, 20.0, 20.0]]), "labels": torch.tensor([1])}
+    output = {**boxes, "scores": torch.tensor([0.9])}
+    names = ["circle", "square", "triangle", "pentagon", "hexagon", "star", "ring"]
+    fig = draw_detection([np.zeros((32, 32, 3))] * panels, [output] * panels, [boxes] * panels, names, 4)
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    for artist in (fig._suptitle, fig.legends[0]):
+        extent = artist.get_window_extent(canvas.get_renderer())
+        assert 0 <= extent.x0 and extent.x1 <= fig.bbox.width, (artist, extent, fig.bbox.width)
+    assert " ".join(fig._suptitle.get_text().split()) == (
+        "detection: predicted (solid, score >= 0.3) vs true boxes (dashed)"
+    )

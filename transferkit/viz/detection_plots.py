@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import textwrap
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -106,8 +107,14 @@ def draw_detection(
     from matplotlib.patches import Patch
 
     handles = [Patch(color=colours[k], label=name) for k, name in enumerate(names)]
-    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 6) or 1, fontsize=8)
+    width = fig.get_figwidth() * 72  # points
+    # a legend entry: its patch and gap (about 30 pt) and its name (about 0.6 em a character at 8 pt)
+    entry = 30 + 4.8 * max((len(name) for name in names), default=1)
+    ncols = max(1, min(len(handles), 6, int(width // entry)))
+    fig.legend(handles=handles, loc="outside lower center", ncols=ncols, fontsize=8)
     solid = f"predicted (solid, score >= {min_score:g})"
-    fig.suptitle(f"detection: {solid} vs true boxes (dashed)" if targets is not None else solid)
+    title = f"detection: {solid} vs true boxes (dashed)" if targets is not None else solid
+    # wrapped to the figure's width (about 0.6 em a character at 11 pt), so one or two panels keep it whole
+    fig.suptitle(textwrap.fill(title, max(16, int(width // 6.6))), fontsize=11)
     save_figure(fig, path)
     return fig
