@@ -119,7 +119,7 @@ def lr_find(
     end_lr: float = 1.0,
     steps: int = 100,
     diverge: float = 4.0,
-    prepare: Callable[[], None] | None = None,
+    prepare: Callable[[], object] | None = None,
 ) -> LRFindResult:
     """Sweep the head's learning rate from ``start_lr`` to ``end_lr`` over ``steps`` training steps.
 

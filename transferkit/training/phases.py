@@ -144,20 +144,37 @@ def start_plan(trainer: Any, train: Any, val: Any, monitor: str, resuming: bool)
     if trainer.show_progress and plan.recipe != "finetune":
         print(f"transferkit: {plan.describe(len(model.blocks), monitor)}", flush=True)
     probe, finetune = plan.phase("probe"), plan.phase("finetune")
-    freeze = model.freeze_state()
+    probed = _start_phases(trainer, train, val, probe, finetune, model.freeze_state(), resuming)
+    if probed is not None:
+        trainer.probe = probed
+    return finetune
+
+
+def _start_phases(
+    trainer: Any,
+    train: Any,
+    val: Any,
+    probe: Phase | None,
+    finetune: Phase | None,
+    freeze: dict[str, Any],
+    resuming: bool,
+) -> ProbeResult | None:
+    """Runs the probe phase (not when resuming), softens its head for the fine-tune phase and freezes the
+    model for that phase (the user's own ``freeze`` where the plan keeps it); returns the probe's result."""
+    model, probed = trainer.model, None
     if probe is not None and not resuming:
-        trainer.probe = run_probe(trainer, train, val, probe)
+        probed = run_probe(trainer, train, val, probe)
         if finetune is not None:
             soften_head(model, finetune.head_temperature)  # kept in the probe's state as it was
     if finetune is not None:
         if finetune.blocks is None and probe is not None:
             model.load_freeze_state(freeze)  # the user's own freeze, kept for the fine-tune phase
         set_phase_freeze(model, finetune)
-    return finetune
+    return probed
 
 
 @contextlib.contextmanager
-def finetune_start(trainer: Any, train: Any) -> Iterator[Callable[[], None] | None]:
+def finetune_start(trainer: Any, train: Any) -> Iterator[Callable[[], object] | None]:
     """Within the block, ``trainer.model`` is frozen as its recipe's fine-tune phase on ``train`` trains
     it (`Trainer.lr_find` measures the rate ``lr`` sets: that phase's); its freeze state is restored
     after. Yields what brings the model to where that phase starts, for the caller to run once it has
@@ -171,7 +188,7 @@ def finetune_start(trainer: Any, train: Any) -> Iterator[Callable[[], None] | No
     probe, finetune = plan.phase("probe"), plan.phase("finetune")
     start = None
     if probe is not None and finetune is not None:
-        start = functools.partial(_from_the_probe, trainer, train, probe, finetune, freeze)
+        start = functools.partial(_start_phases, trainer, train, None, probe, finetune, freeze, False)
     if finetune is not None:
         set_phase_freeze(model, finetune)
     try:
@@ -179,12 +196,3 @@ def finetune_start(trainer: Any, train: Any) -> Iterator[Callable[[], None] | No
     finally:
         model.load_freeze_state(freeze)
         model._freeze_chosen = chosen
-
-
-def _from_the_probe(trainer: Any, train: Any, probe: Phase, finetune: Phase, freeze: dict[str, Any]) -> None:
-    """Trains the probe on ``train``, softens its head and freezes the model for the fine-tune phase (the
-    user's own ``freeze`` where the plan keeps it), as `start_plan` does."""
-    run_probe(trainer, train, None, probe)
-    soften_head(trainer.model, finetune.head_temperature)
-    trainer.model.load_freeze_state(freeze)
-    set_phase_freeze(trainer.model, finetune)

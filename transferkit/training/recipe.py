@@ -72,7 +72,7 @@ PROBE_EPOCHS = (10, 40)  # ... within this many epochs (fewest, most)
 UNCACHED_PROBE_EPOCHS = 3  # a probe on augmenting loaders runs the backbone every epoch: kept short
 HEAD_TEMPERATURE = 10.0  # the probe's logits are divided by this before fine-tuning (bench_recipes.py)
 MORE_DATA_PER_CLASS = 10  # training images per class from which the top half trains instead of a third
-MOST_DATA_PER_CLASS = 100  # ... and from which three quarters train, faster (bench_recipes.py: mnist-100)
+MOST_DATA_PER_CLASS = 100  # ... and from which three quarters train, at MOST_DATA_FINETUNE_LR (mnist-100)
 VIT_LAYER_DECAY = 0.75  # a ViT block's rate: this times the next one's (benchmarks/bench_vit_decay.py)
 
 
