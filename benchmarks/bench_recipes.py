@@ -433,6 +433,17 @@ def _stored_runs(path: str | None) -> dict[str, dict[str, Any]]:
     return {entry["key"]: entry["run"] for entry in map(json.loads, filter(None, lines))}
 
 
+def _pool(args: argparse.Namespace, jobs: list[Any]) -> Any:
+    """``args.workers`` spawned processes of ``args.threads`` torch threads each, or None (a null context)
+    for one worker or no jobs: map the jobs with ``pool.map`` if ``pool`` else ``map``."""
+    if args.workers < 2 or not jobs:
+        return contextlib.nullcontext()
+    return concurrent.futures.ProcessPoolExecutor(
+        args.workers, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker,
+        initargs=(args.threads,),
+    )  # fmt: skip
+
+
 def _train_all(
     jobs: list[tuple[Any, ...]], args: argparse.Namespace, settings: dict[str, Any]
 ) -> tuple[list[dict[str, Any]], int]:
@@ -440,10 +451,7 @@ def _train_all(
     were trained now."""
     done = _stored_runs(args.runs)
     todo = [job for job in jobs if _run_key(job, args) not in done]
-    with concurrent.futures.ProcessPoolExecutor(
-        args.workers, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker,
-        initargs=(args.threads,),
-    ) if args.workers > 1 and todo else contextlib.nullcontext() as pool:  # fmt: skip
+    with _pool(args, todo) as pool:
         work = functools.partial(run_one, **settings)
         for job, run in zip(todo, (pool.map if pool else map)(work, *zip(*todo)) if todo else ()):
             done[_run_key(job, args)] = run
@@ -464,10 +472,7 @@ def _lr_find_all(
     """`lr_find_one` for every backbone, task and seed, side by side in ``args.workers`` processes."""
     jobs = [(task, seed, backbone) for backbone in backbones for task in tasks for seed in range(args.seeds)]
     work = functools.partial(lr_find_one, weights_dir=weights_dir, batch_size=args.batch_size)
-    with concurrent.futures.ProcessPoolExecutor(
-        args.workers, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker,
-        initargs=(args.threads,),
-    ) if args.workers > 1 else contextlib.nullcontext() as pool:  # fmt: skip
+    with _pool(args, jobs) as pool:
         return list((pool.map if pool else map)(work, *zip(*jobs)))
 
 
