@@ -24,6 +24,9 @@ Recipes (B = the backbone's blocks, 17 for EfficientNet-Lite0; E = epochs):
 - ``default``: ``Trainer(model, epochs=E)`` and nothing else: transferkit's default (``recipe="auto"``:
   without validation data, the same as ``lp_ft``); also at fixed rates (``Trainer(model, lr=lr)``: the
   fine-tune phase's rate), the table that ``lr_find``'s suggestion is checked against.
+- ``slow_head``: the default's plan with the head at `SLOW_HEAD_LR` and the fine-tuned blocks at ``lr``
+  (``Trainer(model, lr=SLOW_HEAD_LR, backbone_lr_mult=lr / SLOW_HEAD_LR)``): the probe's head barely
+  moves while the blocks adapt.
 
 Every run: batch 16, shuffled, no augmentation unless ``--augment`` names one of `AUGMENTS` (the
 tensors are fixed, so the probe can cache; ``--augment`` draws the loaders' random crop, and flip, per
@@ -77,6 +80,7 @@ RECIPES = (
     "bitfit",
     "norm",
     "default",
+    "slow_head",
     "fastai",
 )
 PEFT = ("lora", "bitfit", "norm")
@@ -92,9 +96,10 @@ LRS: dict[str, tuple[float | None, ...]] = {
     # None: no lr given (the fine-tune phase at 1e-3, 3e-3 from 100 images per class); a fixed rate equal
     # to the one the default chooses is not run twice (`_rates`)
     "default": (None, 3e-4, 1e-3, 3e-3),
+    "slow_head": (1e-3, 3e-3),  # the blocks' rate; the head's is SLOW_HEAD_LR
     "fastai": (None,),  # fastai's own: fine_tune(epochs, base_lr=2e-3)
 }
-
+SLOW_HEAD_LR = 3e-4  # the head's rate in ``slow_head``
 
 # the training images' augmentation (``--augment``): what the folder loaders' ``augment`` and ``flip`` do
 AUGMENTS = {
@@ -120,8 +125,9 @@ class Augmented(Dataset):
         return self.transform(self.x[index]), self.y[index]
 
 
-def configure(recipe: str, model: Any, epochs: int) -> dict[str, Any]:
-    """Apply ``recipe``'s freeze policy to ``model``; return its extra Trainer arguments."""
+def configure(recipe: str, model: Any, epochs: int, lr: float | None = None) -> dict[str, Any]:
+    """Apply ``recipe``'s freeze policy to ``model``; return its Trainer arguments besides ``lr``
+    (``slow_head``: the head's ``lr`` too, ``lr`` being the blocks')."""
     blocks = len(model.blocks)
     if recipe in ("probe", "lp_ft"):
         return {"recipe": recipe}
@@ -142,6 +148,8 @@ def configure(recipe: str, model: Any, epochs: int) -> dict[str, Any]:
         return {"layer_decay": 0.8, "backbone_lr_mult": 0.1}
     if recipe == "default":
         return {}
+    if recipe == "slow_head":
+        return {"lr": SLOW_HEAD_LR, "backbone_lr_mult": (lr or 1e-3) / SLOW_HEAD_LR}
     raise ValueError(f"unknown recipe {recipe!r}; use one of {', '.join(RECIPES)}")
 
 
@@ -173,12 +181,12 @@ def run_one(
         return {"task": name, "recipe": recipe, "lr": lr, "lr_used": 2e-3, "seed": seed, "acc": acc,
                 "seconds": seconds}  # fmt: skip
     model = build_model(arch, num_classes=int(y.max()) + 1, pretrained=str(weights))
-    extra = configure(recipe, model, epochs)
+    extra = {"lr": lr, **configure(recipe, model, epochs, lr)}
     generator = torch.Generator().manual_seed(seed)
     data = TensorDataset(x, y) if AUGMENTS[augment] is None else Augmented(x, y, *AUGMENTS[augment])
     train = DataLoader(data, batch_size=batch_size, shuffle=True, generator=generator)
     test = DataLoader(TensorDataset(tx, ty), batch_size=128)
-    trainer = Trainer(model, epochs=epochs, lr=lr, progress=False, seed=seed, device="cpu", **extra)
+    trainer = Trainer(model, epochs=epochs, progress=False, seed=seed, device="cpu", **extra)
     started = time.perf_counter()
     history = trainer.fit({"train": train})
     seconds = time.perf_counter() - started

@@ -115,3 +115,16 @@ def test_recipe_benchmark_smoke_run_prints_the_table(weights: Path, capsys) -> N
     assert "| textures-5 | default | auto (0.001) | 2 |" in out  # the fine-tune phase's rate
     assert "points below (<= 0.5)" in out  # the acceptance lines compare the default with the probe
     assert "- [" in out and "points behind" in out
+
+
+def test_recipe_benchmark_slow_head_trains_the_head_at_its_rate_and_the_blocks_at_lr() -> None:
+    spec = importlib.util.spec_from_file_location("bench_recipes", _HELPER.parent / "bench_recipes.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    model = build_model("resnet18", num_classes=3, pretrained=False)
+    trainer = Trainer(model, progress=False, device="cpu", **bench.configure("slow_head", model, 10, 3e-3))
+    groups = trainer.optimizer.param_groups
+    head = {round(g["lr"], 12) for g in groups if g["name"].startswith("head")}
+    blocks = {round(g["lr"], 12) for g in groups if g["name"].startswith("backbone.")}
+    assert head == {3e-4} and bench.SLOW_HEAD_LR == 3e-4, head
+    assert blocks == {3e-3}, blocks
