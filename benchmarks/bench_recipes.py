@@ -93,8 +93,8 @@ LRS: dict[str, tuple[float | None, ...]] = {
     "third": (1e-3,),
     "two_phase": (3e-3, 1e-3),
     **dict.fromkeys(PEFT, (1e-3, 3e-3)),
-    # None: no lr given (the fine-tune phase at 1e-3, 3e-3 from 100 images per class); a fixed rate equal
-    # to the one the default chooses is not run twice (`_rates`)
+    # None: no lr given (the fine-tune phase at 1e-3, 3e-3 from 100 images per class; on far data the
+    # blocks at 3e-3 and the head at 3e-4); a fixed rate equal to the default's own is not run twice
     "default": (None, 3e-4, 1e-3, 3e-3),
     "slow_head": (1e-3, 3e-3),  # the blocks' rate; the head's is SLOW_HEAD_LR
     "fastai": (None,),  # fastai's own: fine_tune(epochs, base_lr=2e-3)
@@ -422,9 +422,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def _rates(recipe: str, task: str, lrs: str | None) -> list[float | None]:
     """The rates ``recipe`` runs at on ``task``: ``--lrs`` or `LRS`, without the default's fixed rate that
-    equals the one it chooses itself on that task (the ``auto`` run is that run)."""
+    equals the one it chooses itself on that task (the ``auto`` run is that run). On a far task the
+    default's head trains slower than its blocks (`recipe.finetune_rates`; the "far" tasks are the ones
+    whose input shift is above `recipe.FAR_SHIFT`, README), so no fixed rate is the same run."""
     rates = [None if v == "auto" else float(v) for v in lrs.split(",")] if lrs else list(LRS[recipe])
-    if recipe == "default" and None in rates:
+    if recipe == "default" and None in rates and TASKS[task][2] != "far":
         rates = [lr for lr in rates if lr != default_finetune_lr(TASKS[task][1])]
     return rates
 

@@ -128,3 +128,16 @@ def test_recipe_benchmark_slow_head_trains_the_head_at_its_rate_and_the_blocks_a
     blocks = {round(g["lr"], 12) for g in groups if g["name"].startswith("backbone.")}
     assert head == {3e-4} and bench.SLOW_HEAD_LR == 3e-4, head
     assert blocks == {3e-3}, blocks
+
+
+def test_the_input_shift_tells_the_digits_from_textures_photos_and_scenes(weights: Path) -> None:
+    from transferkit.training.input_shift import input_shift
+    from transferkit.training.recipe import FAR_SHIFT
+
+    model = _model(weights)
+    shifts = {}
+    for name in ("digits-3", "mnist-10", "textures6-20", "photos-10", "scenes-10"):
+        (x, y), _ = real.TASKS[name][0](0)
+        shifts[name] = input_shift(model, DataLoader(TensorDataset(x, y), batch_size=BATCH))
+    far = [shifts.pop("digits-3"), shifts.pop("mnist-10")]  # 0.56, 0.70
+    assert min(far) >= FAR_SHIFT + 0.04 and max(shifts.values()) <= FAR_SHIFT - 0.02, (far, shifts)  # <= 0.47

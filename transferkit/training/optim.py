@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from .recipe import default_layer_decay
+from .recipe import Phase, default_layer_decay
 
 __all__ = [
     "OPTIMIZERS",
@@ -19,6 +19,7 @@ __all__ = [
     "build_optimizer",
     "build_scheduler",
     "model_optimizer",
+    "phase_rates",
     "start_schedule",
 ]
 
@@ -91,3 +92,20 @@ def start_schedule(
     for group, lr in zip(optimizer.param_groups, base_lrs, strict=True):
         group["lr"] = group["initial_lr"] = lr
     return base_lrs, build_scheduler(spec, optimizer, base_lrs, total)
+
+
+def phase_rates(
+    phase: Phase, given: list[float], optimizer: torch.optim.Optimizer, built: float
+) -> list[float]:
+    """Each param group's rate in ``phase``, from the rates ``given`` to an optimizer built at ``built``:
+    the backbone's groups scaled to ``phase.lr``, the neck's and head's to ``phase.head_lr`` (or ``lr``).
+
+    Examples:
+        >>> phase_rates(Phase("finetune", 10, 3e-3, 6, head_lr=3e-4), [1e-3, 1e-3], optimizer, built=1e-3)
+        [0.003, 0.0003]
+    """
+    head = phase.lr if phase.head_lr is None else phase.head_lr
+    return [
+        rate * (phase.lr if str(group.get("name", "")).startswith("backbone.") else head) / built
+        for rate, group in zip(given, optimizer.param_groups, strict=True)
+    ]

@@ -9,14 +9,16 @@ The default, ``recipe="auto"``, starts with what is cheap and strong and adds wh
 2. **finetune**: from the probe's head (LP-FT: linear probing, then fine-tuning; Kumar et al. 2022), the
    top third of the backbone's blocks (half with 10 or more images per class, three quarters with 100 or
    more) and the head train for ``epochs`` epochs at ``lr`` (default `FINETUNE_LR`; three times it from
-   100 images per class, `default_finetune_lr`). The probe's logits
-   are first divided by `HEAD_TEMPERATURE` (its last linear layer scaled): the same decisions, softer
-   probabilities. A probe trained to convergence on separable features is over-confident, and once the
-   fine-tuned blocks' BatchNorm switches from ImageNet's statistics to each batch's, its confident
-   mistakes gave losses of 3-4 and gradients that tore the pretrained features in the first steps (the
-   default then fell below the probe it started from on four of ten tasks of one backbone). From the
-   softened head the gradients start small where the features already fit and larger where they do not.
-   Measured: 4 and 8.5 points more on the mean of ten tasks on two backbones (``benchmarks/README.md``).
+   100 images per class, `default_finetune_lr`). Data far from ImageNet (`input_shift` from
+   `FAR_SHIFT`: digits) trains its blocks at `FAR_FINETUNE_LR` and the probe's head at `FAR_HEAD_LR`
+   (`finetune_rates`). The probe's logits are first divided by `HEAD_TEMPERATURE` (its last linear
+   layer scaled): the same decisions, softer probabilities. A probe trained to convergence on separable
+   features is over-confident, and once the fine-tuned blocks' BatchNorm switches from ImageNet's
+   statistics to each batch's, its confident mistakes gave losses of 3-4 and gradients that tore the
+   pretrained features in the first steps (the default then fell below the probe it started from on four
+   of ten tasks of one backbone). From the softened head the gradients start small where the features
+   already fit and larger where they do not. Measured: 4 and 8.5 points more on the mean of ten tasks on
+   two backbones (``benchmarks/README.md``).
 3. With validation data the model ends with whichever phase scored better on it (``monitor``).
 
 The plan is decided once, in ``fit``, from the model and the training set; it is printed in one line
@@ -35,6 +37,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, cast
 
 from ..tasks import get_task
+from .input_shift import input_shift
 
 if TYPE_CHECKING:
     from ..models.features import FeatureInfo
@@ -42,6 +45,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_LR",
+    "FAR_FINETUNE_LR",
+    "FAR_HEAD_LR",
+    "FAR_SHIFT",
     "FINETUNE_LR",
     "HEAD_TEMPERATURE",
     "MORE_DATA_PER_CLASS",
@@ -54,6 +60,7 @@ __all__ = [
     "Plan",
     "VIT_LAYER_DECAY",
     "default_finetune_lr",
+    "finetune_rates",
     "default_layer_decay",
     "default_trainable_blocks",
     "images_per_class",
@@ -66,6 +73,9 @@ RECIPES = ("auto", "probe", "lp_ft", "finetune")
 DEFAULT_LR = 1e-3  # the Trainer's learning rate when none is given
 FINETUNE_LR = 1e-3  # the head's rate in the fine-tune phase of a recipe, when no lr is given ...
 MOST_DATA_FINETUNE_LR = 3e-3  # ... and from MOST_DATA_PER_CLASS images per class (bench_recipes.py)
+FAR_SHIFT = 0.5  # `input_shift` from which data is far from ImageNet (digits 0.55-0.72, photos <= 0.47)
+FAR_FINETUNE_LR = 3e-3  # the blocks' rate on far data ...
+FAR_HEAD_LR = 3e-4  # ... and the probe's head's: it moves slowly while the blocks adapt (bench_recipes.py)
 PROBE_LR = 1e-2  # the probe's rate: a linear head on fixed features converges fast at it
 PROBE_STEPS = 300  # optimizer steps the probe aims for ...
 PROBE_EPOCHS = (10, 40)  # ... within this many epochs (fewest, most)
@@ -78,10 +88,12 @@ VIT_LAYER_DECAY = 0.75  # a ViT block's rate: this times the next one's (benchma
 
 @dataclass(frozen=True)
 class Phase:
-    """One phase of a plan: ``name`` (``"probe"`` or ``"finetune"``), its epochs, the head's learning
-    rate, how many backbone blocks train (None: what the model's freeze state says), whether the
-    frozen backbone's features are cached, and the temperature the head's logits are divided by as the
-    phase starts (a fine-tune phase after a probe: `HEAD_TEMPERATURE`; 1: the head as it is)."""
+    """One phase of a plan: ``name`` (``"probe"`` or ``"finetune"``), its epochs, its learning rate
+    (the head's, and the blocks' times their ``layer_decay`` / ``backbone_lr_mult`` factors), how many
+    backbone blocks train (None: what the model's freeze state says), whether the frozen backbone's
+    features are cached, the temperature the head's logits are divided by as the phase starts (a
+    fine-tune phase after a probe: `HEAD_TEMPERATURE`; 1: the head as it is), and the neck's and head's
+    own rate when it differs from ``lr`` (``head_lr``; None: ``lr``)."""
 
     name: str
     epochs: int
@@ -89,6 +101,7 @@ class Phase:
     blocks: int | None
     cached: bool = False
     head_temperature: float = 1.0
+    head_lr: float | None = None
 
 
 @dataclass(frozen=True)
@@ -119,7 +132,8 @@ class Plan:
                 what += " as frozen" if p.blocks is None else f" the top {p.blocks} of {num_blocks} blocks"
             cached = " (cached features)" if p.cached else ""
             soft = f" from the head's logits / {p.head_temperature:g}" if p.head_temperature != 1 else ""
-            parts.append(f"{what}{cached}{soft} {p.epochs} epochs at lr {p.lr:g}")
+            head = f" (the head at {p.head_lr:g})" if p.head_lr is not None else ""
+            parts.append(f"{what}{cached}{soft} {p.epochs} epochs at lr {p.lr:g}{head}")
         end = f"; ends with the better on {monitor}" if self.select else ""
         return f"recipe {self.recipe}: " + ", then ".join(parts) + end
 
@@ -156,6 +170,24 @@ def default_finetune_lr(images_per_class: float | None = None) -> float:
     if images_per_class is not None and images_per_class >= MOST_DATA_PER_CLASS:
         return MOST_DATA_FINETUNE_LR
     return FINETUNE_LR
+
+
+def finetune_rates(images_per_class: float | None, shift: float | None) -> tuple[float, float | None]:
+    """The fine-tune phase's rates when the Trainer is given none: ``(lr, head_lr)``.
+
+    Data far from ImageNet (`input_shift` from `FAR_SHIFT`: digits, not textures, photographs or
+    scenes) pays for moving the blocks further: they train at `FAR_FINETUNE_LR` while the probe's head
+    stays near its solution at `FAR_HEAD_LR` (at the blocks' rate it lost it: 4 points on mnist-10).
+    Otherwise `default_finetune_lr` for head and blocks alike (a slow head there gained on one backbone
+    and lost on the other).
+
+    Examples:
+        >>> finetune_rates(10, 0.70), finetune_rates(10, 0.41), finetune_rates(10, None)
+        ((0.003, 0.0003), (0.001, None), (0.001, None))
+    """
+    if shift is not None and shift >= FAR_SHIFT:
+        return FAR_FINETUNE_LR, FAR_HEAD_LR
+    return default_finetune_lr(images_per_class), None
 
 
 def probe_epochs(steps_per_epoch: int) -> int:
@@ -243,6 +275,6 @@ def plan_recipe(
     chosen = getattr(model, "_freeze_chosen", False)
     per_class = images_per_class(train, model.num_classes)
     blocks = None if chosen else default_trainable_blocks(len(model.blocks), per_class)
-    rate = lr or default_finetune_lr(per_class)
-    finetune = Phase("finetune", epochs, rate, blocks, head_temperature=HEAD_TEMPERATURE)
+    rate, head_lr = (lr, None) if lr else finetune_rates(per_class, input_shift(model, train))
+    finetune = Phase("finetune", epochs, rate, blocks, head_temperature=HEAD_TEMPERATURE, head_lr=head_lr)
     return Plan(recipe, (probe, finetune), select=recipe == "auto" and has_val)

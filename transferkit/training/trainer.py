@@ -35,7 +35,7 @@ from .evaluation import evaluate_batches, predict_batches
 from .loaders import Feed, check_length, split_loaders
 from .lr_find import LRFindResult, lr_find
 from .one_sample import OneSampleBatches, all_skipped_message
-from .optim import model_optimizer, start_schedule
+from .optim import model_optimizer, phase_rates, start_schedule
 from .phases import ProbeResult, finetune_start, keep_the_better, start_plan
 from .prepare import prepare_data
 from .progress import EpochProgress
@@ -249,10 +249,10 @@ class Trainer:
         resumes from ``last`` when given. Returns the first epoch to run."""
         if self.seed is not None:
             seed_everything(self.seed + self.rank)
-        scale = finetune.lr / (self.lr or DEFAULT_LR)  # the optimizer was built at lr (or the default)
+        rates = phase_rates(finetune, self._given_lrs, self.optimizer, built=self.lr or DEFAULT_LR)
         total_steps = self.epochs * math.ceil(len(train) / self.stepper.grad_accum)
         self.base_lrs, self.scheduler = start_schedule(
-            self.scheduler_spec, self.optimizer, [lr * scale for lr in self._given_lrs], total_steps
+            self.scheduler_spec, self.optimizer, rates, total_steps
         )
         probe = self.plan.phase("probe") if self.plan is not None else None
         self._first_epoch = probe.epochs if probe is not None else 0  # its epochs count on from the probe's
