@@ -5,9 +5,12 @@ import signal
 import tempfile
 import warnings
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
+import torchvision
+from safetensors.torch import save_file
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -43,6 +46,15 @@ def _tempfiles_in_pytest_folder(
 ) -> None:
     """Docstring examples and library code use `tempfile`: their files go where pytest cleans up."""
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path_factory.mktemp("tempfile")))
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A resnet18 weights file from a randomly initialised model: 'pretrained' as far as the code knows."""
+    torch.manual_seed(3)
+    path = tmp_path_factory.mktemp("w") / "resnet18.safetensors"
+    save_file(torchvision.models.resnet18().state_dict(), str(path))
+    return path
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torchvision
-from safetensors.torch import save_file
 from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 
 from transferkit import Trainer, build_model
@@ -23,14 +21,6 @@ from transferkit.training.recipe import (
     finetune_rates,
     plan_recipe,
 )
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(5)
-    path = tmp_path_factory.mktemp("w") / "resnet18.safetensors"
-    save_file(torchvision.models.resnet18().state_dict(), str(path))
-    return path
 
 
 class Recorded(Dataset):

@@ -9,8 +9,6 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-import torchvision
-from safetensors.torch import save_file
 from torch.utils.data import DataLoader, TensorDataset
 
 from transferkit import Trainer, build_model, load_model
@@ -30,15 +28,6 @@ from transferkit.training.recipe import (
     probe_epochs,
     uses_default_recipe,
 )
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A resnet18 weights file from a randomly initialised model: 'pretrained' as far as the code knows."""
-    torch.manual_seed(3)
-    path = tmp_path_factory.mktemp("w") / "resnet18.safetensors"
-    save_file(torchvision.models.resnet18().state_dict(), str(path))
-    return path
 
 
 def _data(per_class: int, size: int = 32) -> DataLoader:
