@@ -104,23 +104,32 @@ def test_lr_find_suggests_a_rate_the_recipe_table_found_good(weights: Path) -> N
     assert 1e-3 <= result.suggestion <= 3e-3, (result.suggestion, np.round(result.losses, 3).tolist())
 
 
-def test_recipe_benchmark_smoke_run_prints_the_table(weights: Path, capsys) -> None:
+def _bench_recipes():
     spec = importlib.util.spec_from_file_location("bench_recipes", _HELPER.parent / "bench_recipes.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
+    return bench
+
+
+def test_recipe_benchmark_smoke_run_prints_the_table(weights: Path, tmp_path: Path, capsys) -> None:
+    bench = _bench_recipes()
     args = ["--tasks", "textures-5", "--recipes", "probe,default", "--seeds", "2", "--epochs", "1"]
-    rows = bench.main([*args, "--lrs", "auto", "--weights-dir", str(weights.parent)])
+    args += ["--lrs", "auto", "--weights-dir", str(weights.parent), "--runs", str(tmp_path / "runs.jsonl")]
+    rows = bench.main(args)
     out = capsys.readouterr().out
     assert [(r["recipe"], r["seeds"]) for r in rows] == [("probe", 2), ("default", 2)]
     assert "| textures-5 | default | auto (0.001) | 2 |" in out  # the fine-tune phase's rate
     assert "points below (<= 0.5)" in out  # the acceptance lines compare the default with the probe
     assert "- [" in out and "points behind" in out
+    assert len((tmp_path / "runs.jsonl").read_text().splitlines()) == 4  # each finished run is kept
+    again = bench.main([*args[:5], "3", *args[6:]])  # a third seed: only its runs train, the rest are read
+    assert "6 runs (4 of them read from" in capsys.readouterr().out
+    assert len((tmp_path / "runs.jsonl").read_text().splitlines()) == 6
+    assert all(again[i]["by_seed"][seed] == rows[i]["by_seed"][seed] for i in (0, 1) for seed in (0, 1))
 
 
 def test_recipe_benchmark_slow_head_trains_the_head_at_its_rate_and_the_blocks_at_lr() -> None:
-    spec = importlib.util.spec_from_file_location("bench_recipes", _HELPER.parent / "bench_recipes.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _bench_recipes()
     model = build_model("resnet18", num_classes=3, pretrained=False)
     trainer = Trainer(model, progress=False, device="cpu", **bench.configure("slow_head", model, 10, 3e-3))
     groups = trainer.optimizer.param_groups
