@@ -62,6 +62,17 @@ def test_the_shift_reads_evenly_spread_images_and_leaves_model_and_random_state_
     assert not any(m._forward_hooks for m in model.modules())
 
 
+def test_the_shift_batches_images_with_the_loaders_own_collate_fn(weights: Path) -> None:
+    items = [{"image": torch.randn(3, 32, 32), "label": i % 2} for i in range(8)]
+
+    def pairs(batch: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.stack([b["image"] for b in batch]), torch.tensor([b["label"] for b in batch])
+
+    model = build_model("resnet18", num_classes=2, pretrained=weights)
+    assert input_shift(model, DataLoader(items, batch_size=4, collate_fn=pairs)) is not None
+    assert input_shift(model, DataLoader(items, batch_size=4)) is None  # dict batches: no images to measure
+
+
 def test_inputs_further_from_the_running_statistics_shift_more(weights: Path) -> None:
     model = build_model("resnet18", num_classes=2, pretrained=weights)
     images = torch.randn(40, 3, 32, 32)

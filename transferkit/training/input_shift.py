@@ -37,8 +37,9 @@ def _pretrained_norms(model: TransferModel) -> list[nn.modules.batchnorm._BatchN
 
 
 def _images(train: Any, count: int) -> torch.Tensor | None:
-    """Up to ``count`` images of ``train``'s dataset at evenly spaced indices (no random draw), or None
-    for a loader without a map-style dataset of ``(image, ...)`` items."""
+    """Up to ``count`` images of ``train``'s dataset at evenly spaced indices, batched by the loader's
+    own ``collate_fn``, or None for a loader without a map-style dataset whose batches are
+    ``(images, ...)``."""
     dataset = getattr(train, "dataset", None)
     try:
         size = len(dataset)  # type: ignore[arg-type]
@@ -46,10 +47,11 @@ def _images(train: Any, count: int) -> torch.Tensor | None:
         return None
     if size == 0 or isinstance(dataset, IterableDataset) or not hasattr(dataset, "__getitem__"):
         return None
+    collate = getattr(train, "collate_fn", None) or default_collate
     indices = torch.linspace(0, size - 1, min(count, size)).round().long().unique().tolist()
     python_state, numpy_state = random.getstate(), np.random.get_state()
     with torch.random.fork_rng(devices=[]):  # a random transform's draws leave the run's sequence as it was
-        batch = default_collate([dataset[i] for i in indices])  # type: ignore[index]
+        batch = collate([dataset[i] for i in indices])  # type: ignore[index]
     random.setstate(python_state)
     np.random.set_state(numpy_state)
     images = batch[0] if isinstance(batch, (list, tuple)) else batch

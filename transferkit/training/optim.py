@@ -106,6 +106,6 @@ def phase_rates(
     """
     head = phase.lr if phase.head_lr is None else phase.head_lr
     return [
-        rate * (phase.lr if str(group.get("name", "")).startswith("backbone.") else head) / built
+        rate * ((phase.lr if str(group.get("name", "")).startswith("backbone.") else head) / built)
         for rate, group in zip(given, optimizer.param_groups, strict=True)
     ]

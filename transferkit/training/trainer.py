@@ -64,7 +64,7 @@ class Trainer:
             Trainer never changes it when built; ``fit`` runs the ``recipe``.
         epochs: Number of epochs (of the fine-tune phase, for a recipe with a probe phase first).
         lr: Learning rate of the head; ``layer_decay`` and ``backbone_lr_mult`` scale it per block. None:
-            1e-3 (the probe phase of a recipe always trains at its own rate, `recipe.PROBE_LR`).
+            1e-3, or a recipe's own rates (`recipe.PROBE_LR`; fine-tuning: `recipe.finetune_rates`).
         recipe: ``"auto"``: a pretrained classifier whose freeze state the user never chose is probed on
             cached features, then its top blocks fine-tuned from the probe's head, ending with the better
             of the two on validation data; any other model trains as frozen. ``"probe"``, ``"lp_ft"`` and
