@@ -128,6 +128,40 @@ def test_recipe_benchmark_smoke_run_prints_the_table(weights: Path, tmp_path: Pa
     assert all(again[i]["by_seed"][seed] == rows[i]["by_seed"][seed] for i in (0, 1) for seed in (0, 1))
 
 
+def test_recipe_benchmark_confirms_each_best_on_fresh_seeds(weights: Path, monkeypatch, capsys) -> None:
+    bench, trained = _bench_recipes(), []
+    lucky = {("textures-5", "probe"): [0.9, 0.9, 0.8, 0.8], ("textures6-20", "probe"): [0.9] * 4}
+
+    def fake_run(task, recipe, lr, seed, backbone, **settings):  # the probe drew lucky seeds on textures-5
+        trained.append((task, recipe, seed))
+        acc = lucky.get((task, recipe), [0.85 if task == "textures-5" else 0.95] * 4)[seed]
+        return {"task": task, "recipe": recipe, "lr": lr, "lr_used": 0.01, "seed": seed, "acc": acc,
+                "seconds": 1.0}  # fmt: skip
+
+    monkeypatch.setattr(bench, "run_one", fake_run)
+    args = [
+        "--tasks",
+        "textures-5,textures6-20",
+        "--recipes",
+        "probe,default",
+        "--lrs",
+        "auto",
+        "--seeds",
+        "2",
+    ]
+    bench.main([*args, "--confirm", "2", "--weights-dir", str(weights.parent)])
+    out = capsys.readouterr().out
+    assert "- [ ] textures-5: default 0.850 vs best 0.900 (probe at lr auto (0.01)): 5.0 points behind" in out
+    assert (
+        "- [x] textures-5: on seeds 2-3, default 0.850 vs 0.800 for the best on seeds 0-1 (probe at lr auto "
+        "(0.01)): -5.0 points behind (<= 1) (seed by seed: -5.0 +- 0.0)" in out
+    )
+    assert "Acceptance 1 on 2 fresh seeds (4 runs, 4 trained in" in out
+    assert "- [x] textures6-20: the default is the best on seeds 0-1" in out
+    fresh = sorted(run for run in trained if run[2] >= 2)  # only textures-5's two choices trained again
+    assert fresh == [("textures-5", r, s) for r in ("default", "probe") for s in (2, 3)]
+
+
 def test_recipe_benchmark_slow_head_trains_the_head_at_its_rate_and_the_blocks_at_lr() -> None:
     bench = _bench_recipes()
     model = build_model("resnet18", num_classes=3, pretrained=False)
