@@ -397,10 +397,14 @@ def good_rates(rates: dict[float, float], points: float = 2.0) -> tuple[float, f
 
 def lr_find_check(found: list[dict[str, Any]], rows: list[dict[str, Any]], points: float = 2.0) -> list[str]:
     """Each task's suggestions (one per seed) against the range where the default, at the rates measured,
-    was within ``points`` of its best rate (means over seeds; `good_rates`); the default's own rate too."""
+    was within ``points`` of its best rate (means over seeds; `good_rates`); the default's own rate too.
+    The suggestion is one ``lr`` for head and blocks, what a given ``lr`` sets: on a far task, whose
+    default trains its head slower than its blocks (`_rates`), the default's own run is no such rate."""
     lines = []
     for task in dict.fromkeys(row["task"] for row in found):
+        far = TASKS[task.split(" ")[0]][2] == "far"
         default = [r for r in rows if r["task"] == task and r["recipe"] == "default"]
+        default = [r for r in default if r["lr"] is not None or not far]
         rates = {(r["lr"] if r["lr"] is not None else r["lr_used"]): r["acc"] for r in default}
         if len(rates) < 2:
             continue

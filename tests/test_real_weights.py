@@ -162,6 +162,23 @@ def test_recipe_benchmark_confirms_each_best_on_fresh_seeds(weights: Path, monke
     assert fresh == [("textures-5", r, s) for r in ("default", "probe") for s in (2, 3)]
 
 
+def test_recipe_benchmark_checks_lr_find_against_one_rate_for_head_and_blocks() -> None:
+    bench = _bench_recipes()
+
+    def row(task, lr, used, acc):
+        return {"task": task, "recipe": "default", "lr": lr, "lr_used": used, "acc": acc}
+
+    rows = [row(task, None, 3e-3 if task == "digits-3" else 1e-3, 0.70) for task in ("digits-3", "photos-3")]
+    rows += [
+        row(task, lr, lr, acc) for task in ("digits-3", "photos-3") for lr, acc in ((3e-4, 0.6), (3e-3, 0.66))
+    ]
+    found = [{"task": task, "suggestion": 1e-3} for task in ("digits-3", "photos-3")]
+    far, near = bench.lr_find_check(found, rows)
+    # far: the default's own run trains its head at 3e-4 under blocks at 3e-3, so it is not "lr=3e-3"
+    assert "(0.0003: 0.600, 0.003: 0.660)" in far and "the default's" not in far, far
+    assert "(0.0003: 0.600, 0.001: 0.700, 0.003: 0.660)" in near and "the default's 0.001: in" in near, near
+
+
 def test_recipe_benchmark_slow_head_trains_the_head_at_its_rate_and_the_blocks_at_lr() -> None:
     bench = _bench_recipes()
     model = build_model("resnet18", num_classes=3, pretrained=False)
