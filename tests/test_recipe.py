@@ -63,6 +63,7 @@ def test_auto_probes_then_fine_tunes_the_top_blocks_and_the_history_records_it(
     out = capsys.readouterr().out
     assert "recipe auto: probe (cached features) 40 epochs at lr 0.01, then fine-tune the top 3 of 9" in out
     assert "blocks from the head's logits / 10 2 epochs at lr 0.001" in out
+    assert out.count("; ends fine-tuned (no validation data to keep the probe where it scores better)") == 1
 
 
 def test_the_fine_tune_phase_starts_from_the_probes_logits_divided_by_the_temperature(

@@ -124,7 +124,9 @@ class Plan:
         return next((p for p in self.phases if p.name == name), None)
 
     def describe(self, num_blocks: int, monitor: str) -> str:
-        """The plan in one line, as ``fit`` prints it."""
+        """The plan in one line, as ``fit`` prints it. Without validation data the default (``"auto"``)
+        cannot end with the probe where fine-tuning lost to it (on few images it can: 12-16 points on one
+        task of one backbone in ``benchmarks/README.md``), and the line says so."""
         parts = []
         for p in self.phases:
             what = "probe" if p.name == "probe" else "fine-tune"
@@ -135,6 +137,8 @@ class Plan:
             head = f" (the head at {p.head_lr:g})" if p.head_lr is not None else ""
             parts.append(f"{what}{cached}{soft} {p.epochs} epochs at lr {p.lr:g}{head}")
         end = f"; ends with the better on {monitor}" if self.select else ""
+        if self.recipe == "auto" and not self.select and len(self.phases) > 1:
+            end = "; ends fine-tuned (no validation data to keep the probe where it scores better)"
         return f"recipe {self.recipe}: " + ", then ".join(parts) + end
 
     def as_dict(self) -> dict[str, Any]:
