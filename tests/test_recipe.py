@@ -201,6 +201,8 @@ def test_auto_with_validation_records_which_phase_it_kept(weights: Path, one_tor
     trainer = Trainer(model, epochs=1, progress=False, seed=0)
     trainer.fit({"train": _data(3), "val": _data(2)})
     assert trainer.plan.select and trainer.kept in ("probe", "finetune")
+    line = trainer.plan.describe(len(model.blocks), "val_loss")
+    assert line.endswith("; ends with the better on val_loss") and "ends fine-tuned" not in line, line
     expected = trainer.probe.score <= min(r["val_loss"] for r in trainer.history if r["phase"] == "finetune")
     assert (trainer.kept == "probe") == expected
 
