@@ -175,20 +175,33 @@ def test_unknown_recipe_is_named() -> None:
         Trainer(model, recipe="lpft")
 
 
-def _probe_result(model, score: float) -> ProbeResult:
+def _probe_result(model, acc: float, loss: float) -> ProbeResult:
     state = {k: torch.full_like(v, 7.0) for k, v in model.state_dict().items() if k.startswith("head.")}
-    return ProbeResult([], score, state)
+    return ProbeResult([{"phase": "probe", "epoch": 0, "val_acc": acc, "val_loss": loss}], loss, state)
 
 
-@pytest.mark.parametrize(("probe_loss", "kept"), [(0.2, "probe"), (0.9, "finetune")])
-def test_auto_with_validation_ends_with_the_better_phase(weights: Path, probe_loss, kept) -> None:
+@pytest.mark.parametrize(
+    ("probe_acc", "probe_loss", "kept"),
+    [
+        (0.9, 0.9, "probe"),  # more images right: kept, whatever its loss
+        (0.7, 0.1, "finetune"),  # fewer right: a lower loss does not make up for it
+        (0.8, 0.2, "probe"),  # as many right: the lower loss
+        (0.8, 0.9, "finetune"),
+    ],
+)
+def test_auto_with_validation_ends_with_the_better_phase(weights: Path, probe_acc, probe_loss, kept) -> None:
     model = build_model("resnet18", num_classes=2, pretrained=weights)
     model.freeze("last_n", n=3)
-    plan = Plan("auto", (Phase("probe", 1, 1e-2, 0), Phase("finetune", 1, 1e-3, 3)), select=True)
-    best = BestEpoch("val_loss", keep_weights=False)
-    best.update({"epoch": 0, "val_loss": 0.5}, model)
+    plan = Plan("auto", (Phase("probe", 1, 1e-2, 0), Phase("finetune", 2, 1e-3, 3)), select=True)
+    history = [
+        {"phase": "finetune", "epoch": 1, "val_acc": 0.8, "val_loss": 0.5},  # the best: restored
+        {"phase": "finetune", "epoch": 2, "val_acc": 0.95, "val_loss": 0.6},
+    ]
+    best = BestEpoch("val_loss", keep_weights=True)
+    for row in history:
+        best.update(row, model)
     tuned = {k: v.clone() for k, v in model.state_dict().items()}
-    assert keep_the_better(model, plan, _probe_result(model, probe_loss), best) == kept
+    assert keep_the_better(model, plan, _probe_result(model, probe_acc, probe_loss), best, history) == kept
     head = model.state_dict()["head.fc.weight"]
     if kept == "probe":
         assert torch.all(head == 7.0) and model.trainable_blocks == []
@@ -202,9 +215,58 @@ def test_auto_with_validation_records_which_phase_it_kept(weights: Path, one_tor
     trainer.fit({"train": _data(3), "val": _data(2)})
     assert trainer.plan.select and trainer.kept in ("probe", "finetune")
     line = trainer.plan.describe(len(model.blocks), "val_loss")
-    assert line.endswith("; ends with the better on val_loss") and "ends fine-tuned" not in line, line
-    expected = trainer.probe.score <= min(r["val_loss"] for r in trainer.history if r["phase"] == "finetune")
+    assert line.endswith("; ends with the better on val_acc, then val_loss"), line
+    assert "ends fine-tuned" not in line
+    assert trainer.plan.describe(len(model.blocks), "val_acc").endswith("the better on val_acc")
+    tuned = min((r for r in trainer.history if r["phase"] == "finetune"), key=lambda r: r["val_loss"])
+    last = trainer.probe.rows[-1]
+    expected = (last["val_acc"], -last["val_loss"]) > (tuned["val_acc"], -tuned["val_loss"])
     assert (trainer.kept == "probe") == expected
+
+
+def test_before_fine_tuning_the_probe_trains_all_its_epochs_not_its_best_on_validation(
+    weights: Path, one_torch_thread
+) -> None:
+    torch.manual_seed(0)
+    train, val = _data(3), _data(2)  # noise: the probe's validation loss is lowest in an early epoch
+
+    def fit(recipe: str, **options) -> Trainer:
+        torch.manual_seed(0)  # the same new head
+        trainer = Trainer(
+            build_model("resnet18", num_classes=2, pretrained=weights),
+            epochs=1, recipe=recipe, progress=False, seed=0, device="cpu", **options,
+        )  # fmt: skip
+        trainer.fit({"train": train, "val": val})
+        return trainer
+
+    auto = fit("auto")
+    assert {r["phase"] for r in auto.probe.rows} == {"probe"}  # the fine-tune rows are the history's
+    losses = [r["val_loss"] for r in auto.probe.rows]
+    assert losses.index(min(losses)) < len(losses) - 1  # the data does what the test needs
+    assert auto.probe.score == losses[-1]  # the probe as it ended
+    converged = fit("probe", restore_best=False).model.state_dict()
+    restored = fit("probe").model.state_dict()  # the probe alone keeps restore_best
+    assert auto.probe.state.keys() == converged.keys()  # the backbone too: ending with it puts it back
+    for key, value in auto.probe.state.items():
+        torch.testing.assert_close(value, converged[key], rtol=0, atol=0)
+    assert not torch.equal(auto.probe.state["head.fc.weight"], restored["head.fc.weight"])
+
+
+def test_ending_with_the_probe_puts_the_fine_tuned_blocks_back_bit_for_bit(
+    weights: Path, one_torch_thread
+) -> None:
+    torch.manual_seed(0)
+    train, val = _data(3), _data(2)
+    model = build_model("resnet18", num_classes=2, pretrained=weights)
+    pretrained = {k: v.clone() for k, v in model.state_dict().items() if k.startswith("backbone.")}
+    trainer = Trainer(model, epochs=1, lr=0.05, progress=False, seed=0, device="cpu")  # wrecks fine-tuning
+    trainer.fit({"train": train, "val": val})
+    assert trainer.kept == "probe" and model.trainable_blocks == []
+    state = model.state_dict()
+    for key, value in pretrained.items():  # the fine-tuned top blocks, and their norm statistics
+        assert torch.equal(state[key], value), key
+    for key, value in trainer.probe.state.items():
+        assert torch.equal(state[key], value), key
 
 
 def test_an_interrupted_auto_run_resumes_to_the_same_end(

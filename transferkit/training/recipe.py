@@ -136,7 +136,8 @@ class Plan:
             soft = f" from the head's logits / {p.head_temperature:g}" if p.head_temperature != 1 else ""
             head = f" (the head at {p.head_lr:g})" if p.head_lr is not None else ""
             parts.append(f"{what}{cached}{soft} {p.epochs} epochs at lr {p.lr:g}{head}")
-        end = f"; ends with the better on {monitor}" if self.select else ""
+        then = "" if monitor == "val_acc" else f", then {monitor}"
+        end = f"; ends with the better on val_acc{then}" if self.select else ""
         if self.recipe == "auto" and not self.select and len(self.phases) > 1:
             end = "; ends fine-tuned (no validation data to keep the probe where it scores better)"
         return f"recipe {self.recipe}: " + ", then ".join(parts) + end

@@ -94,7 +94,8 @@ class Trainer:
         early_stopping: Patience: stop after this many epochs without improvement of ``monitor``.
         monitor: History key to track; the task's default is ``"val_loss"`` (detection: ``"val_map"``;
             ``"train_loss"`` without validation); keys ending in ``loss`` are minimised, others maximised.
-        restore_best: With validation, end with the weights of the best epoch (one with a finite score).
+        restore_best: With validation, end with the weights of the best epoch (one with a finite score);
+            under a recipe with a probe phase first, the fine-tune phase's (the probe trains all its epochs).
         progress: One bar per epoch where bars render, else one line per epoch (`training.progress`).
         callbacks: Objects with any of the methods ``on_fit_start``, ``on_epoch_start``, ``on_batch_end``
             (not for a skipped batch), ``on_epoch_end``, ``on_fit_end`` (the model holds the weights fit
@@ -224,7 +225,7 @@ class Trainer:
         last = self.checkpoint_dir / "last.pt" if self.checkpoint_dir is not None else None
         resuming = self.resume and last is not None and last.exists()
         finetune = start_plan(self, train, val, monitor, resuming)  # decides and prints; runs the probe
-        self.history = self.probe.rows if self.probe is not None else []
+        self.history = list(self.probe.rows) if self.probe is not None else []  # a copy: rows go on
         if finetune is None:  # the probe alone: callbacks see the start and the end of fit, with its rows
             self.callbacks.emit("on_fit_start", self)
             self.callbacks.emit("on_fit_end", self)
@@ -238,7 +239,7 @@ class Trainer:
         finally:
             self._cache.close()
         self.best.restore(self.model)
-        self.kept = keep_the_better(self.model, self.plan, self.probe, self.best)
+        self.kept = keep_the_better(self.model, self.plan, self.probe, self.best, self.history)
         self.callbacks.emit("on_fit_end", self)  # with the weights fit ends with
         return self.history
 
