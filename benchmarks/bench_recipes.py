@@ -24,6 +24,11 @@ Recipes (B = the backbone's blocks, 17 for EfficientNet-Lite0; E = epochs):
 - ``default``: ``Trainer(model, epochs=E)`` and nothing else: transferkit's default (``recipe="auto"``:
   without validation data, the same as ``lp_ft``); also at fixed rates (``Trainer(model, lr=lr)``: the
   fine-tune phase's rate), the table that ``lr_find``'s suggestion is checked against.
+- ``val``: the default given validation data, ``Trainer(model, epochs=E).fit({"train": ...,
+  "val": ...})``: the path of the intended use, where ``recipe="auto"`` ends with the better of the
+  probe and the fine-tuned model. The validation split holds `VAL_SHARE` as many images per class as
+  the training set (rounded up), drawn apart from both (`real_weights`); the recipe has data the others
+  do not, so it is never the "best" the default is compared with.
 - ``slow_head``: the default's plan with the head at `SLOW_HEAD_LR` and the fine-tuned blocks at ``lr``
   (``Trainer(model, lr=SLOW_HEAD_LR, backbone_lr_mult=lr / SLOW_HEAD_LR)``): the probe's head barely
   moves while the blocks adapt.
@@ -82,6 +87,7 @@ RECIPES = (
     "bitfit",
     "norm",
     "default",
+    "val",
     "slow_head",
     "fastai",
 )
@@ -98,10 +104,13 @@ LRS: dict[str, tuple[float | None, ...]] = {
     # None: no lr given (the fine-tune phase at 1e-3, 3e-3 from 100 images per class; on far data the
     # blocks at 3e-3 and the head at 3e-4); a fixed rate equal to the default's own is not run twice
     "default": (None, 3e-4, 1e-3, 3e-3),
+    "val": (None,),
     "slow_head": (1e-3, 3e-3),  # the blocks' rate; the head's is SLOW_HEAD_LR
     "fastai": (None,),  # fastai's own: fine_tune(epochs, base_lr=2e-3)
 }
 SLOW_HEAD_LR = 3e-4  # the head's rate in ``slow_head``
+VAL_SHARE = 0.5  # ``val``: validation images per class, as a share of the training images per class
+WITH_VALIDATION = ("val",)  # recipes given data the others are not: never a task's best
 
 # the training images' augmentation (``--augment``): what the folder loaders' ``augment`` and ``flip`` do
 AUGMENTS = {
@@ -148,7 +157,7 @@ def configure(recipe: str, model: Any, epochs: int, lr: float | None = None) -> 
     if recipe == "two_phase":
         model.freeze("gradual", n=0, step=blocks, every=max(1, epochs // 2), bn="frozen_all")
         return {"layer_decay": 0.8, "backbone_lr_mult": 0.1}
-    if recipe == "default":
+    if recipe in ("default", "val"):
         return {}
     if recipe == "slow_head":
         return {"lr": SLOW_HEAD_LR, "backbone_lr_mult": (lr or 1e-3) / SLOW_HEAD_LR}
@@ -173,7 +182,9 @@ def run_one(
     augment: str = "none",
 ) -> dict[str, Any]:
     """Train one (task, recipe, lr, seed, backbone) and score it on the task's test set."""
-    (x, y), (tx, ty) = TASKS[task][0](seed)
+    builder, per_class, _ = TASKS[task]
+    val_count = math.ceil(VAL_SHARE * per_class) if recipe in WITH_VALIDATION else 0
+    (x, y), (tx, ty), *val = builder(seed, val_count)
     torch.manual_seed(seed)
     weights = real_weights.weights_file(weights_dir, backbone)
     arch = real_weights.BACKBONES[backbone].arch
@@ -194,7 +205,10 @@ def run_one(
     test = DataLoader(TensorDataset(tx, ty), batch_size=128)
     trainer = Trainer(model, epochs=epochs, progress=False, seed=seed, device="cpu", **extra)
     started = time.perf_counter()
-    history = trainer.fit({"train": train})
+    loaders = {"train": train}
+    if val:
+        loaders["val"] = DataLoader(TensorDataset(*val[0]), batch_size=128)
+    history = trainer.fit(loaders)
     seconds = time.perf_counter() - started
     acc = trainer.evaluate(test)["acc"]
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)  # the last phase's
@@ -209,6 +223,7 @@ def run_one(
         "acc": acc,
         "seconds": seconds,
         "trainable": trainable,
+        **({"kept": trainer.kept} if val else {}),  # the phase the default ended with
     }
 
 
@@ -243,19 +258,19 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def table(rows: list[dict[str, Any]]) -> str:
     """A markdown table: one line per (task, recipe, lr), the best accuracy of each task in bold."""
-    best = {}
-    for row in rows:
-        best[row["task"]] = max(best.get(row["task"], 0.0), row["acc"])
+    best = {task: _best([r for r in rows if r["task"] == task]) for task in {r["task"] for r in rows}}
     lines = [
         "| task | recipe | lr | seeds | test acc (mean +- sd) | behind best | seconds | trains |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         acc = f"{r['acc']:.3f} +- {r['acc_sd']:.3f}"
-        acc = f"**{acc}**" if r["acc"] == best[r["task"]] else acc
-        behind = 100 * (best[r["task"]] - r["acc"])
+        top = best[r["task"]]
+        if top is not None and r["acc"] == top["acc"] and r["recipe"] not in WITH_VALIDATION:
+            acc = f"**{acc}**"
+        behind = f"{100 * (top['acc'] - r['acc']):.1f}" if top is not None else "-"
         lines.append(
-            f"| {r['task']} | {r['recipe']} | {lr_text(r)} | {r['seeds']} | {acc} | {behind:.1f} | "
+            f"| {r['task']} | {r['recipe']} | {lr_text(r)} | {r['seeds']} | {acc} | {behind} | "
             f"{r['seconds']:.1f} | {_count(r.get('trainable'))} |"
         )
     return "\n".join(lines)
@@ -268,30 +283,24 @@ def _count(n: int | None) -> str:
     return f"{n / 1e6:.1f} M" if n >= 1e6 else f"{n / 1e3:.0f} k"
 
 
+def _best(same: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The row of highest mean accuracy among one task's rows, of the recipes without validation data
+    (None: there are none)."""
+    return max((r for r in same if r["recipe"] not in WITH_VALIDATION), key=lambda r: r["acc"], default=None)
+
+
 def acceptance(rows: list[dict[str, Any]]) -> list[str]:
-    """The default (no lr given) within 1 point of the best recipe, never more than 0.5 below the
-    converged probe, in at most 1.5x the time of the former default (the top third, or half with 10 or
-    more images per class, at 1e-3 from a new head)."""
+    """The default (no lr given; ``val``: the same with validation data) within 1 point of the best
+    recipe, never more than 0.5 below the converged probe, in at most 1.5x the time of the former default
+    (the top third, or half with 10 or more images per class, at 1e-3 from a new head)."""
     lines = []
     for task in dict.fromkeys(r["task"] for r in rows):
         same = [r for r in rows if r["task"] == task]
         default = next((r for r in same if r["recipe"] == "default" and r["lr"] is None), None)
+        for ours in [r for r in same if r["recipe"] in ("default", *WITH_VALIDATION) and r["lr"] is None]:
+            lines += _against_best_and_probe(task, ours, same)
         if default is None:
             continue
-        best = max(same, key=lambda r: r["acc"])
-        gap = 100 * (best["acc"] - default["acc"])
-        lines.append(
-            f"- [{'x' if gap <= 1.0 else ' '}] {task}: default {default['acc']:.3f} vs best "
-            f"{best['acc']:.3f} ({best['recipe']} at lr {lr_text(best)}): {gap:.1f} points behind (<= 1)"
-            f"{_paired(best, default)}"
-        )
-        probe = next((r for r in same if r["recipe"] == "probe"), None)
-        if probe is not None:
-            below = 100 * (probe["acc"] - default["acc"])
-            lines.append(
-                f"- [{'x' if below <= 0.5 else ' '}] {task}: default {default['acc']:.3f} vs converged probe "
-                f"{probe['acc']:.3f}: {max(below, 0):.1f} points below (<= 0.5)"
-            )
         per_class = TASKS[task.split(" ")[0]][1]
         former = next(
             (
@@ -311,29 +320,58 @@ def acceptance(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _who(recipe: str) -> str:
+    """``default``, or ``default with val`` for the default given validation data."""
+    return "default" if recipe == "default" else f"default with {recipe}"
+
+
+def _against_best_and_probe(task: str, ours: dict[str, Any], same: list[dict[str, Any]]) -> list[str]:
+    """Acceptance 1 for one of the default's rows (``ours``) among its task's rows (``same``)."""
+    name = _who(ours["recipe"])
+    best, lines = _best(same), []
+    if best is not None:
+        gap = 100 * (best["acc"] - ours["acc"])
+        lines.append(
+            f"- [{'x' if gap <= 1.0 else ' '}] {task}: {name} {ours['acc']:.3f} vs best {best['acc']:.3f} "
+            f"({best['recipe']} at lr {lr_text(best)}): {gap:.1f} points behind (<= 1){_paired(best, ours)}"
+        )
+    probe = next((r for r in same if r["recipe"] == "probe"), None)
+    if probe is not None:
+        below = 100 * (probe["acc"] - ours["acc"])
+        lines.append(
+            f"- [{'x' if below <= 0.5 else ' '}] {task}: {name} {ours['acc']:.3f} vs converged probe "
+            f"{probe['acc']:.3f}: {max(below, 0):.1f} points below (<= 0.5)"
+        )
+    return lines
+
+
 def confirm(
     rows: list[dict[str, Any]], args: argparse.Namespace, settings: dict[str, Any]
 ) -> tuple[list[str], int, int]:
     """Acceptance 1 on fresh seeds: the best (task, recipe, lr) of ``rows`` is chosen on their seeds, and
     a mean chosen as the highest of many is too high by about the seeds' spread (the rates and recipes
     that happened to draw good seeds win), so the default and that choice train again on ``--confirm``
-    seeds none of ``rows`` used and are compared there, seed by seed. A task whose best is the default
-    itself has nothing to confirm. Returns the lines, the runs and how many of them were trained now."""
+    seeds none of ``rows`` used and are compared there, seed by seed (the default with validation data
+    too, where ``rows`` hold it). A task whose best is the default itself has nothing to confirm. Returns
+    the lines, the runs and how many of them were trained now."""
     names = {_name(t, b): (t, b) for b in args.backbones.split(",") for t in args.tasks.split(",")}
     chosen, lines = {}, {}
     for name in dict.fromkeys(r["task"] for r in rows):
         same = [r for r in rows if r["task"] == name]
         default = next((r for r in same if r["recipe"] == "default" and r["lr"] is None), None)
-        best = max(same, key=lambda r: r["acc"])
+        best = _best(same)
+        if best is None:
+            continue
         if default is not None and (best is default or best["acc"] == default["acc"]):
             lines[name] = f"- [x] {name}: the default is the best on seeds 0-{args.seeds - 1}"
         elif default is not None and name in names:
             chosen[name] = best
     fresh = list(range(args.seeds, args.seeds + args.confirm))
+    ours = ["default", *(r for r in WITH_VALIDATION if any(row["recipe"] == r for row in rows))]
     jobs = [
         (names[name][0], recipe, lr, seed, names[name][1])
         for name, best in chosen.items()
-        for recipe, lr in (("default", None), (best["recipe"], best["lr"]))
+        for recipe, lr in (*((r, None) for r in ours), (best["recipe"], best["lr"]))
         for seed in fresh
     ]
     runs, trained = _train_all(jobs, args, settings)
@@ -341,13 +379,17 @@ def confirm(
     seeds = f"seeds {fresh[0]}-{fresh[-1]}" if len(fresh) > 1 else f"seed {fresh[0]}"
     for name, best in chosen.items():
         same = {(r["recipe"], r["lr"]): r for r in again if r["task"] == name}
-        default, rival = same[("default", None)], same[(best["recipe"], best["lr"])]
-        gap = 100 * (rival["acc"] - default["acc"])
-        lines[name] = (
-            f"- [{'x' if gap <= 1.0 else ' '}] {name}: on {seeds}, default {default['acc']:.3f} vs "
-            f"{rival['acc']:.3f} for the best on seeds 0-{args.seeds - 1} ({best['recipe']} at lr "
-            f"{lr_text(best)}): {gap:.1f} points behind (<= 1){_paired(rival, default)}"
-        )
+        rival, said = same[(best["recipe"], best["lr"])], []
+        for recipe in ours:
+            default = same[(recipe, None)]
+            gap = 100 * (rival["acc"] - default["acc"])
+            said.append(
+                f"- [{'x' if gap <= 1.0 else ' '}] {name}: on {seeds}, "
+                f"{_who(recipe)} {default['acc']:.3f} vs "
+                f"{rival['acc']:.3f} for the best on seeds 0-{args.seeds - 1} ({best['recipe']} at lr "
+                f"{lr_text(best)}): {gap:.1f} points behind (<= 1){_paired(rival, default)}"
+            )
+        lines[name] = "\n".join(said)
     order = dict.fromkeys(r["task"] for r in rows)
     return [lines[name] for name in order if name in lines], len(runs), trained
 

