@@ -33,14 +33,14 @@ Recipes (B = the backbone's blocks, 17 for EfficientNet-Lite0; E = epochs):
   (``Trainer(model, lr=SLOW_HEAD_LR, backbone_lr_mult=lr / SLOW_HEAD_LR)``): the probe's head barely
   moves while the blocks adapt.
 
-Every run: batch 16, shuffled, no augmentation unless ``--augment`` names one of `AUGMENTS` (the
-tensors are fixed, so the probe can cache; ``--augment`` draws the loaders' random crop, and flip, per
-sample and epoch, and the probe then runs uncached), AdamW
-with weight decay 0.01 and a per-step cosine schedule (the Trainer's defaults), fp32 on the CPU, no
-validation split (the test set is scored once, after training). Seeds change the training images drawn
-and the head's initialisation; every recipe sees the same seeds. With ``--confirm N`` each task's best
-(recipe, lr) is then trained again beside the default on N seeds the table did not use (`confirm`): the
-highest of many means is partly its seeds' luck, and fresh seeds measure the gap without it.
+Every run: batch 16, shuffled, no augmentation unless ``--augment`` names one of `AUGMENTS` (the tensors
+are fixed, so the probe can cache; ``--augment`` draws the loaders' random crop, and flip, per sample and
+epoch, and the probe then runs uncached), AdamW with weight decay 0.01 and a per-step cosine schedule
+(the Trainer's defaults), fp32 on the CPU, no validation split but ``val``'s (the test set is scored
+once, after training). Seeds change the training images drawn and the head's initialisation; every recipe
+sees the same seeds. With ``--confirm N`` each task's best (recipe, lr) is then trained again beside the
+default on N seeds the table did not use (`confirm`): the highest of many means is partly its seeds'
+luck, and fresh seeds measure the gap without it.
 
 Run ``python benchmarks/bench_recipes.py --help`` for the flags; ``benchmarks/README.md`` has the
 command and the latest table.
