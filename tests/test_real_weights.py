@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,16 @@ _spec.loader.exec_module(real)
 
 pytestmark = pytest.mark.slow
 EPOCHS, BATCH = 10, 16
+
+
+@pytest.fixture(autouse=True)
+def _process_state_back() -> Iterator[None]:
+    """`bench_recipes.main` sets the process's torch threads and flushes denormals to zero, as a script
+    may; later tests in the same worker (hypothesis' float strategies among them) need them as they were."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+    torch.set_flush_denormal(False)
 
 
 @pytest.fixture(scope="module")
