@@ -94,7 +94,7 @@ class Trainer:
         early_stopping: Patience: stop after this many epochs without improvement of ``monitor``.
         monitor: History key to track; the task's default is ``"val_loss"`` (detection: ``"val_map"``;
             ``"train_loss"`` without validation); keys ending in ``loss`` are minimised, others maximised.
-        restore_best: With validation, end with the best (finite) epoch's weights (a probe phase runs on).
+        restore_best: With validation, end with the best (finite) epoch's weights (not a recipe's probe).
         progress: One bar per epoch where bars render, else one line per epoch (`training.progress`).
         callbacks: Objects with any of the methods ``on_fit_start``, ``on_epoch_start``, ``on_batch_end``
             (not for a skipped batch), ``on_epoch_end``, ``on_fit_end`` (the model holds the weights fit
