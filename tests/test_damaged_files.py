@@ -160,6 +160,18 @@ def test_checkpoint_with_every_key_but_a_wrong_entry_is_refused_before_anything_
         read_checkpoint(tmp_path / "last.pt", model, optimizer)
 
 
+def test_a_kept_copy_naming_weights_the_model_lacks_is_refused_before_anything_changes(
+    checkpoint: tuple, tmp_path: Path
+) -> None:
+    ckpt, model, optimizer = checkpoint
+    kept = {"unchanged": ["backbone.nowhere.weight"], "changed": {}}  # the best epoch's, beside the model's
+    torch.save({**ckpt, "best": {**ckpt["best"], "state": kept}}, tmp_path / "last.pt")
+    with pytest.raises(
+        CheckpointError, match="names 'backbone.nowhere.weight', which its model weights lack"
+    ):
+        read_checkpoint(tmp_path / "last.pt", model, optimizer)
+
+
 # ------------------------------------------------------------------------------- the weights_only rule
 def test_nothing_in_the_project_advises_turning_weights_only_off() -> None:
     texts = [*(ROOT / "transferkit").rglob("*.py"), *(ROOT / "docs").glob("*.md"), ROOT / "README.md"]

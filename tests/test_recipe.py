@@ -269,8 +269,12 @@ def test_ending_with_the_probe_puts_the_fine_tuned_blocks_back_bit_for_bit(
         assert torch.equal(state[key], value), key
 
 
+@pytest.mark.parametrize(
+    "lr, kept, as_before",  # 0.05 wrecks fine-tuning; as_before: the checkpoint holds whole copies
+    [(3e-4, "finetune", False), (0.05, "probe", False), (0.05, "probe", True)],
+)
 def test_an_interrupted_auto_run_resumes_to_the_same_end(
-    weights: Path, tmp_path: Path, one_torch_thread
+    weights: Path, tmp_path: Path, one_torch_thread, lr, kept, as_before
 ) -> None:
     class StopAfter:
         def __init__(self, epoch: int) -> None:
@@ -279,12 +283,13 @@ def test_an_interrupted_auto_run_resumes_to_the_same_end(
         def on_epoch_end(self, trainer) -> None:
             trainer.should_stop = trainer.epoch == self.epoch
 
-    def run(folder: Path, callbacks=(), resume=False) -> tuple[list, dict]:
+    def run(folder: Path, callbacks=(), resume=False) -> tuple[Trainer, list, dict]:
         torch.manual_seed(0)
         model = build_model("resnet18", num_classes=2, pretrained=weights)
         trainer = Trainer(
             model,
             epochs=3,
+            lr=lr,
             progress=False,
             seed=0,
             checkpoint_dir=folder,
@@ -292,16 +297,39 @@ def test_an_interrupted_auto_run_resumes_to_the_same_end(
             callbacks=list(callbacks),
         )
         history = trainer.fit({"train": _data(3), "val": _data(2)})
-        return history, model.state_dict()
+        return trainer, history, model.state_dict()
 
-    whole, whole_state = run(tmp_path / "a")
+    whole, history, whole_state = run(tmp_path / "a")
+    assert whole.kept == kept
     run(tmp_path / "b", [StopAfter(probe_epochs(1) + 1)])  # stops after the second fine-tune epoch
-    resumed, resumed_state = run(tmp_path / "b", resume=True)
-    assert [{k: v for k, v in r.items() if k != "seconds"} for r in resumed] == [
-        {k: v for k, v in r.items() if k != "seconds"} for r in whole
+    ckpt = torch.load(tmp_path / "b" / "last.pt", weights_only=True)
+    if as_before:  # as checkpoints were written before kept copies were stored beside the model's
+        for entry in (ckpt["best"], ckpt["probe"]):
+            if entry["state"] is not None:
+                entry["state"] = {
+                    **{k: ckpt["model"][k] for k in entry["state"]["unchanged"]},
+                    **entry["state"]["changed"],
+                }
+        torch.save(ckpt, tmp_path / "b" / "last.pt")
+    resumed, resumed_history, resumed_state = run(tmp_path / "b", resume=True)
+    assert [{k: v for k, v in r.items() if k != "seconds"} for r in resumed_history] == [
+        {k: v for k, v in r.items() if k != "seconds"} for r in history
     ]
     for key, value in whole_state.items():
         torch.testing.assert_close(resumed_state[key], value, rtol=0, atol=0)
+    assert resumed.kept == kept
+    for key, value in whole.probe.state.items():  # the probe's copy comes back whole, bit for bit
+        torch.testing.assert_close(resumed.probe.state[key], value, rtol=0, atol=0)
+    if as_before:
+        return
+    # in the checkpoint, the blocks the fine-tune phase left alone are the model's own
+    blocks, tuned = whole.model.blocks, whole.plan.phase("finetune").blocks
+    frozen = tuple(f"backbone.{b}." for b in blocks[: len(blocks) - tuned])
+    stored = ckpt["probe"]["state"]
+    assert frozen and not [k for k in stored["changed"] if k.startswith(frozen)]
+    assert [k for k in stored["changed"] if k.startswith("head.")]
+    best = ckpt["best"]["state"]  # the best epoch's weights likewise (None: the checkpoint's own)
+    assert best is None or not [k for k in best["changed"] if k.startswith(frozen)]
 
 
 def test_saved_models_keep_their_freeze_state(weights: Path, tmp_path: Path) -> None:

@@ -2,16 +2,21 @@
 
 A non-finite score (a diverged epoch's NaN loss) is never the best: NaN compares false with everything, so
 taken once it would stay "best" for good, and ``restore_best`` would end the run on a diverged epoch.
+
+A checkpoint stores such kept copies (the best epoch's weights, a recipe's probe) beside its own model
+weights: only the entries that differ from them (`beside_model`, `whole_copy`).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
-__all__ = ["BestEpoch", "check_monitor", "cpu_copy"]
+__all__ = ["BestEpoch", "beside_model", "check_monitor", "cpu_copy", "whole_copy"]
 
 
 def cpu_copy(state: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -88,3 +93,45 @@ def check_monitor(monitor: str, *, has_val: bool) -> None:
     """
     if monitor.startswith("val_") and not has_val:
         raise ValueError(f"monitor={monitor!r} needs a validation loader; pass {{'train': ..., 'val': ...}}")
+
+
+def beside_model(kept: dict[str, Tensor] | None, model: Mapping[str, Tensor]) -> dict[str, Any] | None:
+    """A kept copy of weights (the best epoch's, the probe's) as a checkpoint stores it: the names of the
+    entries equal to the model's own in the same checkpoint, and the others. Frozen blocks are the same
+    in every copy, so a checkpoint holds them once, not once per copy.
+
+    Examples:
+        >>> model = {"frozen": torch.zeros(2), "head": torch.ones(2)}
+        >>> stored = beside_model({"frozen": torch.zeros(2), "head": torch.zeros(2)}, model)
+        >>> stored["unchanged"], list(stored["changed"])
+        (['frozen'], ['head'])
+    """
+    if kept is None:
+        return None
+    same = {k for k, v in kept.items() if k in model and _identical(v, model[k])}
+    return {"unchanged": sorted(same), "changed": {k: v for k, v in kept.items() if k not in same}}
+
+
+def _identical(kept: Tensor, own: Tensor) -> bool:
+    """Same shape, dtype and bits: -0.0 is not 0.0, and a NaN anywhere makes the copy stored as it is."""
+    if kept.shape != own.shape or kept.dtype != own.dtype:
+        return False
+    own = own.detach().to(kept.device)
+    if kept.is_floating_point() and not torch.equal(kept.signbit(), own.signbit()):
+        return False
+    return torch.equal(kept, own)
+
+
+def whole_copy(stored: Any, model: Mapping[str, Tensor]) -> Any:
+    """The kept copy `beside_model` stored, whole again from the checkpoint's model weights (a
+    checkpoint written before copies were stored so: as it is).
+
+    Raises:
+        ValueError: An entry said to equal the model's is not among the model's weights.
+    """
+    if not (isinstance(stored, dict) and set(stored) == {"unchanged", "changed"}):
+        return stored
+    missing = [k for k in stored["unchanged"] if k not in model]
+    if missing:
+        raise ValueError(f"a kept copy of the weights names {missing[0]!r}, which its model weights lack")
+    return {**{k: model[k] for k in stored["unchanged"]}, **stored["changed"]}

@@ -30,6 +30,7 @@ from torch import Tensor
 from ..atomic import atomic_write
 from ..errors import CheckpointError
 from ..models.weights import refused_objects
+from .best import beside_model, whole_copy
 from .phases import ProbeResult
 
 if TYPE_CHECKING:
@@ -142,6 +143,14 @@ def read_checkpoint(path: Path, model: TransferModel, optimizer: torch.optim.Opt
             f"damaged or was made by other code). The file was left as it is; {_MOVE_AWAY}."
         )
     _check_fits(path, ckpt, model, optimizer)
+    for entry in (e for e in (ckpt["best"], ckpt.get("probe")) if isinstance(e, dict)):
+        try:  # the best epoch's and the probe's weights, stored beside the model's (`beside_model`)
+            entry["state"] = whole_copy(entry.get("state"), ckpt["model"])
+        except ValueError as err:
+            raise CheckpointError(
+                f"cannot resume from {path}: {err} (the file is damaged or was made by other code). The "
+                f"file was left as it is; {_MOVE_AWAY}."
+            ) from None
     return ckpt
 
 
@@ -316,20 +325,25 @@ def seed_everything(seed: int) -> None:
 # ------------------------------------------------------------------------------------ the Trainer's
 def save_checkpoint(trainer: Any, path: Path, train_loader: Any) -> None:
     """Writes ``trainer``'s whole state after its current epoch to ``path``, atomically."""
+    model = trainer.model.state_dict()
+    best, probe = trainer.best.state_dict(trainer.epoch), getattr(trainer, "probe", None)
+    best["state"] = beside_model(best["state"], model)
+    if probe is not None:
+        probe = {**probe.state_dict(), "state": beside_model(probe.state, model)}
     state = {
         "epoch": trainer.epoch,
         "config": trainer.model.config,
-        "model": trainer.model.state_dict(),
+        "model": model,
         "optimizer": trainer.optimizer.state_dict(),
         "scheduler": trainer.scheduler.state_dict(),
         "scaler": trainer.scaler.state_dict(),
         "freeze": trainer.model.freeze_state(),
         "history": trainer.history,
-        "best": trainer.best.state_dict(trainer.epoch),
+        "best": best,
         "rng": rng_state(train_loader),
         "global_step": trainer.global_step,
         "callbacks": trainer.callbacks.state_dict(),
-        "probe": probe.state_dict() if (probe := getattr(trainer, "probe", None)) is not None else None,
+        "probe": probe,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_save(state, path)
