@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -269,12 +270,20 @@ def test_ending_with_the_probe_puts_the_fine_tuned_blocks_back_bit_for_bit(
         assert torch.equal(state[key], value), key
 
 
-@pytest.mark.parametrize(
-    "lr, kept, as_before",  # 0.05 wrecks fine-tuning; as_before: the checkpoint holds whole copies
-    [(3e-4, "finetune", False), (0.05, "probe", False), (0.05, "probe", True)],
-)
+def _as_written_before(folder: Path) -> None:
+    """Rewrites ``folder/last.pt`` as checkpoints were written before kept weights were stored beside the
+    model's: whole copies."""
+    ckpt = torch.load(folder / "last.pt", weights_only=True)
+    for entry in (ckpt["best"], ckpt["probe"]):
+        if entry["state"] is not None:
+            stored = entry["state"]
+            entry["state"] = {**{k: ckpt["model"][k] for k in stored["unchanged"]}, **stored["changed"]}
+    torch.save(ckpt, folder / "last.pt")
+
+
+@pytest.mark.parametrize("lr, kept", [(3e-4, "finetune"), (0.05, "probe")])  # 0.05 wrecks fine-tuning
 def test_an_interrupted_auto_run_resumes_to_the_same_end(
-    weights: Path, tmp_path: Path, one_torch_thread, lr, kept, as_before
+    weights: Path, tmp_path: Path, one_torch_thread, lr, kept
 ) -> None:
     class StopAfter:
         def __init__(self, epoch: int) -> None:
@@ -303,25 +312,18 @@ def test_an_interrupted_auto_run_resumes_to_the_same_end(
     assert whole.kept == kept
     run(tmp_path / "b", [StopAfter(probe_epochs(1) + 1)])  # stops after the second fine-tune epoch
     ckpt = torch.load(tmp_path / "b" / "last.pt", weights_only=True)
-    if as_before:  # as checkpoints were written before kept copies were stored beside the model's
-        for entry in (ckpt["best"], ckpt["probe"]):
-            if entry["state"] is not None:
-                entry["state"] = {
-                    **{k: ckpt["model"][k] for k in entry["state"]["unchanged"]},
-                    **entry["state"]["changed"],
-                }
-        torch.save(ckpt, tmp_path / "b" / "last.pt")
-    resumed, resumed_history, resumed_state = run(tmp_path / "b", resume=True)
-    assert [{k: v for k, v in r.items() if k != "seconds"} for r in resumed_history] == [
-        {k: v for k, v in r.items() if k != "seconds"} for r in history
-    ]
-    for key, value in whole_state.items():
-        torch.testing.assert_close(resumed_state[key], value, rtol=0, atol=0)
-    assert resumed.kept == kept
-    for key, value in whole.probe.state.items():  # the probe's copy comes back whole, bit for bit
-        torch.testing.assert_close(resumed.probe.state[key], value, rtol=0, atol=0)
-    if as_before:
-        return
+    shutil.copytree(tmp_path / "b", tmp_path / "c")
+    _as_written_before(tmp_path / "c")  # which resumes all the same
+    for folder in ("b", "c"):
+        resumed, resumed_history, resumed_state = run(tmp_path / folder, resume=True)
+        assert [{k: v for k, v in r.items() if k != "seconds"} for r in resumed_history] == [
+            {k: v for k, v in r.items() if k != "seconds"} for r in history
+        ]
+        for key, value in whole_state.items():
+            torch.testing.assert_close(resumed_state[key], value, rtol=0, atol=0)
+        assert resumed.kept == kept
+        for key, value in whole.probe.state.items():  # the probe's copy comes back whole, bit for bit
+            torch.testing.assert_close(resumed.probe.state[key], value, rtol=0, atol=0)
     # in the checkpoint, the blocks the fine-tune phase left alone are the model's own
     blocks, tuned = whole.model.blocks, whole.plan.phase("finetune").blocks
     frozen = tuple(f"backbone.{b}." for b in blocks[: len(blocks) - tuned])
