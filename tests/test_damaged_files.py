@@ -160,15 +160,20 @@ def test_checkpoint_with_every_key_but_a_wrong_entry_is_refused_before_anything_
         read_checkpoint(tmp_path / "last.pt", model, optimizer)
 
 
-def test_a_kept_copy_naming_weights_the_model_lacks_is_refused_before_anything_changes(
-    checkpoint: tuple, tmp_path: Path
+@pytest.mark.parametrize(
+    "kept, says",  # the best epoch's weights, stored beside the model's
+    [
+        ({"unchanged": ["backbone.nowhere.weight"], "changed": {}}, "names 'backbone.nowhere.weight', which"),
+        ({"unchanged": 3, "changed": {}}, "is neither names nor tensors"),
+        ({"unchanged": [], "changed": {"head.fc.weight": "x"}}, "is neither names nor tensors"),
+    ],
+)
+def test_a_damaged_kept_copy_is_refused_before_anything_changes(
+    kept: dict, says: str, checkpoint: tuple, tmp_path: Path
 ) -> None:
     ckpt, model, optimizer = checkpoint
-    kept = {"unchanged": ["backbone.nowhere.weight"], "changed": {}}  # the best epoch's, beside the model's
     torch.save({**ckpt, "best": {**ckpt["best"], "state": kept}}, tmp_path / "last.pt")
-    with pytest.raises(
-        CheckpointError, match="names 'backbone.nowhere.weight', which its model weights lack"
-    ):
+    with pytest.raises(CheckpointError, match=f"cannot resume from .*{says}"):
         read_checkpoint(tmp_path / "last.pt", model, optimizer)
 
 

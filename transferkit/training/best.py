@@ -127,11 +127,20 @@ def whole_copy(stored: Any, model: Mapping[str, Tensor]) -> Any:
     checkpoint written before copies were stored so: as it is).
 
     Raises:
-        ValueError: An entry said to equal the model's is not among the model's weights.
+        ValueError: The stored copy is not what `beside_model` returns, or names an entry equal to the
+            model's that is not among the model's weights.
     """
     if not (isinstance(stored, dict) and set(stored) == {"unchanged", "changed"}):
         return stored
-    missing = [k for k in stored["unchanged"] if k not in model]
+    unchanged, changed = stored["unchanged"], stored["changed"]
+    if not (
+        isinstance(unchanged, list)
+        and all(isinstance(k, str) for k in unchanged)
+        and isinstance(changed, dict)
+        and all(isinstance(v, Tensor) for v in changed.values())
+    ):
+        raise ValueError("a kept copy of the weights is neither names nor tensors")
+    missing = [k for k in unchanged if k not in model]
     if missing:
         raise ValueError(f"a kept copy of the weights names {missing[0]!r}, which its model weights lack")
-    return {**{k: model[k] for k in stored["unchanged"]}, **stored["changed"]}
+    return {**{k: model[k] for k in unchanged}, **changed}
