@@ -120,7 +120,7 @@ class Trainer:
     scheduler: Any  # built by fit(), over its number of optimizer steps
     history: list[dict[str, Any]]
     plan: Plan | None = None  # what fit() ran: the recipe's phases (`transferkit.training.recipe`)
-    probe: ProbeResult | None = None  # the probe phase's rows, best score and weights
+    probe: ProbeResult | None = None  # the probe phase: its rows, validation score and weights
     kept: str | None = None  # the phase the model ended with, where the plan chose (``plan.select``)
     epoch = step = global_step = _first_epoch = 0  # counted by fit()
     should_stop = False
