@@ -118,3 +118,22 @@ def test_fit_on_far_data_runs_the_head_at_its_own_rate(
     assert history[-1]["phase"] == "finetune" and history[-1]["lr"] <= 3e-3
     given = plan_recipe("auto", model, data, epochs=1, lr=5e-4, has_val=False, cacheable=True)
     assert (given.phases[1].lr, given.phases[1].head_lr) == (5e-4, None)  # a given lr is kept for all
+
+
+@pytest.mark.parametrize("lr", [None, 5e-4])
+def test_few_images_near_imagenet_fine_tune_a_sixth_of_the_blocks_far_ones_a_third(
+    weights: Path, monkeypatch: pytest.MonkeyPatch, lr: float | None
+) -> None:
+    model = build_model("resnet18", num_classes=2, pretrained=weights)  # 9 blocks
+    blocks = {}
+    for shift in (None, FAR_SHIFT - 0.01, FAR_SHIFT):
+        monkeypatch.setattr(recipe, "input_shift", lambda model, train, shift=shift: shift)
+        for per_class in (3, 10):
+            data = DataLoader(
+                TensorDataset(torch.zeros(2 * per_class, 3, 8, 8), torch.arange(2 * per_class) % 2)
+            )
+            plan = plan_recipe("auto", model, data, epochs=1, lr=lr, has_val=False, cacheable=True)
+            blocks[shift, per_class] = plan.phases[1].blocks
+    # no shift measured (a ViT) counts as near, as for the rates; from 10 per class half, near or far
+    assert blocks == {(None, 3): 2, (None, 10): 4, (0.49, 3): 2, (0.49, 10): 4, (0.5, 3): 3, (0.5, 10): 4}
+    assert len(model.trainable_blocks) == 9  # planning changed nothing

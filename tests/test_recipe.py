@@ -51,18 +51,18 @@ def test_auto_probes_then_fine_tunes_the_top_blocks_and_the_history_records_it(
     trainer = Trainer(model, epochs=2, device="cpu", seed=0)
     history = trainer.fit(_data(3))  # 6 images, one batch per epoch: the probe runs its most epochs
     probe = trainer.plan.phases[0]
-    assert trainer.plan == Plan(
+    assert trainer.plan == Plan(  # near data (shift below FAR_SHIFT), 3 per class: a sixth of the blocks
         "auto",
-        (Phase("probe", 40, PROBE_LR, 0, cached=True), Phase("finetune", 2, 1e-3, 3, head_temperature=10.0)),
+        (Phase("probe", 40, PROBE_LR, 0, cached=True), Phase("finetune", 2, 1e-3, 2, head_temperature=10.0)),
         select=False,
     )
     assert [r["phase"] for r in history] == ["probe"] * probe.epochs + ["finetune"] * 2
     assert [r["epoch"] for r in history] == list(range(probe.epochs + 2))  # one count across phases
-    assert {r["trainable_blocks"] for r in history[:-2]} == {0} and history[-1]["trainable_blocks"] == 3
+    assert {r["trainable_blocks"] for r in history[:-2]} == {0} and history[-1]["trainable_blocks"] == 2
     assert history[0]["lr"] == pytest.approx(PROBE_LR) and history[-2]["lr"] == pytest.approx(1e-3)
-    assert model.trainable_blocks == ["layer3.1", "layer4.0", "layer4.1"] and uses_default_recipe(model)
+    assert model.trainable_blocks == ["layer4.0", "layer4.1"] and uses_default_recipe(model)
     out = capsys.readouterr().out
-    assert "recipe auto: probe (cached features) 40 epochs at lr 0.01, then fine-tune the top 3 of 9" in out
+    assert "recipe auto: probe (cached features) 40 epochs at lr 0.01, then fine-tune the top 2 of 9" in out
     assert "blocks from the head's logits / 10 2 epochs at lr 0.001" in out
     assert out.count("; ends fine-tuned (no validation data to keep the probe where it scores better)") == 1
 
@@ -344,10 +344,13 @@ def test_saved_models_keep_their_freeze_state(weights: Path, tmp_path: Path) -> 
     assert len(loaded.trainable_blocks) == 9
 
 
-def test_default_trainable_blocks_grow_with_the_images_per_class() -> None:
+def test_default_trainable_blocks_grow_with_the_images_per_class_and_the_distance_from_imagenet() -> None:
     assert [default_trainable_blocks(b) for b in (2, 3, 9, 10, 17)] == [1, 1, 3, 3, 6]
     per_class = (None, 3, 9.9, 10, 50, 99.9, 100, 5000)
-    assert [default_trainable_blocks(17, n) for n in per_class] == [6, 6, 6, 8, 8, 8, 13, 13]
+    assert [default_trainable_blocks(17, n, far=True) for n in per_class] == [6, 6, 6, 8, 8, 8, 13, 13]
+    # near ImageNet, below 10 per class: a sixth (the images per class unknown: a third)
+    assert [default_trainable_blocks(17, n) for n in per_class] == [6, 3, 3, 8, 8, 8, 13, 13]
+    assert [default_trainable_blocks(b, 3) for b in (1, 2, 9, 22)] == [1, 1, 2, 4]
     assert default_trainable_blocks(9, 10) == 4
     assert [default_trainable_blocks(b, 100) for b in (1, 2, 9)] == [1, 2, 7]
 
@@ -400,7 +403,7 @@ def test_lr_find_sweeps_the_fine_tune_phase_from_the_probes_softened_head(
 
     trainer.optimizer.step = spy
     trainer.lr_find(data, steps=5)
-    assert {blocks for blocks, _ in seen} == {3}  # the top third, as the fine-tune phase on 3 per class
+    assert {blocks for blocks, _ in seen} == {2}  # a sixth, as the fine-tune phase on 3 near images per class
     torch.testing.assert_close(seen[0][1], probed.head.state_dict(), rtol=0, atol=0)  # the probe's, softened
     assert not torch.equal(seen[0][1]["fc.weight"], before["head.fc.weight"])
     for key, value in model.state_dict().items():
