@@ -261,7 +261,7 @@ def run_params(trainer: Any) -> dict[str, Any]:
         "epochs": trainer.epochs,
         "lr": trainer.lr,  # None: the recipe's rates, which "plan" states
         "recipe": plan.recipe if plan is not None else trainer.recipe,
-        "plan": plan.describe(len(model.blocks), monitor) if plan is not None else None,
+        "plan": plan.describe(len(model.blocks)) if plan is not None else None,
         "optimizer": options["optimizer"],
         "weight_decay": options["weight_decay"],
         "scheduler": options["scheduler"],

@@ -20,7 +20,8 @@ The default, ``recipe="auto"``, starts with what is cheap and strong and adds wh
    of ten tasks of one backbone). From the softened head the gradients start small where the features
    already fit and larger where they do not. Measured: 4 and 8.5 points more on the mean of ten tasks on
    two backbones (``benchmarks/README.md``).
-3. With validation data the model ends with whichever phase scored better on it (``monitor``).
+3. With validation data the model ends with whichever phase scored better on it (``val_acc``; a tie
+   keeps the fine-tuned model: `phases.keep_the_better`).
 
 The plan is decided once, in ``fit``, from the model and the training set; it is printed in one line
 and each history row names its ``phase``. ``recipe="auto"`` applies only when the user has not chosen:
@@ -112,7 +113,7 @@ class Plan:
 
     Examples:
         >>> plan = Plan("lp_ft", (Phase("probe", 40, 1e-2, 0), Phase("finetune", 10, 1e-3, 6)), False)
-        >>> print(plan.describe(num_blocks=17, monitor="val_loss"))
+        >>> print(plan.describe(num_blocks=17))
         recipe lp_ft: probe 40 epochs at lr 0.01, then fine-tune the top 6 of 17 blocks 10 epochs at lr 0.001
     """
 
@@ -124,10 +125,10 @@ class Plan:
         """The phase called ``name``, or None when the plan has none."""
         return next((p for p in self.phases if p.name == name), None)
 
-    def describe(self, num_blocks: int, monitor: str) -> str:
+    def describe(self, num_blocks: int) -> str:
         """The plan in one line, as ``fit`` prints it. Without validation data the default (``"auto"``)
-        cannot end with the probe where fine-tuning lost to it (on few images it can: 12-16 points on one
-        task of one backbone in ``benchmarks/README.md``), and the line says so."""
+        cannot end with the probe where fine-tuning lost to it (on few images it can: 2 points on one task
+        of thirty in ``benchmarks/README.md``), and the line says so."""
         parts = []
         for p in self.phases:
             what = "probe" if p.name == "probe" else "fine-tune"
@@ -137,8 +138,7 @@ class Plan:
             soft = f" from the head's logits / {p.head_temperature:g}" if p.head_temperature != 1 else ""
             head = f" (the head at {p.head_lr:g})" if p.head_lr is not None else ""
             parts.append(f"{what}{cached}{soft} {p.epochs} epochs at lr {p.lr:g}{head}")
-        then = "" if monitor == "val_acc" else f", then {monitor}"
-        end = f"; ends with the better on val_acc{then}" if self.select else ""
+        end = "; ends with the better on val_acc, fine-tuned on a tie" if self.select else ""
         if self.recipe == "auto" and not self.select and len(self.phases) > 1:
             end = "; ends fine-tuned (no validation data to keep the probe where it scores better)"
         return f"recipe {self.recipe}: " + ", then ".join(parts) + end

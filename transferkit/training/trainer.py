@@ -223,7 +223,7 @@ class Trainer:
         check_monitor(monitor, has_val=val is not None)
         last = self.checkpoint_dir / "last.pt" if self.checkpoint_dir is not None else None
         resuming = self.resume and last is not None and last.exists()
-        finetune = start_plan(self, train, val, monitor, resuming)  # decides and prints; runs the probe
+        finetune = start_plan(self, train, val, resuming)  # decides and prints; runs the probe
         self.history = list(self.probe.rows) if self.probe is not None else []  # a copy: rows go on
         if finetune is None:  # the probe alone: callbacks see the start and the end of fit, with its rows
             self.callbacks.emit("on_fit_start", self)
