@@ -217,6 +217,19 @@ def test_auto_with_validation_ends_with_the_better_phase(weights: Path, probe_ac
         assert torch.equal(head, tuned["head.fc.weight"]) and len(model.trainable_blocks) == 3
 
 
+@pytest.mark.parametrize(("probe_loss", "kept"), [(0.2, "probe"), (0.9, "finetune")])
+def test_without_val_acc_on_either_phase_the_monitor_chooses(weights: Path, probe_loss, kept) -> None:
+    model = build_model("resnet18", num_classes=2, pretrained=weights)
+    model.freeze("last_n", n=3)
+    plan = Plan("auto", (Phase("probe", 1, 1e-2, 0), Phase("finetune", 1, 1e-3, 3)), select=True)
+    history = [{"phase": "finetune", "epoch": 1, "val_loss": 0.5}]  # a task whose metrics hold no acc
+    best = BestEpoch("val_loss", keep_weights=True)
+    best.update(history[0], model)
+    probe = _probe_result(model, 0.0, probe_loss)
+    del probe.rows[0]["val_acc"]
+    assert keep_the_better(model, plan, probe, best, history) == kept
+
+
 def test_auto_with_validation_records_which_phase_it_kept(weights: Path, one_torch_thread) -> None:
     model = build_model("resnet18", num_classes=2, pretrained=weights)
     trainer = Trainer(model, epochs=1, progress=False, seed=0)
