@@ -147,6 +147,7 @@ WRONG_ENTRIES = {
     "history": {"epoch": 0},
     "rng": {},
     "freeze": None,
+    "plan": {"recipe": "auto", "phases": [{"name": "probe"}], "select": True},  # a phase without epochs
 }
 
 

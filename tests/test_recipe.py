@@ -16,9 +16,11 @@ from transferkit import Trainer, build_model, load_model
 from transferkit.cli import parse_freeze
 from transferkit.cli.options import UsageError
 from transferkit.cli.resume import TRAIN_DEFAULTS, resumed_arguments
+from transferkit.training import recipe as recipe_module
 from transferkit.training.best import BestEpoch
 from transferkit.training.phases import ProbeResult, keep_the_better, soften_head
 from transferkit.training.recipe import (
+    FAR_SHIFT,
     HEAD_TEMPERATURE,
     PROBE_LR,
     Phase,
@@ -291,8 +293,9 @@ def test_ending_with_the_probe_puts_the_fine_tuned_blocks_back_bit_for_bit(
 
 def _as_written_before(folder: Path) -> None:
     """Rewrites ``folder/last.pt`` as checkpoints were written before kept weights were stored beside the
-    model's: whole copies."""
+    model's (whole copies) and before they kept the plan."""
     ckpt = torch.load(folder / "last.pt", weights_only=True)
+    del ckpt["plan"]
     for entry in (ckpt["best"], ckpt["probe"]):
         if entry["state"] is not None:
             stored = entry["state"]
@@ -302,7 +305,7 @@ def _as_written_before(folder: Path) -> None:
 
 @pytest.mark.parametrize("lr, kept", [(3e-4, "finetune"), (0.05, "probe")])  # 0.05 wrecks fine-tuning
 def test_an_interrupted_auto_run_resumes_to_the_same_end(
-    weights: Path, tmp_path: Path, one_torch_thread, lr, kept
+    weights: Path, tmp_path: Path, one_torch_thread, monkeypatch, lr, kept
 ) -> None:
     class StopAfter:
         def __init__(self, epoch: int) -> None:
@@ -334,7 +337,11 @@ def test_an_interrupted_auto_run_resumes_to_the_same_end(
     shutil.copytree(tmp_path / "b", tmp_path / "c")
     _as_written_before(tmp_path / "c")  # which resumes all the same
     for folder in ("b", "c"):
-        resumed, resumed_history, resumed_state = run(tmp_path / folder, resume=True)
+        with monkeypatch.context() as patch:
+            if folder == "b":  # the data (or the device) would now plan otherwise: the run keeps its plan
+                patch.setattr(recipe_module, "input_shift", lambda model, loader: 2 * FAR_SHIFT)
+            resumed, resumed_history, resumed_state = run(tmp_path / folder, resume=True)
+        assert resumed.plan == whole.plan  # "c", without a plan in its checkpoint: decided again, alike
         assert [{k: v for k, v in r.items() if k != "seconds"} for r in resumed_history] == [
             {k: v for k, v in r.items() if k != "seconds"} for r in history
         ]

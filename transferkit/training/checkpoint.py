@@ -1,15 +1,16 @@
 """Checkpoints: atomic writes, exact resume, and the per-epoch rollback point.
 
 A checkpoint (``last.pt``) holds everything a resumed run needs to continue as if it had never stopped:
-the model and freeze state, optimizer, scheduler, grad scaler, history, the best epoch so far, the
-optimizer steps taken (``trainer.global_step``), the callbacks' states (`Callbacks.state_dict`), every
-random number generator (torch, CUDA, Python, NumPy and the loader's own) and the epoch count of a
-sampler that keeps one (`transferkit.data.EpochSampler`, from which each sample's augmentation is
-seeded in whichever worker loads it). It is written to a temporary file, fsynced and renamed, so a
-reader sees the old file or the new one, never half of one. It is read with
+the recipe's plan (`Plan`: a resumed run keeps the plan it started with, whatever the data or the device
+would decide now), the model and freeze state, optimizer, scheduler, grad scaler, history, the best epoch
+so far, the optimizer steps taken (``trainer.global_step``), the callbacks' states
+(`Callbacks.state_dict`), every random number generator (torch, CUDA, Python, NumPy and the loader's own)
+and the epoch count of a sampler that keeps one (`transferkit.data.EpochSampler`, from which each sample's
+augmentation is seeded in whichever worker loads it). It is written to a temporary file, fsynced and
+renamed, so a reader sees the old file or the new one, never half of one. It is read with
 ``torch.load(weights_only=True)`` (no code in the file ever runs) and checked against the model before
-anything is changed, so a damaged or foreign file is a `CheckpointError` that leaves both the file and
-the training state as they were.
+anything is changed, so a damaged or foreign file is a `CheckpointError` that leaves both the file and the
+training state as they were.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from ..errors import CheckpointError
 from ..models.weights import refused_objects
 from .best import beside_model, whole_copy
 from .phases import ProbeResult
+from .recipe import Plan
 
 if TYPE_CHECKING:
     from ..models.model import TransferModel
@@ -180,7 +182,16 @@ _ENTRY_CHECKS = {
             e is None or isinstance(e, dict) and isinstance(e.get("name"), str) and "state" in e for e in v
         )
     ),
+    "plan": lambda v: v is None or _is_plan(v),  # since the plan is kept (older checkpoints lack it)
 }
+
+
+def _is_plan(value: Any) -> bool:
+    try:
+        Plan.from_dict(value)
+    except ValueError:
+        return False
+    return True
 
 
 def _check_fits(
@@ -344,14 +355,22 @@ def save_checkpoint(trainer: Any, path: Path, train_loader: Any) -> None:
         "global_step": trainer.global_step,
         "callbacks": trainer.callbacks.state_dict(),
         "probe": probe,
+        "plan": trainer.plan.as_dict() if trainer.plan is not None else None,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_save(state, path)
 
 
-def resume_from(trainer: Any, path: Path, train_loader: Any) -> int:
-    """Restores ``trainer`` from the checkpoint at ``path`` (checked first); returns the next epoch."""
-    ckpt = read_checkpoint(path, trainer.model, trainer.optimizer)
+def resumable(trainer: Any, path: Path | None) -> dict[str, Any] | None:
+    """The checkpoint at ``path``, read and checked (`read_checkpoint`), where ``trainer`` resumes and
+    there is one; else None."""
+    if not trainer.resume or path is None or not path.exists():
+        return None
+    return read_checkpoint(path, trainer.model, trainer.optimizer)
+
+
+def resume_from(trainer: Any, ckpt: dict[str, Any], path: Path, train_loader: Any) -> int:
+    """Restores ``trainer`` from ``ckpt``, read from ``path`` by `read_checkpoint`; returns the next epoch."""
     trainer.model.load_freeze_state(ckpt["freeze"])
     trainer.model.load_state_dict(ckpt["model"])
     trainer.optimizer.load_state_dict(ckpt["optimizer"])

@@ -183,19 +183,20 @@ def _standing(row: dict[str, Any], best: BestEpoch) -> tuple[float, float]:
     return finite(row.get("val_acc")), -score if best.minimise and score != -math.inf else score
 
 
-def start_plan(trainer: Any, train: Any, val: Any, resuming: bool) -> Phase | None:
-    """Decides ``trainer.plan`` for this data, prints it, runs its probe phase (not when resuming: the
-    checkpoint holds it) and freezes the model for the fine-tune phase, which it returns (None: the plan
-    is the probe alone)."""
+def start_plan(trainer: Any, train: Any, val: Any, ckpt: dict[str, Any] | None) -> Phase | None:
+    """Decides ``trainer.plan`` for this data (resuming from ``ckpt``: the plan the run started with, as
+    the checkpoint keeps it), prints it, runs its probe phase (not when resuming: the checkpoint holds it)
+    and freezes the model for the fine-tune phase, which it returns (None: the plan is the probe alone)."""
     model, lr = trainer.model, trainer.lr
-    plan = trainer.plan = plan_recipe(
+    kept = ckpt.get("plan") if ckpt is not None else None  # None also for a checkpoint from before plans
+    plan = trainer.plan = Plan.from_dict(kept) if kept is not None else plan_recipe(
         trainer.recipe, model, train, epochs=trainer.epochs, lr=lr, has_val=val is not None,
         cacheable=can_cache(train, trainer.world_size, trainer.task),
     )  # fmt: skip
     if trainer.show_progress and plan.recipe != "finetune":
         print(f"transferkit: {plan.describe(len(model.blocks))}", flush=True)
     probe, finetune = plan.phase("probe"), plan.phase("finetune")
-    probed = _start_phases(trainer, train, val, probe, finetune, model.freeze_state(), resuming)
+    probed = _start_phases(trainer, train, val, probe, finetune, model.freeze_state(), ckpt is not None)
     if probed is not None:
         trainer.probe = probed
     return finetune

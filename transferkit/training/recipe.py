@@ -144,8 +144,30 @@ class Plan:
         return f"recipe {self.recipe}: " + ", then ".join(parts) + end
 
     def as_dict(self) -> dict[str, Any]:
-        """A plain dict (for ``run.json`` and checkpoints)."""
+        """A plain dict, as checkpoints keep it (`from_dict` reads it back)."""
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Plan:
+        """The plan `as_dict` gave ``data`` from.
+
+        Raises:
+            ValueError: ``data`` is not such a dict (a damaged or foreign checkpoint).
+
+        Examples:
+            >>> plan = Plan("probe", (Phase("probe", 40, 1e-2, 0, cached=True),), False)
+            >>> Plan.from_dict(plan.as_dict()) == plan
+            True
+        """
+        try:
+            phases = tuple(Phase(**phase) for phase in data["phases"])
+            plan = cls(data["recipe"], phases, data["select"])
+        except (TypeError, KeyError) as err:
+            raise ValueError(f"not a plan's dict ({type(err).__name__}: {err})") from None
+        names_ok = all(p.name in ("probe", "finetune") and isinstance(p.epochs, int) for p in phases)
+        if plan.recipe not in RECIPES or not names_ok:
+            raise ValueError(f"not a plan's dict: recipe {plan.recipe!r}, phases {[p.name for p in phases]}")
+        return plan
 
 
 def default_trainable_blocks(

@@ -28,7 +28,7 @@ from .arguments import check_trainer_arguments
 from .best import BestEpoch, check_monitor
 from .cache import DEFAULT_CACHE_BUDGET, PrefixCaches
 from .callbacks import Callbacks
-from .checkpoint import restore, resume_from, rollback_point, save_checkpoint, seed_everything
+from .checkpoint import restore, resumable, resume_from, rollback_point, save_checkpoint, seed_everything
 from .data_warnings import warn_small_inputs
 from .distributed import join_processes, resolve_precision, shard_loader, wrap
 from .evaluation import evaluate_batches, predict_batches
@@ -222,14 +222,14 @@ class Trainer:
         monitor = self.monitor or self.task.default_monitor(has_val=val is not None)
         check_monitor(monitor, has_val=val is not None)
         last = self.checkpoint_dir / "last.pt" if self.checkpoint_dir is not None else None
-        resuming = self.resume and last is not None and last.exists()
-        finetune = start_plan(self, train, val, resuming)  # decides and prints; runs the probe
+        ckpt = resumable(self, last)  # read and checked before anything changes
+        finetune = start_plan(self, train, val, ckpt)  # decides (resuming: the checkpoint's), prints, probes
         self.history = list(self.probe.rows) if self.probe is not None else []  # a copy: rows go on
         if finetune is None:  # the probe alone: callbacks see the start and the end of fit, with its rows
             self.callbacks.emit("on_fit_start", self)
             self.callbacks.emit("on_fit_end", self)
             return self.history
-        start = self._start_finetune(finetune, train, val is not None, monitor, last if resuming else None)
+        start = self._start_finetune(finetune, train, val is not None, monitor, last, ckpt)
         try:
             self._run_epochs(train, val, start)
         except BaseException as error:  # Ctrl-C included: the callbacks hear why fit stopped
@@ -243,10 +243,10 @@ class Trainer:
         return self.history
 
     def _start_finetune(
-        self, finetune: Phase, train: Any, has_val: bool, monitor: str, last: Path | None
+        self, finetune: Phase, train: Any, has_val: bool, monitor: str, last: Path | None, ckpt: Any
     ) -> int:
         """Seeds, schedules and resets the fine-tune phase (the plain loop of a model trained as frozen);
-        resumes from ``last`` when given. Returns the first epoch to run."""
+        resumes from ``ckpt`` (read from ``last``) when given. Returns the first epoch to run."""
         if self.seed is not None:
             seed_everything(self.seed + self.rank)
         rates = phase_rates(finetune, self._given_lrs, self.optimizer, built=self.lr or DEFAULT_LR)
@@ -258,7 +258,7 @@ class Trainer:
         self._first_epoch = probe.epochs if probe is not None else 0  # its epochs count on from the probe's
         self.should_stop, self._one_sample, self.global_step = False, OneSampleBatches(), 0
         self.best = BestEpoch(monitor, has_val and self.restore_best, self.early_stopping)
-        start = resume_from(self, last, train) if last is not None else self._first_epoch
+        start = resume_from(self, ckpt, last, train) if ckpt is not None and last else self._first_epoch
         if self.cache_features:
             self._cache.check(train, start - self._first_epoch, self.epochs)
         return start
