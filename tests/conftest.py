@@ -12,20 +12,8 @@ import torch
 import torchvision
 from safetensors.torch import save_file
 
-# The files that take longest (`pytest -n 0 --durations=0`, summed per file: 18-48 s each), in that order.
-# Each worker takes whole files, so a long file handed out last leaves the other core idle while it runs;
-# run first (`--no-loadscope-reorder` keeps this order), the workers finish within seconds of each other.
-SLOWEST_FILES = (
-    "test_docs.py", "test_backbones.py", "test_faults.py", "test_resume_workers.py",
-    "test_preprocessing.py", "test_necks_heads.py", "test_real_weights.py", "test_export_hub.py",
-    "test_recipe.py", "test_trainer_ddp.py", "test_examples.py", "test_detection_export.py",
-)  # fmt: skip
-
 
 def pytest_configure(config: pytest.Config) -> None:
-    missing = [name for name in SLOWEST_FILES if not (Path(__file__).parent / name).exists()]
-    if missing:
-        raise pytest.UsageError(f"tests/conftest.py SLOWEST_FILES names no such file: {missing}")
     warnings.filterwarnings("ignore", category=UserWarning, module="torchvision")
     # The suite's inputs are tiny (32-96 px): a second thread gains nothing there, and two threads on a
     # busy 2-core runner stall each other (a 4 s test took 52 s). Subprocesses (CLI runs, torchrun) inherit
@@ -39,8 +27,6 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    rank = {name: i for i, name in enumerate(SLOWEST_FILES)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest as collected
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU")
