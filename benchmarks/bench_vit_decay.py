@@ -11,7 +11,8 @@ Per task, seed and ``layer_decay`` (1.0, one rate for every block, and the value
 Trainer's own default for a pretrained ViT is 0.75), two recipes:
 
 - ``default``: ``Trainer(model, layer_decay=...)`` and nothing else (``recipe="auto"``: the probe, then
-  the top third of the blocks fine-tuned from its head);
+  the top blocks fine-tuned from its head: a third below 10 images per class, where a ViT measures no
+  shift from ImageNet, half from 10);
 - ``full``: ``model.unfreeze()``, everything fine-tuned from a new head.
 
 Every run: 10 epochs, batch 16, AdamW, cosine, fp32 on the CPU, no augmentation, the test set scored

@@ -373,10 +373,10 @@ def test_saved_models_keep_their_freeze_state(weights: Path, tmp_path: Path) -> 
 def test_default_trainable_blocks_grow_with_the_images_per_class_and_the_distance_from_imagenet() -> None:
     assert [default_trainable_blocks(b) for b in (2, 3, 9, 10, 17)] == [1, 1, 3, 3, 6]
     per_class = (None, 3, 9.9, 10, 50, 99.9, 100, 5000)
-    assert [default_trainable_blocks(17, n, far=True) for n in per_class] == [6, 6, 6, 8, 8, 8, 13, 13]
-    # near ImageNet, below 10 per class: a sixth (the images per class unknown: a third)
-    assert [default_trainable_blocks(17, n) for n in per_class] == [6, 3, 3, 8, 8, 8, 13, 13]
-    assert [default_trainable_blocks(b, 3) for b in (1, 2, 9, 22)] == [1, 1, 2, 4]
+    assert [default_trainable_blocks(17, n) for n in per_class] == [6, 6, 6, 8, 8, 8, 13, 13]
+    # measured near ImageNet, below 10 per class: a sixth (the images per class unknown: a third)
+    assert [default_trainable_blocks(17, n, near=True) for n in per_class] == [6, 3, 3, 8, 8, 8, 13, 13]
+    assert [default_trainable_blocks(b, 3, near=True) for b in (1, 2, 9, 22)] == [1, 1, 2, 4]
     assert default_trainable_blocks(9, 10) == 4
     assert [default_trainable_blocks(b, 100) for b in (1, 2, 9)] == [1, 2, 7]
 

@@ -7,19 +7,18 @@ The default, ``recipe="auto"``, starts with what is cheap and strong and adds wh
    head runs). How well frozen ImageNet features separate the classes is the data's similarity to the
    pretraining data, measured for free.
 2. **finetune**: from the probe's head (LP-FT: linear probing, then fine-tuning; Kumar et al. 2022), the
-   top third of the backbone's blocks (a sixth with fewer than 10 images per class near ImageNet, half
-   with 10 or more, three quarters with 100 or more; `default_trainable_blocks`) and the head train for
-   ``epochs`` epochs at ``lr`` (default `FINETUNE_LR`; three times it from 100 images per class,
-   `default_finetune_lr`). Data far from ImageNet (`input_shift` from
-   `FAR_SHIFT`: digits) trains its blocks at `FAR_FINETUNE_LR` and the probe's head at `FAR_HEAD_LR`
-   (`finetune_rates`). The probe's logits are first divided by `HEAD_TEMPERATURE` (its last linear
-   layer scaled): the same decisions, softer probabilities. A probe trained to convergence on separable
-   features is over-confident, and once the fine-tuned blocks' BatchNorm switches from ImageNet's
-   statistics to each batch's, its confident mistakes gave losses of 3-4 and gradients that tore the
-   pretrained features in the first steps (the default then fell below the probe it started from on four
-   of ten tasks of one backbone). From the softened head the gradients start small where the features
-   already fit and larger where they do not. Measured: 4 and 8.5 points more on the mean of ten tasks on
-   two backbones (``benchmarks/README.md``).
+   top third of the backbone's blocks (a sixth with fewer than 10 images per class measured near ImageNet,
+   half with 10 or more, three quarters with 100 or more; `default_trainable_blocks`) and the head train
+   for ``epochs`` epochs at ``lr`` (default `FINETUNE_LR`; three times it from 100 images per class,
+   `default_finetune_lr`). Data far from ImageNet (`input_shift` from `FAR_SHIFT`: digits) trains its
+   blocks at `FAR_FINETUNE_LR` and the probe's head at `FAR_HEAD_LR` (`finetune_rates`). The probe's
+   logits are first divided by `HEAD_TEMPERATURE` (its last linear layer scaled): the same decisions,
+   softer probabilities. A probe trained to convergence on separable features is over-confident, and once
+   the fine-tuned blocks' BatchNorm switches from ImageNet's statistics to each batch's, its confident
+   mistakes gave losses of 3-4 and gradients that tore the pretrained features in the first steps (the
+   default then fell below the probe it started from on four of ten tasks of one backbone). From the
+   softened head the gradients start small where the features already fit and larger where they do not.
+   Measured: 4 and 8.5 points more on the mean of ten tasks on two backbones (``benchmarks/README.md``).
 3. With validation data the model ends with whichever phase scored better on it (``val_acc``; a tie
    keeps the fine-tuned model: `phases.keep_the_better`).
 
@@ -83,7 +82,7 @@ PROBE_STEPS = 300  # optimizer steps the probe aims for ...
 PROBE_EPOCHS = (10, 40)  # ... within this many epochs (fewest, most)
 UNCACHED_PROBE_EPOCHS = 3  # a probe on augmenting loaders runs the backbone every epoch: kept short
 HEAD_TEMPERATURE = 10.0  # the probe's logits are divided by this before fine-tuning (bench_recipes.py)
-MORE_DATA_PER_CLASS = 10  # images per class from which the top half trains, not a third (far) or a sixth
+MORE_DATA_PER_CLASS = 10  # images per class from which the top half trains, not a third or a sixth (near)
 MOST_DATA_PER_CLASS = 100  # ... and from which three quarters train, at MOST_DATA_FINETUNE_LR (mnist-100)
 VIT_LAYER_DECAY = 0.75  # a ViT block's rate: this times the next one's (benchmarks/bench_vit_decay.py)
 
@@ -171,29 +170,32 @@ class Plan:
 
 
 def default_trainable_blocks(
-    num_blocks: int, images_per_class: float | None = None, far: bool = False
+    num_blocks: int, images_per_class: float | None = None, near: bool = False
 ) -> int:
     """How many of the top blocks the fine-tune phase trains: the more images per class, and the further
     the data lies from ImageNet, the more blocks it pays for. A third of them (rounded), a sixth below
-    `MORE_DATA_PER_CLASS` images per class on data near ImageNet (not ``far``; the images per class
-    known), half from `MORE_DATA_PER_CLASS`, three quarters from `MOST_DATA_PER_CLASS`; at least one.
+    `MORE_DATA_PER_CLASS` images per class on data measured ``near`` ImageNet (`input_shift` below
+    `FAR_SHIFT`; the images per class known), half from `MORE_DATA_PER_CLASS`, three quarters from
+    `MOST_DATA_PER_CLASS`; at least one.
 
     Few images like ImageNet's are where fine-tuning has least to gain and most to lose: a sixth of the
     blocks gained 3.4 points on the mean of textures-5 and photos-3 over three backbones against a third
     (on fresh seeds 1.8; one cell of six lost 3.2, EfficientNet-Lite0's textures-5) and ended 12 points
     above a third, and above the probe, on the one task where fine-tuning had fallen below the probe
-    (``benchmarks/README.md``); far data with few images (digits-3) lost 3-9 points with a sixth.
+    (``benchmarks/README.md``); far data with few images (digits-3) lost 3-9 points with a sixth. A
+    backbone without BatchNorm statistics (a ViT) measures no shift and keeps a third: on a ViT
+    pretrained on digits, fine-tuned on 3 unseen digits per class, a sixth lost 2.6 points.
 
     Examples:
-        >>> [default_trainable_blocks(17, n) for n in (None, 5, 50, 100)]
+        >>> [default_trainable_blocks(17, n, near=True) for n in (None, 5, 50, 100)]
         [6, 3, 8, 13]
-        >>> default_trainable_blocks(17, 5, far=True)
+        >>> default_trainable_blocks(17, 5)  # far, or not measured
         6
     """
     share = 1 / 3
     if images_per_class is not None and images_per_class >= MORE_DATA_PER_CLASS:
         share = 3 / 4 if images_per_class >= MOST_DATA_PER_CLASS else 1 / 2
-    elif images_per_class is not None and not far:
+    elif images_per_class is not None and near:
         share = 1 / 6
     return min(num_blocks, max(1, round(num_blocks * share)))
 
@@ -316,8 +318,8 @@ def plan_recipe(
     chosen = getattr(model, "_freeze_chosen", False)
     per_class = images_per_class(train, model.num_classes)
     shift = None if chosen and lr else input_shift(model, train)
-    far = shift is not None and shift >= FAR_SHIFT
-    blocks = None if chosen else default_trainable_blocks(len(model.blocks), per_class, far)
+    near = shift is not None and shift < FAR_SHIFT
+    blocks = None if chosen else default_trainable_blocks(len(model.blocks), per_class, near)
     rate, head_lr = (lr, None) if lr else finetune_rates(per_class, shift)
     finetune = Phase("finetune", epochs, rate, blocks, head_temperature=HEAD_TEMPERATURE, head_lr=head_lr)
     return Plan(recipe, (probe, finetune), select=recipe == "auto" and has_val)
