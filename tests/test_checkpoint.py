@@ -112,6 +112,18 @@ def test_checkpoint_with_another_optimizer_layout_is_refused(tmp_path: Path) -> 
         trainer.fit(_train())
 
 
+def test_checkpoint_of_a_run_with_another_recipe_is_refused(tmp_path: Path) -> None:
+    _write_real_checkpoint(tmp_path)  # recipe "auto", planned as a plain fine-tune (no pretrained weights)
+    model, resuming = _model(), {"epochs": 2, "checkpoint_dir": tmp_path, "resume": True, "progress": False}
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    trainer = Trainer(model, recipe="lp_ft", **resuming)
+    with pytest.raises(CheckpointError, match="recipe='finetune', and this Trainer has recipe='lp_ft'"):
+        trainer.fit(_train())
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    named = Trainer(_model(), recipe="finetune", **resuming)
+    assert [row["epoch"] for row in named.fit(_train())] == [0, 1]  # the plan it ran, named: it resumes
+
+
 def test_checkpoint_written_before_callbacks_had_state_still_resumes(tmp_path: Path) -> None:
     class Counter:
         def __init__(self) -> None:

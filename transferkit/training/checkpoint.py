@@ -363,10 +363,22 @@ def save_checkpoint(trainer: Any, path: Path, train_loader: Any) -> None:
 
 def resumable(trainer: Any, path: Path | None) -> dict[str, Any] | None:
     """The checkpoint at ``path``, read and checked (`read_checkpoint`), where ``trainer`` resumes and
-    there is one; else None."""
+    there is one; else None.
+
+    Raises:
+        CheckpointError: As `read_checkpoint`, and for a checkpoint of a run with another ``recipe``
+            (``"auto"`` resumes a run that it planned as a plain ``"finetune"``).
+    """
     if not trainer.resume or path is None or not path.exists():
         return None
-    return read_checkpoint(path, trainer.model, trainer.optimizer)
+    ckpt = read_checkpoint(path, trainer.model, trainer.optimizer)
+    ran = ckpt["plan"]["recipe"] if ckpt.get("plan") is not None else trainer.recipe
+    if ran != trainer.recipe and (trainer.recipe, ran) != ("auto", "finetune"):
+        raise CheckpointError(
+            f"cannot resume from {path}: it was written by a run with recipe={ran!r}, and this Trainer has "
+            f"recipe={trainer.recipe!r}. Resume with recipe={ran!r}, or {_MOVE_AWAY}."
+        )
+    return ckpt
 
 
 def resume_from(trainer: Any, ckpt: dict[str, Any], path: Path, train_loader: Any) -> int:
