@@ -182,16 +182,8 @@ _ENTRY_CHECKS = {
             e is None or isinstance(e, dict) and isinstance(e.get("name"), str) and "state" in e for e in v
         )
     ),
-    "plan": lambda v: v is None or _is_plan(v),  # since the plan is kept (older checkpoints lack it)
+    "plan": lambda v: v is None or Plan.is_plan_dict(v),  # since the plan is kept (older checkpoints lack it)
 }
-
-
-def _is_plan(value: Any) -> bool:
-    try:
-        Plan.from_dict(value)
-    except ValueError:
-        return False
-    return True
 
 
 def _check_fits(

@@ -168,6 +168,15 @@ class Plan:
             raise ValueError(f"not a plan's dict: recipe {plan.recipe!r}, phases {[p.name for p in phases]}")
         return plan
 
+    @classmethod
+    def is_plan_dict(cls, data: Any) -> bool:
+        """Whether `from_dict` reads ``data`` (a checkpoint's entry) without error."""
+        try:
+            cls.from_dict(data)
+        except ValueError:
+            return False
+        return True
+
 
 def default_trainable_blocks(
     num_blocks: int, images_per_class: float | None = None, near: bool = False
