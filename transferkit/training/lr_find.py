@@ -6,9 +6,9 @@ its fall, from the first rate to its lowest (the curve averaged over half a deca
 each rate): where training has become effective, short of the rates where the loss is lowest only
 because the sweep has trained on the same images for longer, and well short of divergence. On the ten
 real tasks of ``benchmarks/bench_recipes.py`` (6 seeds each) it landed within 2 points of the best
-fine-tuning rate in 55 of 60 sweeps (48 since a sixth of the blocks fine-tunes on few images near
-ImageNet: textures-5 then wants 3e-4 alone, and the suggestions sit just above it); on the same curves
-of the first three seeds, a tenth of the lowest loss's rate (the common rule, which follows the
+fine-tuning rate in 55 of 60 sweeps (48 since a sixth of the blocks fine-tunes on few images measured
+near ImageNet: textures-5 then wants 3e-4 alone, and the suggestions sit just above it); on the same
+curves of the first three seeds, a tenth of the lowest loss's rate (the common rule, which follows the
 batch-to-batch noise of small training sets) did in at most 16 of 30, and the steepest fall in at most
 8.
 

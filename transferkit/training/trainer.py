@@ -215,7 +215,7 @@ class Trainer:
             TypeError: A Dataset where a loader belongs, or batches that are not ``(inputs, targets)``
                 with float inputs (dicts, uint8 images).
             FloatingPointError: A non-finite loss; the model keeps the weights of the last good epoch.
-            CheckpointError: ``resume=True`` and ``last.pt`` is damaged or for another model (file kept).
+            CheckpointError: ``resume=True``, ``last.pt`` damaged or of another model or recipe (file kept).
         """
         train, val, self._size_from_batches = prepare_data(self.model, loaders)
         train, val = self._shard(train, train=True), self._shard(val, train=False)
